@@ -1,0 +1,26 @@
+"""gpuconv: convolutions you can read, train with and benchmark, on any NVIDIA GPU or on the CPU.
+
+NumPy arrays run on the CPU, CuPy arrays on the GPU through gpuconv's own CUDA
+kernels; the textbook NumPy path in ``gpuconv.reference`` is the ground truth.
+"""
+__version__ = "0.1.0"
+
+from ._backend import CUDAUnavailableError, cuda_available, cuda_unavailable_reason, to_device  # noqa: E402
+from ._shapes import ConvGeometry, PoolGeometry  # noqa: E402
+from .functional import (  # noqa: E402
+    avg_pool2d,
+    avg_pool2d_grad,
+    conv2d,
+    conv2d_grad_bias,
+    conv2d_grad_input,
+    conv2d_grad_weight,
+    max_pool2d,
+    max_pool2d_grad,
+)
+from . import nn, optim  # noqa: E402
+
+__all__ = [
+    "__version__", "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias",
+    "max_pool2d", "max_pool2d_grad", "avg_pool2d", "avg_pool2d_grad", "ConvGeometry", "PoolGeometry",
+    "CUDAUnavailableError", "cuda_available", "cuda_unavailable_reason", "to_device", "nn", "optim",
+]

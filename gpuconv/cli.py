@@ -1,0 +1,66 @@
+"""The ``gpuconv`` command: ``gpuconv train`` and ``gpuconv info``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ._backend import CUDAUnavailableError, normalize_device
+
+
+def _train(args) -> int:
+    from .data import load_digits, load_npz
+    from .train import train
+
+    device = normalize_device(args.device)  # fail before loading anything when CUDA is asked for and absent
+    data = load_npz(args.data) if args.data else load_digits(seed=args.seed)
+    print(f"data: {data.name}: {len(data.x_train)} train / {len(data.x_test)} test images of "
+          f"{'x'.join(map(str, data.image_shape))}, {data.num_classes} classes")
+    train(data, device=device, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+          save=args.save, progress=not args.no_progress)
+    return 0
+
+
+def _info(args) -> int:
+    from .cuda.info import collect_info, format_info
+
+    print(format_info(collect_info()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpuconv", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    from .train import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR
+
+    t = sub.add_parser("train", help="train a small CNN (digits by default) and report test accuracy")
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto picks CUDA when it is usable (default: auto)")
+    t.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    t.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    t.add_argument("--lr", type=float, default=DEFAULT_LR, help="Adam learning rate")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--data", metavar="FILE.npz", help="arrays x_train, y_train, x_test, y_test (default: digits)")
+    t.add_argument("--save", metavar="FILE.npz", help="write the trained weights here")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    t.set_defaults(func=_train)
+
+    i = sub.add_parser("info", help="backend, CUDA/driver versions, GPU, and whether each kernel compiles")
+    i.set_defaults(func=_info)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CUDAUnavailableError as exc:
+        print(f"gpuconv: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"gpuconv: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""The functional API: convolution and pooling, forward and backward, on any device.
+
+Each call validates its arguments once (``ConvGeometry`` / ``PoolGeometry``),
+then hands the arrays to the backend their type selects: NumPy arrays to the
+CPU (``reference`` or the fast path), CuPy arrays to our CUDA kernels.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import reference
+from ._backend import array_module
+from ._shapes import ConvGeometry, PoolGeometry, check_float_dtype, check_same_dtype
+
+#: Algorithms each device accepts. On the CPU "auto" is the fast path and
+#: "reference" (alias "im2col") the textbook ground truth.
+CPU_ALGOS = ("auto", "fast", "reference", "im2col")
+GPU_ALGOS = ("auto", "im2col", "implicit_gemm")
+
+
+def _cpu_module(algo: str):
+    if algo not in CPU_ALGOS:
+        raise ValueError(f"algo={algo!r} is not available for NumPy (CPU) arrays; choose one of {CPU_ALGOS}")
+    if algo in ("reference", "im2col"):
+        return reference
+    from . import cpu_fast
+    return cpu_fast
+
+
+def _run_conv(pass_name: str, xp, algo: str, *args):
+    """Call ``pass_name`` (conv2d_forward / conv2d_grad_input / conv2d_grad_weight) on the array's device."""
+    if not isinstance(algo, str):
+        raise TypeError(f"algo must be a string, got {algo!r}")
+    if xp is np:
+        return getattr(_cpu_module(algo), pass_name)(*args)
+    if algo not in GPU_ALGOS:
+        raise ValueError(f"algo={algo!r} is not available for CuPy (GPU) arrays; choose one of {GPU_ALGOS}")
+    from .cuda import conv as cuda_conv
+    return getattr(cuda_conv, pass_name)(*args, algo=algo)
+
+
+def _pool_module(xp):
+    if xp is np:
+        return reference
+    from .cuda import pool as cuda_pool
+    return cuda_pool
+
+
+def _contiguous(xp, a):
+    return None if a is None else xp.ascontiguousarray(a)
+
+
+# ------------------------------------------------------------ convolution ---
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algo="auto"):
+    """2-D cross-correlation, as ``torch.nn.functional.conv2d`` computes it.
+
+    x (N, C, H, W), weight (K, C/groups, R, S), bias (K,) or None -> (N, K, P, Q).
+    padding: int, (pad_h, pad_w), (top, bottom, left, right), "valid", "same" or "full".
+    """
+    xp = array_module(x=x, weight=weight, bias=bias)
+    dtype = check_same_dtype(x=x, weight=weight, bias=bias)
+    g = ConvGeometry.create(x.shape, weight.shape, stride, padding, dilation, groups)
+    if bias is not None and tuple(bias.shape) != (g.K,):
+        raise ValueError(f"bias must have shape ({g.K},), got {tuple(bias.shape)}")
+    if g.N == 0:
+        return xp.zeros(g.output_shape, dtype=dtype)
+    y = _run_conv("conv2d_forward", xp, algo, _contiguous(xp, x), _contiguous(xp, weight), g)
+    if bias is not None:
+        y = y + bias.reshape(1, -1, 1, 1)
+    return y.astype(dtype, copy=False)
+
+
+def conv2d_grad_input(grad_output, weight, input_shape, stride=1, padding=0, dilation=1, groups=1, *,
+                      algo="auto"):
+    """Gradient of ``conv2d`` with respect to its input (``torch.nn.grad.conv2d_input``)."""
+    xp = array_module(grad_output=grad_output, weight=weight)
+    dtype = check_same_dtype(grad_output=grad_output, weight=weight)
+    g = ConvGeometry.create(input_shape, weight.shape, stride, padding, dilation, groups)
+    g.check_output(grad_output)
+    if g.N == 0:
+        return xp.zeros(g.input_shape, dtype=dtype)
+    dx = _run_conv("conv2d_grad_input", xp, algo, _contiguous(xp, grad_output), _contiguous(xp, weight), g)
+    return dx.astype(dtype, copy=False)
+
+
+def conv2d_grad_weight(x, grad_output, weight_shape, stride=1, padding=0, dilation=1, groups=1, *,
+                       algo="auto"):
+    """Gradient of ``conv2d`` with respect to its weight (``torch.nn.grad.conv2d_weight``)."""
+    xp = array_module(x=x, grad_output=grad_output)
+    dtype = check_same_dtype(x=x, grad_output=grad_output)
+    g = ConvGeometry.create(x.shape, weight_shape, stride, padding, dilation, groups)
+    g.check_output(grad_output)
+    if g.N == 0:
+        return xp.zeros(g.weight_shape, dtype=dtype)
+    dw = _run_conv("conv2d_grad_weight", xp, algo, _contiguous(xp, x), _contiguous(xp, grad_output), g)
+    return dw.astype(dtype, copy=False)
+
+
+def conv2d_grad_bias(grad_output):
+    """Gradient of ``conv2d`` with respect to its bias: grad_output summed over N, P, Q."""
+    xp = array_module(grad_output=grad_output)
+    dtype = check_float_dtype(grad_output, "grad_output")
+    if grad_output.ndim != 4:
+        raise ValueError(f"grad_output must be 4-D (N, K, P, Q), got {grad_output.ndim}-D")
+    acc = xp.float32 if dtype == np.float16 else dtype
+    return grad_output.sum(axis=(0, 2, 3), dtype=acc).astype(dtype, copy=False)
+
+
+# ---------------------------------------------------------------- pooling ---
+
+def _pool_input(x, name="x"):
+    xp = array_module(**{name: x})
+    check_float_dtype(x, name)
+    return xp
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """Max pooling over (N, C, H, W); stride defaults to kernel_size; NaN propagates."""
+    xp = _pool_input(x)
+    g = PoolGeometry.create(x.shape, kernel_size, stride, padding, ceil_mode)
+    if g.N == 0:
+        return xp.zeros(g.output_shape, dtype=x.dtype)
+    return _pool_module(xp).max_pool2d_forward(xp.ascontiguousarray(x), g).astype(x.dtype, copy=False)
+
+
+def max_pool2d_grad(grad_output, x, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """Gradient of ``max_pool2d``: each output's gradient goes to its window's first maximum."""
+    xp = array_module(grad_output=grad_output, x=x)
+    dtype = check_same_dtype(grad_output=grad_output, x=x)
+    g = PoolGeometry.create(x.shape, kernel_size, stride, padding, ceil_mode)
+    g.check_output(grad_output)
+    if g.N == 0:
+        return xp.zeros(g.input_shape, dtype=dtype)
+    dx = _pool_module(xp).max_pool2d_grad(xp.ascontiguousarray(grad_output), xp.ascontiguousarray(x), g)
+    return dx.astype(dtype, copy=False)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+    """Average pooling over (N, C, H, W), with PyTorch's divisor rules."""
+    xp = _pool_input(x)
+    g = PoolGeometry.create(x.shape, kernel_size, stride, padding, ceil_mode)
+    if g.N == 0:
+        return xp.zeros(g.output_shape, dtype=x.dtype)
+    y = _pool_module(xp).avg_pool2d_forward(xp.ascontiguousarray(x), g, bool(count_include_pad))
+    return y.astype(x.dtype, copy=False)
+
+
+def avg_pool2d_grad(grad_output, input_shape, kernel_size, stride=None, padding=0, ceil_mode=False,
+                    count_include_pad=True):
+    """Gradient of ``avg_pool2d``."""
+    xp = _pool_input(grad_output, "grad_output")
+    g = PoolGeometry.create(input_shape, kernel_size, stride, padding, ceil_mode)
+    g.check_output(grad_output)
+    if g.N == 0:
+        return xp.zeros(g.input_shape, dtype=grad_output.dtype)
+    dx = _pool_module(xp).avg_pool2d_grad(xp.ascontiguousarray(grad_output), g, bool(count_include_pad))
+    return dx.astype(grad_output.dtype, copy=False)
+
+
+__all__ = ["conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias",
+           "max_pool2d", "max_pool2d_grad", "avg_pool2d", "avg_pool2d_grad", "CPU_ALGOS", "GPU_ALGOS"]

@@ -1,0 +1,246 @@
+"""Layers with PyTorch's constructor arguments; each has forward and backward.
+
+The array code is written once against ``xp`` (numpy or cupy, picked by the
+input array), so every layer runs on the CPU and the GPU; convolutions and
+pooling go through ``gpuconv.functional`` and its kernels.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import functional as F
+from .._backend import array_module
+from .._shapes import check_float_dtype, pair
+from . import init
+from .module import Module, Parameter
+
+
+def _check_input(x, ndim: int, layer: str, layout: str):
+    xp = array_module(x=x)
+    check_float_dtype(x, "x")
+    if x.ndim != ndim:
+        raise ValueError(f"{layer} expects a {ndim}-D input ({layout}), got shape {tuple(x.shape)}")
+    return xp
+
+
+def _require_forward(layer, saved):
+    if saved is None:
+        raise RuntimeError(f"{type(layer).__name__}.backward called before forward")
+
+
+class Conv2d(Module):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, *, dtype=np.float32, algo="auto"):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and "
+                             f"out_channels={out_channels}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.algo = algo
+        fan_in = (in_channels // groups) * self.kernel_size[0] * self.kernel_size[1]
+        self.weight = Parameter(init.kaiming_uniform(
+            (out_channels, in_channels // groups) + self.kernel_size, fan_in, dtype))
+        self.bias = Parameter(init.bias_uniform(out_channels, fan_in, dtype)) if bias else None
+        self._x = None
+
+    def _geometry_args(self):
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
+                    algo=self.algo)
+
+    def forward(self, x):
+        self._x = x
+        return F.conv2d(x, self.weight.data, None if self.bias is None else self.bias.data,
+                        **self._geometry_args())
+
+    def backward(self, grad):
+        _require_forward(self, self._x)
+        args = self._geometry_args()
+        self.weight.accumulate(F.conv2d_grad_weight(self._x, grad, self.weight.shape, **args))
+        if self.bias is not None:
+            self.bias.accumulate(F.conv2d_grad_bias(grad))
+        return F.conv2d_grad_input(grad, self.weight.data, self._x.shape, **args)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding!r}, dilation={self.dilation}, "
+                f"groups={self.groups}, bias={self.bias is not None}")
+
+
+class Linear(Module):
+    def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = Parameter(init.kaiming_uniform((out_features, in_features), in_features, dtype))
+        self.bias = Parameter(init.bias_uniform(out_features, in_features, dtype)) if bias else None
+        self._x = None
+
+    def forward(self, x):
+        _check_input(x, 2, "Linear", "batch, in_features")
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"Linear expects {self.in_features} input features, got {x.shape[1]}")
+        self._x = x
+        y = x @ self.weight.data.T
+        return y if self.bias is None else y + self.bias.data
+
+    def backward(self, grad):
+        _require_forward(self, self._x)
+        self.weight.accumulate(grad.T @ self._x)
+        if self.bias is not None:
+            self.bias.accumulate(grad.sum(axis=0))
+        return grad @ self.weight.data
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class ReLU(Module):
+    def __init__(self):
+        super().__init__()
+        self._mask = None
+
+    def forward(self, x):
+        self._mask = x > 0
+        return x * self._mask
+
+    def backward(self, grad):
+        _require_forward(self, self._mask)
+        return grad * self._mask
+
+
+class MaxPool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
+        super().__init__()
+        self.args = dict(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode)
+        self._x = None
+
+    def forward(self, x):
+        self._x = x
+        return F.max_pool2d(x, **self.args)
+
+    def backward(self, grad):
+        _require_forward(self, self._x)
+        return F.max_pool2d_grad(grad, self._x, **self.args)
+
+    def extra_repr(self):
+        return ", ".join(f"{k}={v}" for k, v in self.args.items())
+
+
+class AvgPool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+        super().__init__()
+        self.args = dict(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
+                         count_include_pad=count_include_pad)
+        self._shape = None
+
+    def forward(self, x):
+        self._shape = x.shape
+        return F.avg_pool2d(x, **self.args)
+
+    def backward(self, grad):
+        _require_forward(self, self._shape)
+        return F.avg_pool2d_grad(grad, self._shape, **self.args)
+
+    def extra_repr(self):
+        return ", ".join(f"{k}={v}" for k, v in self.args.items())
+
+
+class Flatten(Module):
+    def __init__(self, start_dim=1):
+        super().__init__()
+        self.start_dim = start_dim
+        self._shape = None
+
+    def forward(self, x):
+        self._shape = x.shape
+        return x.reshape(x.shape[:self.start_dim] + (-1,))
+
+    def backward(self, grad):
+        _require_forward(self, self._shape)
+        return grad.reshape(self._shape)
+
+
+class Dropout(Module):
+    """Inverted dropout: in training, zero each element with probability p and scale the rest by 1/(1-p)."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability p must be in [0, 1), got {p}")
+        self.p = p
+        self._scale = None
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            self._scale = None
+            return x
+        xp = array_module(x=x)
+        if xp is np:
+            keep = init.generator().random(x.shape) >= self.p
+        else:
+            keep = xp.random.random_sample(x.shape, dtype=xp.float32) >= self.p
+        self._scale = keep.astype(x.dtype) / x.dtype.type(1.0 - self.p)
+        return x * self._scale
+
+    def backward(self, grad):
+        return grad if self._scale is None else grad * self._scale
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class BatchNorm2d(Module):
+    """Batch normalisation over (N, H, W) per channel, with running statistics for eval mode."""
+
+    _buffers = ("running_mean", "running_var")
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, *, dtype=np.float32):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.weight = Parameter(np.ones(num_features, dtype)) if affine else None
+        self.bias = Parameter(np.zeros(num_features, dtype)) if affine else None
+        self.running_mean = np.zeros(num_features, dtype)
+        self.running_var = np.ones(num_features, dtype)
+        self._saved = None
+
+    def forward(self, x):
+        xp = _check_input(x, 4, "BatchNorm2d", "N, C, H, W")
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"BatchNorm2d expects {self.num_features} channels, got {x.shape[1]}")
+        if self.training:
+            count = x.shape[0] * x.shape[2] * x.shape[3]
+            if count < 2:
+                raise ValueError(f"BatchNorm2d in training needs more than one value per channel, got input "
+                                 f"shape {tuple(x.shape)}")
+            mean = x.mean(axis=(0, 2, 3))
+            var = x.var(axis=(0, 2, 3))
+            m = self.momentum
+            self.running_mean = (1 - m) * self.running_mean + m * mean
+            self.running_var = (1 - m) * self.running_var + m * var * (count / (count - 1))
+        else:
+            mean, var = self.running_mean, self.running_var
+        inv_std = 1.0 / xp.sqrt(var + self.eps)
+        x_hat = (x - mean.reshape(1, -1, 1, 1)) * inv_std.reshape(1, -1, 1, 1)
+        self._saved = (x_hat, inv_std, self.training)
+        if self.weight is None:
+            return x_hat.astype(x.dtype, copy=False)
+        y = x_hat * self.weight.data.reshape(1, -1, 1, 1) + self.bias.data.reshape(1, -1, 1, 1)
+        return y.astype(x.dtype, copy=False)
+
+    def backward(self, grad):
+        _require_forward(self, self._saved)
+        x_hat, inv_std, batch_stats = self._saved
+        if self.weight is not None:
+            self.weight.accumulate((grad * x_hat).sum(axis=(0, 2, 3)))
+            self.bias.accumulate(grad.sum(axis=(0, 2, 3)))
+            grad = grad * self.weight.data.reshape(1, -1, 1, 1)
+        if not batch_stats:  # eval mode: a fixed affine map
+            return grad * inv_std.reshape(1, -1, 1, 1)
+        # d/dx of (x - mean) / std with mean and std taken over the batch
+        mean_grad = grad.mean(axis=(0, 2, 3), keepdims=True)
+        mean_grad_xhat = (grad * x_hat).mean(axis=(0, 2, 3), keepdims=True)
+        return (grad - mean_grad - x_hat * mean_grad_xhat) * inv_std.reshape(1, -1, 1, 1)
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.weight is not None}"
