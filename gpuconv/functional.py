@@ -19,22 +19,25 @@ GPU_ALGOS = ("auto", "im2col", "implicit_gemm")
 
 
 def _cpu_module(algo: str):
-    if algo not in CPU_ALGOS:
-        raise ValueError(f"algo={algo!r} is not available for NumPy (CPU) arrays; choose one of {CPU_ALGOS}")
     if algo in ("reference", "im2col"):
         return reference
     from . import cpu_fast
     return cpu_fast
 
 
-def _run_conv(pass_name: str, xp, algo: str, *args):
-    """Call ``pass_name`` (conv2d_forward / conv2d_grad_input / conv2d_grad_weight) on the array's device."""
+def _check_algo(xp, algo) -> None:
     if not isinstance(algo, str):
         raise TypeError(f"algo must be a string, got {algo!r}")
+    if xp is np and algo not in CPU_ALGOS:
+        raise ValueError(f"algo={algo!r} is not available for NumPy (CPU) arrays; choose one of {CPU_ALGOS}")
+    if xp is not np and algo not in GPU_ALGOS:
+        raise ValueError(f"algo={algo!r} is not available for CuPy (GPU) arrays; choose one of {GPU_ALGOS}")
+
+
+def _run_conv(pass_name: str, xp, algo: str, *args):
+    """Call ``pass_name`` (conv2d_forward / conv2d_grad_input / conv2d_grad_weight) on the array's device."""
     if xp is np:
         return getattr(_cpu_module(algo), pass_name)(*args)
-    if algo not in GPU_ALGOS:
-        raise ValueError(f"algo={algo!r} is not available for CuPy (GPU) arrays; choose one of {GPU_ALGOS}")
     from .cuda import conv as cuda_conv
     return getattr(cuda_conv, pass_name)(*args, algo=algo)
 
@@ -61,6 +64,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, a
     xp = array_module(x=x, weight=weight, bias=bias)
     dtype = check_same_dtype(x=x, weight=weight, bias=bias)
     g = ConvGeometry.create(x.shape, weight.shape, stride, padding, dilation, groups)
+    _check_algo(xp, algo)
     if bias is not None and tuple(bias.shape) != (g.K,):
         raise ValueError(f"bias must have shape ({g.K},), got {tuple(bias.shape)}")
     if g.N == 0:
@@ -77,6 +81,7 @@ def conv2d_grad_input(grad_output, weight, input_shape, stride=1, padding=0, dil
     xp = array_module(grad_output=grad_output, weight=weight)
     dtype = check_same_dtype(grad_output=grad_output, weight=weight)
     g = ConvGeometry.create(input_shape, weight.shape, stride, padding, dilation, groups)
+    _check_algo(xp, algo)
     g.check_output(grad_output)
     if g.N == 0:
         return xp.zeros(g.input_shape, dtype=dtype)
@@ -90,6 +95,7 @@ def conv2d_grad_weight(x, grad_output, weight_shape, stride=1, padding=0, dilati
     xp = array_module(x=x, grad_output=grad_output)
     dtype = check_same_dtype(x=x, grad_output=grad_output)
     g = ConvGeometry.create(x.shape, weight_shape, stride, padding, dilation, groups)
+    _check_algo(xp, algo)
     g.check_output(grad_output)
     if g.N == 0:
         return xp.zeros(g.weight_shape, dtype=dtype)
