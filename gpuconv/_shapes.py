@@ -33,6 +33,8 @@ def pair(value, name: str, minimum: int = 1) -> tuple[int, int]:
 
 
 def _check_shape(shape, ndim: int, name: str, layout: str) -> tuple[int, ...]:
+    if not all(_is_int(s) for s in shape):  # int(6.5) would silently truncate a bad shape
+        raise TypeError(f"{name} shape must hold ints, got {tuple(shape)!r}")
     shape = tuple(int(s) for s in shape)
     if len(shape) != ndim:
         raise ValueError(f"{name} must be {ndim}-D ({layout}), got shape {shape} ({len(shape)}-D)")

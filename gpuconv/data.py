@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .nn.module import load_arrays
+
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
@@ -45,11 +47,11 @@ def load_npz(path) -> Dataset:
 
     Integer images (e.g. uint8 MNIST) are scaled to [0, 1].
     """
-    with np.load(path, allow_pickle=False) as data:
-        missing = [k for k in NPZ_KEYS if k not in data.files]
-        if missing:
-            raise ValueError(f"{path}: missing arrays {missing}; expected {list(NPZ_KEYS)}, found {data.files}")
-        arrays = {k: data[k] for k in NPZ_KEYS}
+    arrays = load_arrays(path, what="training data file")
+    missing = [k for k in NPZ_KEYS if k not in arrays]
+    if missing:
+        raise ValueError(f"{path}: missing arrays {missing}; expected {list(NPZ_KEYS)}, found {list(arrays)}")
+    arrays = {k: arrays[k] for k in NPZ_KEYS}
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.ndim == 3:

@@ -108,9 +108,12 @@ def conv2d_grad_bias(grad_output):
     xp = array_module(grad_output=grad_output)
     dtype = check_float_dtype(grad_output, "grad_output")
     if grad_output.ndim != 4:
-        raise ValueError(f"grad_output must be 4-D (N, K, P, Q), got {grad_output.ndim}-D")
+        raise ValueError(f"grad_output must be 4-D (N, K, P, Q), got {grad_output.ndim}-D shape "
+                         f"{tuple(grad_output.shape)}")
     acc = xp.float32 if dtype == np.float16 else dtype
-    return grad_output.sum(axis=(0, 2, 3), dtype=acc).astype(dtype, copy=False)
+    # Contiguous as in every other pass: the summation order, and so the rounding, then does not depend on
+    # the memory layout of grad_output.
+    return _contiguous(xp, grad_output).sum(axis=(0, 2, 3), dtype=acc).astype(dtype, copy=False)
 
 
 # ---------------------------------------------------------------- pooling ---

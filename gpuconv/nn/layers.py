@@ -6,11 +6,14 @@ pooling go through ``gpuconv.functional`` and its kernels.
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 
 from .. import functional as F
 from .._backend import array_module
-from .._shapes import check_float_dtype, pair
+from .._shapes import check_float_dtype, check_same_dtype, pair, resolve_padding
 from . import init
 from .module import Module, Parameter
 
@@ -32,11 +35,18 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, *, dtype=np.float32, algo="auto"):
         super().__init__()
+        if isinstance(groups, bool) or not isinstance(groups, numbers.Integral):
+            raise TypeError(f"groups must be an int, got {groups!r}")
+        if groups < 1:
+            raise ValueError(f"groups must be >= 1, got {groups}")
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and "
                              f"out_channels={out_channels}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = pair(kernel_size, "kernel_size")
+        # Check the arguments now rather than at the first forward (the input size only matters for "same").
+        resolve_padding(padding, self.kernel_size, self.kernel_size, pair(stride, "stride"),
+                        pair(dilation, "dilation"))
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.algo = algo
         fan_in = (in_channels // groups) * self.kernel_size[0] * self.kernel_size[1]
@@ -78,6 +88,7 @@ class Linear(Module):
 
     def forward(self, x):
         _check_input(x, 2, "Linear", "batch, in_features")
+        check_same_dtype(x=x, weight=self.weight.data)  # as conv2d does: no silent float64 promotion
         if x.shape[1] != self.in_features:
             raise ValueError(f"Linear expects {self.in_features} input features, got {x.shape[1]}")
         self._x = x
@@ -101,12 +112,15 @@ class ReLU(Module):
         self._mask = None
 
     def forward(self, x):
+        xp = array_module(x=x)
         self._mask = x > 0
-        return x * self._mask
+        # maximum, not x * mask: -inf * 0 would be NaN and -1 * 0 is -0; maximum propagates NaN, as PyTorch does.
+        return xp.maximum(x, x.dtype.type(0))
 
     def backward(self, grad):
         _require_forward(self, self._mask)
-        return grad * self._mask
+        xp = array_module(grad=grad)
+        return xp.where(self._mask, grad, grad.dtype.type(0))
 
 
 class MaxPool2d(Module):
@@ -154,7 +168,8 @@ class Flatten(Module):
 
     def forward(self, x):
         self._shape = x.shape
-        return x.reshape(x.shape[:self.start_dim] + (-1,))
+        # The flattened size spelled out: reshape cannot infer -1 when the batch is empty.
+        return x.reshape(x.shape[:self.start_dim] + (math.prod(x.shape[self.start_dim:]),))
 
     def backward(self, grad):
         _require_forward(self, self._shape)
@@ -208,6 +223,8 @@ class BatchNorm2d(Module):
         xp = _check_input(x, 4, "BatchNorm2d", "N, C, H, W")
         if x.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm2d expects {self.num_features} channels, got {x.shape[1]}")
+        # A float64 batch would silently turn the float32 running statistics into float64.
+        check_same_dtype(x=x, running_mean=self.running_mean)
         if self.training:
             count = x.shape[0] * x.shape[2] * x.shape[3]
             if count < 2:

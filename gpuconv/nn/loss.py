@@ -30,7 +30,8 @@ class CrossEntropyLoss(Module):
                              f"got shape {tuple(target.shape)} dtype {target.dtype}")
         classes = logits.shape[1]
         if target.size and (int(target.min()) < 0 or int(target.max()) >= classes):
-            raise ValueError(f"target holds class indices outside [0, {classes})")
+            raise ValueError(f"target holds class indices outside [0, {classes}): min {int(target.min())}, "
+                             f"max {int(target.max())}")
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_sum = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
         log_probs = shifted - log_sum

@@ -195,15 +195,18 @@ def save_arrays(path, arrays) -> None:
         raise
 
 
-def load_arrays(path) -> "OrderedDict[str, np.ndarray]":
+def load_arrays(path, what: str = "gpuconv weight file") -> "OrderedDict[str, np.ndarray]":
     """Every array of an .npz file, never unpickling; a damaged file is a ValueError naming it."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):  # a lone .npy array has no names to load by
+            raise ValueError(f"a single {data.dtype} array of shape {data.shape} (.npy), not an .npz archive")
+        with data:
             return OrderedDict((name, data[name]) for name in data.files)
     except FileNotFoundError:
         raise
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError) as exc:
-        raise ValueError(f"{path}: not a readable gpuconv weight file ({type(exc).__name__}: {exc})") from exc
+        raise ValueError(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") from exc
 
 
 class Sequential(Module):
