@@ -1,0 +1,53 @@
+"""Launch arithmetic shared by the conv and pool modules: grids, scalar arguments, limits.
+
+CuPy's RawKernel passes each argument as its NumPy type and does not check it
+against the kernel's C signature, so every ``int`` parameter is passed as
+``numpy.int32`` and every ``long long`` as ``numpy.int64`` -- built only here.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: Threads per block of the grid-stride kernels (im2col, col2im, pooling, wgrad_reduce).
+ELEMENTWISE_THREADS = 256
+#: Blocks of a grid-stride launch stop growing here; each thread then loops.
+MAX_ELEMENTWISE_BLOCKS = 1 << 16
+
+INT32_MAX = 2**31 - 1
+GRID_YZ_MAX = 65535
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def elementwise_grid(total: int) -> tuple[int]:
+    """A 1-D grid for a grid-stride loop over ``total`` elements (at least one block)."""
+    return (max(1, min(ceil_div(total, ELEMENTWISE_THREADS), MAX_ELEMENTWISE_BLOCKS)),)
+
+
+def int32(*values: int) -> tuple:
+    """Arguments for ``int`` parameters, refusing values the kernels cannot index with."""
+    for v in values:
+        if not -INT32_MAX - 1 <= int(v) <= INT32_MAX:
+            raise ValueError(f"{v} does not fit the 32-bit int a kernel parameter holds; the shape is too large")
+    return tuple(np.int32(v) for v in values)
+
+
+def int64(value: int) -> np.int64:
+    """An argument for a ``long long`` parameter."""
+    return np.int64(value)
+
+
+def check_extents(what: str, **extents: int) -> None:
+    """The kernels index planes and reductions with 32-bit ints: refuse shapes where one exceeds that."""
+    for name, value in extents.items():
+        if value > INT32_MAX:
+            raise ValueError(f"{what}: {name} = {value} exceeds 2**31 - 1, which gpuconv's CUDA kernels "
+                             f"index with 32-bit ints; split the input")
+
+
+def check_grid(grid: tuple[int, ...], what: str) -> tuple[int, ...]:
+    if grid[0] > INT32_MAX or any(d > GRID_YZ_MAX for d in grid[1:]):
+        raise ValueError(f"{what}: launch grid {grid} exceeds CUDA's limits (x < 2**31, y and z <= 65535)")
+    return grid

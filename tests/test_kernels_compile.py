@@ -1,0 +1,127 @@
+"""Every kernel file compiles with NVRTC for every GPU generation we support -- no GPU needed.
+
+Each file must export exactly the ``extern "C"`` kernels the package launches
+(``loader.KERNELS``), for each architecture, and ptxas must report register,
+spill and shared-memory use for each of them: ``pytest -s`` prints the table.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from gpuconv.cuda import loader
+
+pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-bindings is not installed (it provides NVRTC to "
+                                                  "compile the kernels without a GPU)")
+
+ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "sm_100")
+MAX_STATIC_SHARED_BYTES = 48 * 1024
+
+_compiled: dict[tuple[str, str], loader.CompiledFile] = {}
+
+
+def compiled(file: str, arch: str) -> loader.CompiledFile:
+    """Compile once per (file, arch) for the whole module."""
+    if (file, arch) not in _compiled:
+        _compiled[(file, arch)] = loader.compile_for_arch(file, arch)
+    return _compiled[(file, arch)]
+
+
+def test_sources_are_self_contained():
+    for file, source in loader.kernel_sources().items():
+        assert not re.search(r"^\s*#\s*include", source, re.MULTILINE), f"{file}: an #include was left in"
+        assert source.count("struct gpuconv_half {") == 1, f"{file}: common.cuh must be inlined exactly once"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("file", loader.kernel_files())
+def test_compiles_and_exports_what_the_package_launches(file, arch):
+    result = compiled(file, arch)
+    expected = set(loader.exported_kernels()[file])
+    missing = sorted(name for name in expected if not result.exports(name))
+    assert not missing, f"{file} ({arch}) lacks the kernels {missing}"
+    if "ptxas info" not in result.log:  # an NVRTC without -Xptxas=-v: cuobjdump's registers at best
+        assert not result.kernels or set(result.kernels) == expected
+        pytest.skip(f"NVRTC {loader.nvrtc_version()} gave no ptxas report: spills cannot be read")
+    assert set(result.kernels) == expected, (
+        f"{file} ({arch}): ptxas compiled the entry points {sorted(result.kernels)}, "
+        f"the package expects {sorted(expected)}")
+    for name, r in result.kernels.items():
+        for field in ("registers", "spill_stores", "spill_loads", "stack_bytes", "shared_bytes"):
+            value = getattr(r, field)
+            assert isinstance(value, int) and value >= 0, f"{name} ({arch}): {field} not reported: {r}"
+        assert r.registers <= 255
+        assert r.shared_bytes <= MAX_STATIC_SHARED_BYTES, f"{name} ({arch}) uses {r.shared_bytes} B of shared memory"
+
+
+def test_print_register_and_spill_table():
+    """One row per kernel: registers per architecture, spill bytes and shared memory (pytest -s shows it)."""
+    resources = {}  # kernel -> {arch: KernelResources}
+    for file in loader.kernel_files():
+        for arch in ARCHS:
+            result = compiled(file, arch)
+            if "ptxas info" not in result.log:
+                pytest.skip("this NVRTC gives no ptxas report (-Xptxas=-v): no spill counts to print")
+            for name, r in result.kernels.items():
+                resources.setdefault(name, {})[arch] = r
+    width = max(map(len, resources))
+    print(f"\n{'kernel':<{width}}  {'registers ' + '/'.join(a[3:] for a in ARCHS):<32}"
+          f"spill stores+loads (B)  smem (B)")
+    for name in sorted(resources):
+        per_arch = [resources[name][arch] for arch in ARCHS]
+        registers = "/".join(f"{r.registers}" for r in per_arch)
+        spilled = [r.spill_stores + r.spill_loads for r in per_arch]
+        spills = "/".join(map(str, spilled)) if any(spilled) else "0"
+        print(f"{name:<{width}}  {registers:<32}{spills:<24}{per_arch[0].shared_bytes:>8}")
+    for per_arch in resources.values():
+        assert all(isinstance(r.spill_stores, int) and isinstance(r.spill_loads, int) for r in per_arch.values())
+
+
+def test_compile_error_names_the_file_and_carries_the_log(monkeypatch):
+    real_read = loader._read_text
+
+    def read(name):
+        if name == "broken.cu":
+            return '#include "common.cuh"\nextern "C" __global__ void broken(float* y) { y[0] = undefined_name; }\n'
+        return real_read(name)
+
+    monkeypatch.setattr(loader, "_read_text", read)
+    with pytest.raises(loader.KernelCompileError, match=r"kernels/broken\.cu") as excinfo:
+        loader.compile_for_arch("broken.cu", "sm_90")
+    assert "undefined_name" in str(excinfo.value)
+    assert 'broken.cu' in str(excinfo.value).split("\n", 1)[1], "the NVRTC log should point into broken.cu"
+
+
+def test_parse_ptxas_log():
+    log = """ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function 'first' for 'sm_90'
+ptxas info    : Function properties for first
+ptxas         .     8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads
+ptxas info    : Used 40 registers, used 1 barriers, 8320 bytes smem, 452 bytes cmem[0]
+ptxas info    : Compiling entry function 'second' for 'sm_90'
+ptxas info    : Function properties for second
+ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 20 registers, used 0 barriers, 384 bytes cmem[0]
+"""
+    assert loader.parse_ptxas_log(log) == {
+        "first": loader.KernelResources(40, 4, 12, 8, 8320),
+        "second": loader.KernelResources(20, 0, 0, 0, 0),
+    }
+
+
+def test_parse_cuobjdump_resource_usage():
+    """The fallback for an NVRTC without -Xptxas: registers and shared memory, spills unknown."""
+    text = """
+Resource usage:
+ Common:
+  GLOBAL:64 CONSTANT[4]:128
+ Function gpuconv_conv2d_wgrad_reduce_f64:
+  REG:32 STACK:0 SHARED:0 LOCAL:0 CONSTANT[0]:556 TEXTURE:0 SURFACE:0 SAMPLER:0
+ Function gpuconv_conv2d_wgrad_tile16x16_f32:
+  REG:55 STACK:16 SHARED:5376 LOCAL:0 CONSTANT[0]:632 TEXTURE:0 SURFACE:0 SAMPLER:0
+"""
+    assert loader.parse_cuobjdump_resource_usage(text) == {
+        "gpuconv_conv2d_wgrad_reduce_f64": loader.KernelResources(32, None, None, 0, 0),
+        "gpuconv_conv2d_wgrad_tile16x16_f32": loader.KernelResources(55, None, None, 16, 5376),
+    }
