@@ -15,6 +15,10 @@ class CUDAUnavailableError(RuntimeError):
     """CUDA was asked for but cannot be used on this machine."""
 
 
+class GPUOutOfMemoryError(MemoryError):
+    """A GPU computation cannot fit in the memory that is free; the message says how many bytes of each."""
+
+
 @functools.lru_cache(maxsize=None)
 def _import_cupy():
     """(cupy module or None, reason string when unusable)."""

@@ -5,11 +5,14 @@ every output exactly and respect CUDA's limits for any geometry.
 """
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gpuconv._backend import GPUOutOfMemoryError
 from gpuconv._shapes import ConvGeometry, PoolGeometry
 from gpuconv.cuda import _launch, conv, loader, pool
 
@@ -116,10 +119,55 @@ def test_wgrad_split_is_independent_of_the_gpu_and_splits_long_reductions():
 
 def test_im2col_chunks_respect_the_budget():
     g = ConvGeometry.create((100, 64, 32, 32), (64, 64, 3, 3), padding=1)
-    per_image = 64 * 9 * 32 * 32 * 4
+    per_image = (64 * 9 + 64) * 32 * 32 * 4  # the column matrix and the (K, P*Q) GEMM operand
+    assert conv.im2col_bytes_per_image(g, 4) == per_image
     assert conv.im2col_batch_chunk(g, 4, budget=10 * per_image) == 10
     assert conv.im2col_batch_chunk(g, 4, budget=per_image - 1) == 1  # one image even over budget
     assert conv.im2col_batch_chunk(g, 4, budget=1 << 40) == 100
     chunks = list(conv._batch_chunks(g, 4))
     assert chunks[0][0] == 0 and chunks[-1][1] == 100
     assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+
+
+class _FakeCuPy:
+    """Just enough of CuPy for the memory plan: device memory and a default pool with a limit."""
+
+    class _Pool:
+        def __init__(self, used, cached, limit):
+            self.used, self.cached, self.limit = used, cached, limit
+
+        def free_bytes(self):
+            return self.cached
+
+        def used_bytes(self):
+            return self.used
+
+        def get_limit(self):
+            return self.limit
+
+    def __init__(self, device_free, used=0, cached=0, limit=0):
+        self._pool = self._Pool(used, cached, limit)
+        self.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(memGetInfo=lambda: (device_free, 1 << 40)))
+
+    def get_default_memory_pool(self):
+        return self._pool
+
+
+def test_available_memory_counts_the_pools_cached_blocks_and_respects_its_limit():
+    assert conv.available_device_bytes(_FakeCuPy(device_free=1000, cached=200)) == 1200
+    assert conv.available_device_bytes(_FakeCuPy(device_free=1000, cached=200, used=700, limit=1000)) == 300
+    assert conv.available_device_bytes(_FakeCuPy(device_free=0, used=900, limit=800)) == 0
+
+
+def test_im2col_budget_shrinks_to_free_memory_then_falls_back_or_fails_clearly():
+    g = ConvGeometry.create((100, 64, 32, 32), (64, 64, 3, 3), padding=1)
+    per_image = conv.im2col_bytes_per_image(g, 4)
+    plenty = _FakeCuPy(device_free=1 << 40)
+    assert conv._im2col_budget(plenty, g, 4, "im2col", "fprop") == conv.IM2COL_WORKSPACE_BYTES
+    tight = _FakeCuPy(device_free=10 * per_image)  # half of it is the budget
+    assert conv.im2col_batch_chunk(g, 4, conv._im2col_budget(tight, g, 4, "auto", "fprop")) == 5
+    starved = _FakeCuPy(device_free=per_image)
+    assert conv._im2col_budget(starved, g, 4, "auto", "fprop") is None  # auto: implicit GEMM instead
+    with pytest.raises(GPUOutOfMemoryError, match=rf"fprop with algo='im2col'.* needs {2 * per_image:,} bytes "
+                                                  rf"of GPU memory but only {per_image:,} bytes are free"):
+        conv._im2col_budget(starved, g, 4, "im2col", "fprop")

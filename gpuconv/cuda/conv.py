@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._backend import require_cuda
+from .._backend import GPUOutOfMemoryError, require_cuda
 from .._shapes import ConvGeometry
 from . import _launch
 from ._launch import ceil_div
@@ -144,17 +144,73 @@ def wgrad_grid(g: ConvGeometry, tile: Tile, splits: int) -> tuple[int, int, int]
     return ceil_div(Kg, tile.block_m), ceil_div(Cg * g.R * g.S, tile.block_n), G * splits
 
 
+def im2col_bytes_per_image(g: ConvGeometry, itemsize: int) -> int:
+    """Workspace one image needs on the im2col path: its column matrix plus the (K, P*Q) GEMM operand or result."""
+    return (g.C * g.R * g.S + g.K) * g.P * g.Q * itemsize
+
+
 def im2col_batch_chunk(g: ConvGeometry, itemsize: int, budget: int | None = None) -> int:
-    """How many images' column matrices fit ``budget`` bytes (default IM2COL_WORKSPACE_BYTES), at least one."""
+    """How many images' workspaces fit ``budget`` bytes (default IM2COL_WORKSPACE_BYTES), at least one."""
     budget = IM2COL_WORKSPACE_BYTES if budget is None else budget
-    per_image = g.C * g.R * g.S * g.P * g.Q * itemsize
-    return max(1, min(g.N, budget // per_image))
+    return max(1, min(g.N, budget // im2col_bytes_per_image(g, itemsize)))
 
 
-def _batch_chunks(g: ConvGeometry, itemsize: int):
-    step = im2col_batch_chunk(g, itemsize)
+def _batch_chunks(g: ConvGeometry, itemsize: int, budget: int | None = None):
+    step = im2col_batch_chunk(g, itemsize, budget)
     for start in range(0, g.N, step):
         yield start, min(start + step, g.N)
+
+
+# ----------------------------------------------------------- memory plans ---
+
+def available_device_bytes(cupy) -> int:
+    """What a new allocation can still get: free device memory plus the blocks CuPy's pool holds unused,
+    within the pool's limit when one is set (``cupy.get_default_memory_pool().set_limit``)."""
+    free, _total = cupy.cuda.runtime.memGetInfo()
+    pool = cupy.get_default_memory_pool()
+    available = free + pool.free_bytes()
+    limit = pool.get_limit()
+    if limit:
+        available = min(available, limit - pool.used_bytes())
+    return max(0, int(available))
+
+
+def _memory_error(cupy, what: str, needed: int, cause=None) -> GPUOutOfMemoryError:
+    return GPUOutOfMemoryError(f"{what} needs {needed:,} bytes of GPU memory but only "
+                               f"{available_device_bytes(cupy):,} bytes are free" +
+                               (f" ({cause})" if cause else ""))
+
+
+def _im2col_budget(cupy, g: ConvGeometry, itemsize: int, algo: str, what: str) -> int | None:
+    """Bytes the im2col workspace may take (batch chunks are sized to it), or None to use implicit GEMM.
+
+    The budget is IM2COL_WORKSPACE_BYTES or half the free memory, whichever is less: half, because cuBLAS
+    and the contiguous copies CuPy makes of transposed GEMM operands take memory beyond the column matrix.
+    When not even one image's workspace fits, ``algo="auto"`` falls back to implicit GEMM (it needs no
+    workspace); an explicit ``algo="im2col"`` raises GPUOutOfMemoryError with the bytes needed and free.
+    """
+    per_image = im2col_bytes_per_image(g, itemsize)
+    usable = available_device_bytes(cupy) // 2
+    if per_image <= usable:
+        return min(IM2COL_WORKSPACE_BYTES, usable)
+    if algo == "auto":
+        return None
+    raise _memory_error(cupy, f"{what} with algo='im2col' (the workspace of one image, twice for headroom)",
+                        2 * per_image)
+
+
+def _out_of_memory_reported(cupy, what: str, result_shape, dtype, compute):
+    """compute(), with CuPy's out-of-memory error restated as GPUOutOfMemoryError (bytes needed and free)."""
+    try:
+        return compute()
+    except cupy.cuda.memory.OutOfMemoryError as exc:
+        needed = int(np.prod(result_shape)) * np.dtype(dtype).itemsize
+        raise _memory_error(cupy, what, needed, cause=str(exc)) from None
+
+
+def _empty(cupy, shape, dtype, what: str):
+    """cupy.empty, with CuPy's out-of-memory error restated as GPUOutOfMemoryError."""
+    return _out_of_memory_reported(cupy, what, shape, dtype, lambda: cupy.empty(shape, dtype=dtype))
 
 
 # ---------------------------------------------------------------- helpers ---
@@ -228,23 +284,31 @@ def _output_grad_by_group(cupy, dy, g: ConvGeometry):
 def conv2d_forward(x, w, g: ConvGeometry, algo: str = "auto"):
     """y (N, K, P, Q) = conv2d(x (N, C, H, W), w (K, C/groups, R, S)), in x's dtype."""
     cupy, (x, w) = _prepare(g, x=x, w=w)
-    if _resolve_algo(algo, g) == "im2col":
-        return _forward_im2col(cupy, x, w, g)
+    use_im2col = _resolve_algo(algo, g) == "im2col"
+    if use_im2col and g.is_pointwise:  # x[n] already is the column matrix of image n: no workspace
+        return _out_of_memory_reported(cupy, "conv2d forward (its output)", g.output_shape, x.dtype,
+                                       lambda: _forward_pointwise(cupy, x, w, g))
+    y = _empty(cupy, g.output_shape, x.dtype, "conv2d forward (its output)")
+    if use_im2col:
+        budget = _im2col_budget(cupy, g, x.itemsize, algo, "conv2d forward")
+        if budget is not None:
+            return _forward_im2col(cupy, x, w, g, y, budget)
     tile = fprop_tile(g)
-    y = cupy.empty(g.output_shape, dtype=x.dtype)
     _launch_kernel("conv2d_fprop.cu", f"gpuconv_conv2d_fprop_{tile.name}", x.dtype, fprop_grid(g, tile),
                    tile.threads, (x, w, y, *conv_shape_args(g)))
     return y
 
 
-def _forward_im2col(cupy, x, w, g: ConvGeometry):
+def _forward_pointwise(cupy, x, w, g: ConvGeometry):
+    G, Cg, Kg = _groups(g)
+    y = cupy.matmul(w.reshape(G, Kg, Cg), x.reshape(g.N, G, Cg, g.H * g.W))  # (N, G, Kg, H*W)
+    return y.reshape(g.output_shape)
+
+
+def _forward_im2col(cupy, x, w, g: ConvGeometry, y, budget: int):
     G, Cg, Kg = _groups(g)
     w_by_group = w.reshape(G, Kg, Cg * g.R * g.S)
-    if g.is_pointwise:  # x[n] already is the column matrix of image n
-        y = cupy.matmul(w_by_group, x.reshape(g.N, G, Cg, g.H * g.W))  # (N, G, Kg, H*W)
-        return y.reshape(g.output_shape)
-    y = cupy.empty(g.output_shape, dtype=x.dtype)
-    for start, stop in _batch_chunks(g, x.itemsize):
+    for start, stop in _batch_chunks(g, x.itemsize, budget):
         n = stop - start
         col = _im2col(cupy, x[start:stop], g)
         y_by_group = cupy.matmul(w_by_group, col)  # (G, Kg, n*P*Q) = (K, n, P, Q)
@@ -257,23 +321,32 @@ def _forward_im2col(cupy, x, w, g: ConvGeometry):
 def conv2d_grad_input(dy, w, g: ConvGeometry, algo: str = "auto"):
     """dx (N, C, H, W), the gradient of conv2d with respect to its input, in dy's dtype."""
     cupy, (dy, w) = _prepare(g, dy=dy, w=w)
-    if _resolve_algo(algo, g) == "im2col":
-        return _grad_input_im2col(cupy, dy, w, g)
+    use_im2col = _resolve_algo(algo, g) == "im2col"
+    if use_im2col and g.is_pointwise:
+        return _out_of_memory_reported(cupy, "conv2d grad_input (its output)", g.input_shape, dy.dtype,
+                                       lambda: _grad_input_pointwise(cupy, dy, w, g))
+    dx = _empty(cupy, g.input_shape, dy.dtype, "conv2d grad_input (its output)")
+    if use_im2col:
+        budget = _im2col_budget(cupy, g, dy.itemsize, algo, "conv2d grad_input")
+        if budget is not None:
+            return _grad_input_im2col(cupy, dy, w, g, dx, budget)
     tile = dgrad_tile(g)
-    dx = cupy.empty(g.input_shape, dtype=dy.dtype)
     _launch_kernel("conv2d_dgrad.cu", f"gpuconv_conv2d_dgrad_{tile.name}", dy.dtype, dgrad_grid(g, tile),
                    tile.threads, (dy, w, dx, *conv_shape_args(g)))
     return dx
 
 
-def _grad_input_im2col(cupy, dy, w, g: ConvGeometry):
+def _grad_input_pointwise(cupy, dy, w, g: ConvGeometry):
+    G, Cg, Kg = _groups(g)
+    w_t = w.reshape(G, Kg, Cg).transpose(0, 2, 1)  # (G, Cg, Kg)
+    dx = cupy.matmul(w_t, dy.reshape(g.N, G, Kg, g.P * g.Q))  # (N, G, Cg, H*W)
+    return dx.reshape(g.input_shape)
+
+
+def _grad_input_im2col(cupy, dy, w, g: ConvGeometry, dx, budget: int):
     G, Cg, Kg = _groups(g)
     w_t = w.reshape(G, Kg, Cg * g.R * g.S).transpose(0, 2, 1)  # (G, Cg*R*S, Kg)
-    if g.is_pointwise:
-        dx = cupy.matmul(w_t, dy.reshape(g.N, G, Kg, g.P * g.Q))  # (N, G, Cg, H*W)
-        return dx.reshape(g.input_shape)
-    dx = cupy.empty(g.input_shape, dtype=dy.dtype)
-    for start, stop in _batch_chunks(g, dy.itemsize):
+    for start, stop in _batch_chunks(g, dy.itemsize, budget):
         dcol = cupy.matmul(w_t, _output_grad_by_group(cupy, dy[start:stop], g))  # (G, Cg*R*S, n*P*Q)
         _col2im(dcol, dx[start:stop], g)
     return dx
@@ -285,22 +358,25 @@ def conv2d_grad_weight(x, dy, g: ConvGeometry, algo: str = "auto"):
     """dw (K, C/groups, R, S), the gradient of conv2d with respect to its weight, in x's dtype."""
     cupy, (x, dy) = _prepare(g, x=x, dy=dy)
     if _resolve_algo(algo, g) == "im2col":
-        return _grad_weight_im2col(cupy, x, dy, g)
+        budget = _im2col_budget(cupy, g, x.itemsize, algo, "conv2d grad_weight")
+        if budget is not None:
+            return _grad_weight_im2col(cupy, x, dy, g, budget)
     tile = wgrad_tile(g)
     splits, per_split = wgrad_split(g, tile)
-    partial = cupy.empty((splits,) + g.weight_shape, dtype=_accumulator_dtype(x.dtype))
+    partial = _empty(cupy, (splits,) + g.weight_shape, _accumulator_dtype(x.dtype),
+                     "conv2d grad_weight (its split-reduction workspace)")
     _launch_kernel("conv2d_wgrad.cu", f"gpuconv_conv2d_wgrad_{tile.name}", x.dtype, wgrad_grid(g, tile, splits),
                    tile.threads, (x, dy, partial, *conv_shape_args(g), *_launch.int32(splits),
                                   _launch.int64(per_split)))
-    dw = cupy.empty(g.weight_shape, dtype=x.dtype)
+    dw = _empty(cupy, g.weight_shape, x.dtype, "conv2d grad_weight (its output)")
     _launch_kernel("conv2d_wgrad.cu", "gpuconv_conv2d_wgrad_reduce", x.dtype, _launch.elementwise_grid(dw.size),
                    _launch.ELEMENTWISE_THREADS, (partial, dw, _launch.int64(dw.size), *_launch.int32(splits)))
     return dw
 
 
-def _grad_weight_im2col(cupy, x, dy, g: ConvGeometry):
+def _grad_weight_im2col(cupy, x, dy, g: ConvGeometry, budget: int):
     dw = None
-    for start, stop in _batch_chunks(g, x.itemsize):
+    for start, stop in _batch_chunks(g, x.itemsize, budget):
         col = _im2col(cupy, x[start:stop], g)                                     # (G, Cg*R*S, n*P*Q)
         part = cupy.matmul(_output_grad_by_group(cupy, dy[start:stop], g),
                            col.transpose(0, 2, 1))                                # (G, Kg, Cg*R*S)
@@ -314,4 +390,4 @@ def _grad_weight_im2col(cupy, x, dy, g: ConvGeometry):
 __all__ = ["ALGOS", "IM2COL_WORKSPACE_BYTES", "Tile", "choose_algo", "conv2d_forward", "conv2d_grad_input",
            "conv2d_grad_weight", "im2col", "col2im", "conv_shape_args", "check_geometry", "fprop_tile",
            "dgrad_tile", "wgrad_tile", "fprop_grid", "dgrad_grid", "wgrad_grid", "wgrad_split",
-           "im2col_batch_chunk"]
+           "im2col_batch_chunk", "im2col_bytes_per_image", "available_device_bytes"]

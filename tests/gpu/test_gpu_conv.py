@@ -99,7 +99,7 @@ def test_im2col_and_col2im_kernels_match_reference(cp, make_data, assert_matches
 @pytest.mark.parametrize("dtype", (np.float16, np.float32), ids=lambda d: np.dtype(d).name)
 def test_im2col_batch_chunks_give_the_same_result(cp, make_data, assert_matches, monkeypatch, dtype):
     g = ConvGeometry.create((5, 4, 9, 8), (6, 4, 3, 3), stride=(1, 2), padding=(1, 2, 0, 1))
-    per_image = g.C * g.R * g.S * g.P * g.Q * np.dtype(dtype).itemsize
+    per_image = conv.im2col_bytes_per_image(g, np.dtype(dtype).itemsize)
     monkeypatch.setattr(conv, "IM2COL_WORKSPACE_BYTES", 2 * per_image)  # chunks of 2, 2 and 1 images
     assert len(list(conv._batch_chunks(g, np.dtype(dtype).itemsize))) == 3
     check_all_passes(cp, make_data, assert_matches, g, dtype, "im2col")
