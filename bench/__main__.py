@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gpuconv import CUDAUnavailableError
+from gpuconv.cli import run_command
 
 
 def _csv(text: str) -> tuple:
@@ -118,15 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except CUDAUnavailableError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"bench: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -50,16 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def run_command(parser: argparse.ArgumentParser, argv=None) -> int:
+    """Parse argv and call the chosen subcommand's ``func``; a user's mistake (bad input, no CUDA, a
+    missing file) is one line on stderr and exit code 2, not a traceback. Shared with ``python -m bench``."""
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except CUDAUnavailableError as exc:
-        print(f"gpuconv: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError) as exc:
-        print(f"gpuconv: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def main(argv=None) -> int:
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -83,19 +83,8 @@ __device__ __forceinline__ void conv2d_dgrad(const T* __restrict__ dy, const T* 
     zero_fill<Tile>(acc);
     accumulate_tiles<Tile>(load_a, load_b, 0, reduction, smem, acc);
 
-    // dx[n, g*Cg + c, h, w]: neighbouring threads hold neighbouring pixels.
-#pragma unroll
-    for (int i = 0; i < Tile::THREAD_M; ++i) {
-        const long long mi = m_first + owned_row<Tile>(i);
-        if (mi >= pixels) continue;
-        const long long ni = mi / HW;
-        T* dx_pixel = dx + (ni * shape.C + (long long)group * Cg) * HW + (mi - ni * HW);
-#pragma unroll
-        for (int jj = 0; jj < Tile::THREAD_N; ++jj) {
-            const int c = c_first + owned_col<Tile>(jj);
-            if (c < Cg) dx_pixel[c * HW] = from_acc<T>(acc[i][jj]);
-        }
-    }
+    // dx[n, g*Cg + c, h, w]
+    store_tiles_nchw<Tile>(dx, acc, m_first, pixels, HW, shape.C, group * Cg, c_first, Cg);
 }
 
 }  // namespace gpuconv

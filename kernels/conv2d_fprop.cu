@@ -70,19 +70,8 @@ __device__ __forceinline__ void conv2d_fprop(const T* __restrict__ x, const T* _
     zero_fill<Tile>(acc);
     accumulate_tiles<Tile>(load_a, load_b, 0, reduction, smem, acc);
 
-    // y[n, g*Kg + k, p, q]: neighbouring threads hold neighbouring pixels.
-#pragma unroll
-    for (int i = 0; i < Tile::THREAD_M; ++i) {
-        const long long mi = m_first + owned_row<Tile>(i);
-        if (mi >= pixels) continue;
-        const long long ni = mi / PQ;
-        T* y_pixel = y + (ni * shape.K + (long long)group * Kg) * PQ + (mi - ni * PQ);
-#pragma unroll
-        for (int jj = 0; jj < Tile::THREAD_N; ++jj) {
-            const int k = k_first + owned_col<Tile>(jj);
-            if (k < Kg) y_pixel[k * PQ] = from_acc<T>(acc[i][jj]);
-        }
-    }
+    // y[n, g*Kg + k, p, q]
+    store_tiles_nchw<Tile>(y, acc, m_first, pixels, PQ, shape.K, group * Kg, k_first, Kg);
 }
 
 }  // namespace gpuconv

@@ -94,6 +94,31 @@ __device__ __forceinline__ void zero_fill(Acc (&acc)[Tile::THREAD_M][Tile::THREA
         for (int j = 0; j < Tile::THREAD_N; ++j) acc[i][j] = Acc(0);
 }
 
+// Write the register tiles to an NCHW tensor whose GEMM rows are its pixels (image n, offset in
+// a plane of `plane` elements) and whose GEMM columns are one group's channels:
+//     out[n, channel_base + column, pixel] = acc   for columns below `columns`.
+// Neighbouring threads hold neighbouring pixels, so the stores are coalesced. fprop writes y this
+// way, dgrad dx.
+template <class Tile, typename T, typename Acc>
+__device__ __forceinline__ void store_tiles_nchw(T* __restrict__ out,
+                                                 const Acc (&acc)[Tile::THREAD_M][Tile::THREAD_N],
+                                                 long long m_first, long long pixels, long long plane,
+                                                 int channels, int channel_base, int column_first,
+                                                 int columns) {
+#pragma unroll
+    for (int i = 0; i < Tile::THREAD_M; ++i) {
+        const long long m = m_first + owned_row<Tile>(i);
+        if (m >= pixels) continue;
+        const long long n = m / plane;
+        T* out_pixel = out + (n * channels + channel_base) * plane + (m - n * plane);
+#pragma unroll
+        for (int j = 0; j < Tile::THREAD_N; ++j) {
+            const int column = column_first + owned_col<Tile>(j);
+            if (column < columns) out_pixel[column * plane] = from_acc<T>(acc[i][j]);
+        }
+    }
+}
+
 // How the loaders spread a BLOCK_K x WIDTH slice over the block's threads.
 //
 // By column: consecutive threads take consecutive columns and every thread keeps

@@ -2,8 +2,9 @@
 
 tests/cuda_emulation compiles each kernel file with g++ and runs its blocks as fibers (see
 cuda_emulation/emulator.py). The GPU modules themselves do the launching: gpuconv.cuda.conv and .pool run
-unchanged, with ``require_cuda`` answering a NumPy stand-in for CuPy (every buffer NaN-filled between
-guard zones, float16 GEMMs accumulated in float32 as cuBLAS does) and ``get_kernel`` the emulated kernel.
+unchanged, with ``gpuconv.cuda._launch.require_cuda`` answering a NumPy stand-in for CuPy (every buffer
+NaN-filled between guard zones, float16 GEMMs accumulated in float32 as cuBLAS does) and ``get_kernel`` the
+emulated kernel.
 So each test covers the kernel, its launch configuration and its argument list, and an unwritten output
 element (NaN), a write out of bounds or a divergent __syncthreads() fails it. Only cuBLAS is not tested.
 
@@ -80,8 +81,8 @@ class NumpyAsCupy:
 @pytest.fixture
 def emulated_gpu(monkeypatch):
     """gpuconv.cuda.conv / .pool launch the emulated kernels; every module back on the forward schedule."""
+    monkeypatch.setattr(_launch, "require_cuda", NumpyAsCupy)  # where conv and pool get "cupy" from
     for module in (conv, pool):
-        monkeypatch.setattr(module, "require_cuda", NumpyAsCupy)
         monkeypatch.setattr(module, "get_kernel", emulated_get_kernel)
     yield
     for module in _modules.values():

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._backend import require_cuda
+from .loader import DTYPE_SUFFIXES
+
 #: Threads per block of the grid-stride kernels (im2col, col2im, pooling, wgrad_reduce).
 ELEMENTWISE_THREADS = 256
 #: Blocks of a grid-stride launch stop growing here; each thread then loops.
@@ -51,3 +54,14 @@ def check_grid(grid: tuple[int, ...], what: str) -> tuple[int, ...]:
     if grid[0] > INT32_MAX or any(d > GRID_YZ_MAX for d in grid[1:]):
         raise ValueError(f"{what}: launch grid {grid} exceeds CUDA's limits (x < 2**31, y and z <= 65535)")
     return grid
+
+
+def kernel_operands(**arrays):
+    """(cupy, C-contiguous versions of the arrays), after checking they share one dtype the kernels are
+    instantiated for (float16, float32 or float64)."""
+    cupy = require_cuda()
+    dtypes = {np.dtype(a.dtype) for a in arrays.values()}
+    if len(dtypes) != 1 or not dtypes <= DTYPE_SUFFIXES.keys():
+        given = ", ".join(f"{name} {a.dtype}" for name, a in arrays.items())
+        raise TypeError(f"the CUDA kernels need arrays of one dtype, float16, float32 or float64; got {given}")
+    return cupy, [cupy.ascontiguousarray(a) for a in arrays.values()]

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._backend import GPUOutOfMemoryError, require_cuda
+from .._backend import GPUOutOfMemoryError
 from .._shapes import ConvGeometry
 from . import _launch
 from ._launch import ceil_div
-from .loader import DTYPE_SUFFIXES, get_kernel, kernel_name
+from .loader import get_kernel, kernel_name
 
 ALGOS = ("auto", "im2col", "implicit_gemm")
 
@@ -221,13 +221,8 @@ def _accumulator_dtype(dtype) -> np.dtype:
 
 def _prepare(g: ConvGeometry, **arrays):
     """C-contiguous versions of the arrays, after checking they share one float dtype and fit the kernels."""
-    cupy = require_cuda()
-    dtypes = {np.dtype(a.dtype) for a in arrays.values()}
-    if len(dtypes) != 1 or not dtypes <= DTYPE_SUFFIXES.keys():
-        given = ", ".join(f"{name} {a.dtype}" for name, a in arrays.items())
-        raise TypeError(f"the CUDA kernels need arrays of one dtype, float16, float32 or float64; got {given}")
     check_geometry(g)
-    return cupy, [cupy.ascontiguousarray(a) for a in arrays.values()]
+    return _launch.kernel_operands(**arrays)
 
 
 def _launch_kernel(file: str, base: str, dtype, grid, threads: int, args) -> None:

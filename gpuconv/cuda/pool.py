@@ -7,12 +7,10 @@ are gathers, so every result is bitwise reproducible. Results have the input dty
 """
 from __future__ import annotations
 
-import numpy as np
 
-from .._backend import require_cuda
 from .._shapes import PoolGeometry
 from . import _launch
-from .loader import DTYPE_SUFFIXES, get_kernel, kernel_name
+from .loader import get_kernel, kernel_name
 
 
 def pool_shape_args(g: PoolGeometry) -> tuple:
@@ -22,13 +20,8 @@ def pool_shape_args(g: PoolGeometry) -> tuple:
 
 
 def _prepare(g: PoolGeometry, **arrays):
-    cupy = require_cuda()
-    dtypes = {np.dtype(a.dtype) for a in arrays.values()}
-    if len(dtypes) != 1 or not dtypes <= DTYPE_SUFFIXES.keys():
-        given = ", ".join(f"{name} {a.dtype}" for name, a in arrays.items())
-        raise TypeError(f"the CUDA kernels need arrays of one dtype, float16, float32 or float64; got {given}")
     _launch.check_extents("pool2d", H_times_W=g.H * g.W, P_times_Q=g.P * g.Q)
-    return cupy, [cupy.ascontiguousarray(a) for a in arrays.values()]
+    return _launch.kernel_operands(**arrays)
 
 
 def _run(base: str, out, *args) -> None:
