@@ -57,6 +57,9 @@ def _versions(env: dict) -> str:
                        ("cuda_runtime", "CUDA runtime"), ("cuda_driver", "CUDA driver"), ("cudnn", "cuDNN")):
         if env.get(key):
             parts.append(f"{label} {env[key]}")
+    for blas in env.get("blas") or []:
+        parts.append(f"{blas.get('internal_api')} {blas.get('version')} ({blas.get('architecture') or '?'} kernels, "
+                     f"{blas.get('num_threads')} threads)")
     return ", ".join(parts)
 
 
@@ -110,6 +113,24 @@ def network_totals(result: dict) -> list:
     return rows
 
 
+def ratio_summary(result: dict) -> list:
+    """Rows (suite, pass, dtype, impl, geometric mean, worst ratio, worst layer, layers) of the per-layer
+    ratio baseline-time / impl-time: the form the performance targets are stated in (every layer counts
+    once, however often it occurs in the network)."""
+    ratios = defaultdict(dict)  # (suite, pass, dtype, impl) -> {layer: ratio}
+    for r in result["records"]:
+        if r.get("ratio_vs_cudnn"):
+            ratios[(r["suite"], r["pass"], r["dtype"], r["impl"])][r["layer"]] = r["ratio_vs_cudnn"]
+    rows = []
+    for (suite, pass_name, dtype, impl), per_layer in ratios.items():
+        geomean = math.exp(sum(math.log(v) for v in per_layer.values()) / len(per_layer))
+        worst = min(per_layer, key=per_layer.get)
+        rows.append((suite, pass_name, dtype, impl, geomean, per_layer[worst], worst, len(per_layer)))
+    order = {p: i for i, p in enumerate(("fprop", "dgrad", "wgrad"))}
+    rows.sort(key=lambda r: (r[0], r[2], r[3], order.get(r[1], 9)))
+    return rows
+
+
 def render_markdown(result: dict) -> str:
     records = result["records"]
     suites = result.get("suites", [])
@@ -149,6 +170,16 @@ def render_markdown(result: dict) -> str:
             for s, p, d, i, t, n, r in network_totals(result)]
     out.append(md_table((["suite"] if multi else []) + ["pass", "dtype", "impl", "total ms", "layers",
                                                       f"vs {baseline}"], rows))
+
+    summary = ratio_summary(result)
+    if summary:
+        out += ["", f"## Ratio to {baseline} per layer", "",
+                f"{baseline} time / this time for each layer (> 1: faster), summarised per pass: the geometric "
+                f"mean over the layers and the worst layer.", ""]
+        rows = [((s,) if multi else ()) + (p, d, i, fmt(g, ".2f"), fmt(w, ".2f"), layer, n)
+                for s, p, d, i, g, w, layer, n in summary]
+        out.append(md_table((["suite"] if multi else []) + ["pass", "dtype", "impl", "geometric mean", "worst",
+                                                          "worst layer", "layers"], rows))
 
     out += ["", "## Layers", "",
             f"ms: median time; % peak: of the card's peak for the dtype (fp16 = tensor cores); "

@@ -97,7 +97,10 @@ def environment(device: str) -> dict:
             env["cudnn"] = torch.backends.cudnn.version()
     try:
         from threadpoolctl import threadpool_info
-        env["blas"] = [{k: info.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer")}
+        # "architecture" is the kernel set OpenBLAS runs (OPENBLAS_CORETYPE can force an older one): it
+        # decides most of the CPU path's speed, so it belongs beside the numbers.
+        env["blas"] = [{k: info.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer",
+                                                 "architecture")}
                        for info in threadpool_info() if info.get("user_api") == "blas"]
     except ImportError:
         pass

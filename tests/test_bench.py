@@ -458,6 +458,18 @@ def test_comparison_gives_speedups_and_geometric_means(tmp_path):
     assert "1 record(s) only in A" in text
 
 
+def test_ratio_summary_gives_the_geometric_mean_and_the_worst_layer():
+    result = _synthetic_result({("l1", "fprop", "gpuconv:im2col"): 2.0, ("l1", "fprop", "cudnn"): 1.0,
+                                ("l2", "fprop", "gpuconv:im2col"): 1.0, ("l2", "fprop", "cudnn"): 2.0,
+                                ("l3", "fprop", "gpuconv:im2col"): 1.0, ("l3", "fprop", "cudnn"): 1.0})
+    derive_metrics(result["records"], {"fp32_tflops": 50.0}, "cuda")
+    (row,) = report.ratio_summary(result)
+    suite, pass_name, dtype, impl, geomean, worst, worst_layer, layers = row
+    assert (pass_name, impl, layers, worst_layer) == ("fprop", "gpuconv:im2col", 3, "l1")
+    assert geomean == pytest.approx(1.0) and worst == pytest.approx(0.5)
+    assert "## Ratio to cudnn per layer" in report.render_markdown(result)
+
+
 def test_result_files_are_written_with_the_documented_fields(tmp_path):
     result = _synthetic_result({("l1", "fprop", "gpuconv:im2col"): 2.0, ("l1", "fprop", "cudnn"): 1.0})
     result["records"][0]["max_rel_err"] = float("nan")  # JSON has no NaN: it must become null
@@ -502,7 +514,7 @@ def test_cpu_run_end_to_end_on_the_tiny_suite(tmp_path):
     again = json.loads((tmp_path / "tiny.json").read_text())
     assert [record_key(r) for r in again["records"]] == [record_key(r) for r in result["records"]]
     md = (tmp_path / "tiny.md").read_text()
-    assert md.count("| conv3x3_s2 |") == 3 * len(impl_names)
+    assert md.split("## Layers")[1].count("| conv3x3_s2 |") == 3 * len(impl_names)
 
 
 @pytest.mark.slow
