@@ -73,7 +73,7 @@ def environment(device: str) -> dict:
            "python": platform.python_version(), "platform": platform.platform(), "numpy": np.__version__,
            "cupy": None, "torch": None, "torch_cuda": None, "cudnn": None, "cuda_runtime": None,
            "cuda_driver": None, "nvrtc": None}
-    status = _git("status", "--porcelain")
+    status = _git("status", "--porcelain", "--untracked-files=no")  # earlier results do not change the code
     env["git_dirty"] = None if status is None else bool(status)
     cupy = cupy_module()
     if cupy is not None:
