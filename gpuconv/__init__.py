@@ -5,7 +5,13 @@ kernels; the textbook NumPy path in ``gpuconv.reference`` is the ground truth.
 """
 __version__ = "0.1.0"
 
-from ._backend import CUDAUnavailableError, GPUOutOfMemoryError, cuda_available, cuda_unavailable_reason, to_device  # noqa: E402
+from ._backend import (  # noqa: E402
+    CUDAUnavailableError,
+    GPUOutOfMemoryError,
+    cuda_available,
+    cuda_unavailable_reason,
+    to_device,
+)
 from ._shapes import ConvGeometry, PoolGeometry  # noqa: E402
 from .functional import (  # noqa: E402
     avg_pool2d,
@@ -22,5 +28,6 @@ from . import nn, optim  # noqa: E402
 __all__ = [
     "__version__", "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias",
     "max_pool2d", "max_pool2d_grad", "avg_pool2d", "avg_pool2d_grad", "ConvGeometry", "PoolGeometry",
-    "CUDAUnavailableError", "GPUOutOfMemoryError", "cuda_available", "cuda_unavailable_reason", "to_device", "nn", "optim",
+    "CUDAUnavailableError", "GPUOutOfMemoryError", "cuda_available", "cuda_unavailable_reason", "to_device",
+    "nn", "optim",
 ]

@@ -58,7 +58,7 @@ def resolve_padding(padding, in_hw, kernel_hw, stride, dilation) -> tuple[int, i
         if mode == "same":
             pads = []
             for size, k, s, d in zip(in_hw, kernel_hw, stride, dilation):
-                out = -(-size // s)  # ceil(size / s)
+                out = ceil_div(size, s)
                 total = max((out - 1) * s + d * (k - 1) + 1 - size, 0)
                 pads += [total // 2, total - total // 2]
             return tuple(pads)
@@ -79,6 +79,12 @@ def resolve_padding(padding, in_hw, kernel_hw, stride, dilation) -> tuple[int, i
     if min(pads) < 0:
         raise ValueError(f"padding must be >= 0, got {padding!r}")
     return pads
+
+
+def accumulation_dtype(dtype) -> np.dtype:
+    """The dtype sums are kept in: float16 is a storage type, computed in float32 (as the GPU kernels do)."""
+    dtype = np.dtype(dtype)
+    return np.dtype(np.float32) if dtype == np.float16 else dtype
 
 
 def check_float_dtype(array, name: str) -> np.dtype:
@@ -263,4 +269,4 @@ def ceil_div(a: int, b: int) -> int:
 
 
 __all__ = ["ConvGeometry", "PoolGeometry", "pair", "resolve_padding", "conv_output_size",
-           "pool_output_size", "check_float_dtype", "check_same_dtype", "ceil_div"]
+           "pool_output_size", "accumulation_dtype", "check_float_dtype", "check_same_dtype", "ceil_div"]

@@ -51,7 +51,7 @@ import threading
 
 import numpy as np
 
-from ._shapes import ConvGeometry
+from ._shapes import ConvGeometry, accumulation_dtype, ceil_div
 
 # ------------------------------------------------------------- workspace ---
 
@@ -115,7 +115,7 @@ def _workspace(dtype, *shapes):
     offsets, total = [], 0
     for size in sizes:
         offsets.append(total)
-        total += -(-size // _ALIGN) * _ALIGN
+        total += ceil_div(size, _ALIGN) * _ALIGN
     _peak_workspace = max(_peak_workspace, sum(sizes))
     buffer = getattr(_cache, "buffer", None)
     if buffer is None or buffer.size < total + _ALIGN:
@@ -137,7 +137,7 @@ def _chunks(g: ConvGeometry, bytes_per_pixel: int):
     if per_sample * g.N <= limit:
         return [(0, g.N, 0, g.P)] if g.N else []
     if per_sample <= limit:
-        count = -(-g.N // (limit // per_sample))
+        count = ceil_div(g.N, limit // per_sample)
         bounds = [g.N * i // count for i in range(count + 1)]
         return [(a, b, 0, g.P) for a, b in zip(bounds[:-1], bounds[1:])]
     rows = limit // per_row
@@ -146,7 +146,7 @@ def _chunks(g: ConvGeometry, bytes_per_pixel: int):
             f"one output row of this convolution needs {per_row} bytes of CPU workspace, more than the "
             f"limit of {limit} bytes; raise it with gpuconv.cpu_fast.set_workspace_limit() or "
             f"GPUCONV_CPU_WORKSPACE_MB")
-    count = -(-g.P // rows)
+    count = ceil_div(g.P, rows)
     bounds = [g.P * i // count for i in range(count + 1)]
     return [(n, n + 1, a, b) for n in range(g.N) for a, b in zip(bounds[:-1], bounds[1:])]
 
@@ -201,11 +201,6 @@ def _copy(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
 
 # -------------------------------------------------------------- layouts ---
 
-def _accumulation_dtype(dtype):
-    # float16 is a storage type: compute in float32 as the reference does.
-    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
-
-
 def _strided(base: np.ndarray, offset: int, shape, strides) -> np.ndarray:
     """A view of contiguous ``base`` with element offset/strides (bounds-checked, unlike as_strided)."""
     item = base.itemsize
@@ -229,7 +224,7 @@ class _ChannelMajorInput:
         self.Hp, Wp = g.H + pt + pb, g.W + pl + pr
         sw = g.stride[1]
         self.phases = sw if (sw > 1 and g.S > 1) else 1
-        self.Wq = -(-Wp // self.phases)
+        self.Wq = ceil_div(Wp, self.phases)
         self.shape = (g.N, g.C, self.Hp, self.phases, self.Wq)
 
     def _rows(self):
@@ -424,7 +419,7 @@ def _per_sample_gemm(g: ConvGeometry) -> bool:
 
 def conv2d_forward(x: np.ndarray, weight: np.ndarray, g: ConvGeometry) -> np.ndarray:
     """y[n, k, p, q] = sum_{c, r, s} x[n, c, p*sh + r*dh - pt, q*sw + s*dw - pl] * w[k, c, r, s]."""
-    acc = _accumulation_dtype(x.dtype)
+    acc = accumulation_dtype(x.dtype)
     x = np.ascontiguousarray(x)
     weight = np.ascontiguousarray(weight, dtype=acc)
     if g.C == g.groups > 1:
@@ -517,7 +512,7 @@ def _channel_block(bytes_per_channel: int) -> int:
 
 def conv2d_grad_input(grad_output: np.ndarray, weight: np.ndarray, g: ConvGeometry) -> np.ndarray:
     """dx, as convolutions of dy (one per stride phase) or, when K >> C, by col2im."""
-    acc = _accumulation_dtype(grad_output.dtype)
+    acc = accumulation_dtype(grad_output.dtype)
     dy = np.ascontiguousarray(grad_output, dtype=acc)
     weight = np.ascontiguousarray(weight, dtype=acc)
     if g.C == g.groups > 1:
@@ -659,7 +654,7 @@ def _depthwise_grad_input(dy, weight, g, acc):
 
 def conv2d_grad_weight(x: np.ndarray, grad_output: np.ndarray, g: ConvGeometry) -> np.ndarray:
     """dW[group] = sum over chunks of dy (Kg, n*p*q) @ col^T (n*p*q, Cg*R*S)."""
-    acc = _accumulation_dtype(x.dtype)
+    acc = accumulation_dtype(x.dtype)
     x = np.ascontiguousarray(x)
     dy = np.ascontiguousarray(grad_output, dtype=acc)
     Kg, Cg = g.K // g.groups, g.C // g.groups

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import reference
 from ._backend import array_module
-from ._shapes import ConvGeometry, PoolGeometry, check_float_dtype, check_same_dtype
+from ._shapes import ConvGeometry, PoolGeometry, accumulation_dtype, check_float_dtype, check_same_dtype
 
 #: Algorithms each device accepts. On the CPU "auto" is the fast path and
 #: "reference" (alias "im2col") the textbook ground truth.
@@ -110,7 +110,7 @@ def conv2d_grad_bias(grad_output):
     if grad_output.ndim != 4:
         raise ValueError(f"grad_output must be 4-D (N, K, P, Q), got {grad_output.ndim}-D shape "
                          f"{tuple(grad_output.shape)}")
-    acc = xp.float32 if dtype == np.float16 else dtype
+    acc = accumulation_dtype(dtype)
     # Contiguous as in every other pass: the summation order, and so the rounding, then does not depend on
     # the memory layout of grad_output.
     return _contiguous(xp, grad_output).sum(axis=(0, 2, 3), dtype=acc).astype(dtype, copy=False)

@@ -12,12 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._shapes import ConvGeometry, PoolGeometry
-
-
-def _accumulation_dtype(dtype):
-    # float16 is a storage type: compute in float32 as the GPU kernels do.
-    return np.float32 if dtype == np.float16 else dtype
+from ._shapes import ConvGeometry, PoolGeometry, accumulation_dtype
 
 
 def im2col(x: np.ndarray, g: ConvGeometry) -> np.ndarray:
@@ -57,7 +52,7 @@ def _group_slices(g: ConvGeometry):
 
 def conv2d_forward(x: np.ndarray, weight: np.ndarray, g: ConvGeometry) -> np.ndarray:
     """y[n, k, p, q] = sum_{c, r, s} x[n, c, p*sh + r*dh - pt, q*sw + s*dw - pl] * w[k, c, r, s]."""
-    acc = _accumulation_dtype(x.dtype)
+    acc = accumulation_dtype(x.dtype)
     x, weight = x.astype(acc, copy=False), weight.astype(acc, copy=False)
     y = np.empty((g.N, g.K, g.P, g.Q), dtype=acc)
     for cs, ks in _group_slices(g):
@@ -69,7 +64,7 @@ def conv2d_forward(x: np.ndarray, weight: np.ndarray, g: ConvGeometry) -> np.nda
 
 
 def conv2d_grad_input(grad_output: np.ndarray, weight: np.ndarray, g: ConvGeometry) -> np.ndarray:
-    acc = _accumulation_dtype(grad_output.dtype)
+    acc = accumulation_dtype(grad_output.dtype)
     grad_output, weight = grad_output.astype(acc, copy=False), weight.astype(acc, copy=False)
     grad_input = np.empty((g.N, g.C, g.H, g.W), dtype=acc)
     for cs, ks in _group_slices(g):
@@ -80,7 +75,7 @@ def conv2d_grad_input(grad_output: np.ndarray, weight: np.ndarray, g: ConvGeomet
 
 
 def conv2d_grad_weight(x: np.ndarray, grad_output: np.ndarray, g: ConvGeometry) -> np.ndarray:
-    acc = _accumulation_dtype(x.dtype)
+    acc = accumulation_dtype(x.dtype)
     x, grad_output = x.astype(acc, copy=False), grad_output.astype(acc, copy=False)
     grad_weight = np.empty(g.weight_shape, dtype=acc)
     for cs, ks in _group_slices(g):
@@ -137,13 +132,13 @@ def _avg_divisors(g: PoolGeometry, count_include_pad: bool) -> np.ndarray:
 
 
 def avg_pool2d_forward(x: np.ndarray, g: PoolGeometry, count_include_pad: bool = True) -> np.ndarray:
-    acc = _accumulation_dtype(x.dtype)
+    acc = accumulation_dtype(x.dtype)
     sums = _pool_windows(x.astype(acc, copy=False), g, 0.0).sum(axis=-1)
     return sums / _avg_divisors(g, count_include_pad).astype(acc)
 
 
 def avg_pool2d_grad(grad_output: np.ndarray, g: PoolGeometry, count_include_pad: bool = True) -> np.ndarray:
-    acc = _accumulation_dtype(grad_output.dtype)
+    acc = accumulation_dtype(grad_output.dtype)
     share = grad_output.astype(acc, copy=False) / _avg_divisors(g, count_include_pad).astype(acc)
     (kh, kw) = g.kernel
     grad_win = np.broadcast_to(share[..., None], share.shape + (kh * kw,))

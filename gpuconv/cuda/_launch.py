@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._backend import require_cuda
+from .._shapes import ceil_div
 from .loader import DTYPE_SUFFIXES
 
 #: Threads per block of the grid-stride kernels (im2col, col2im, pooling, wgrad_reduce).
@@ -18,10 +19,6 @@ MAX_ELEMENTWISE_BLOCKS = 1 << 16
 
 INT32_MAX = 2**31 - 1
 GRID_YZ_MAX = 65535
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def elementwise_grid(total: int) -> tuple[int]:

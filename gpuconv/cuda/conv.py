@@ -26,9 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._backend import GPUOutOfMemoryError
-from .._shapes import ConvGeometry
+from .._shapes import ConvGeometry, accumulation_dtype, ceil_div
 from . import _launch
-from ._launch import ceil_div
 from .loader import get_kernel, kernel_name
 
 ALGOS = ("auto", "im2col", "implicit_gemm")
@@ -215,10 +214,6 @@ def _empty(cupy, shape, dtype, what: str):
 
 # ---------------------------------------------------------------- helpers ---
 
-def _accumulator_dtype(dtype) -> np.dtype:
-    return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
-
-
 def _prepare(g: ConvGeometry, **arrays):
     """C-contiguous versions of the arrays, after checking they share one float dtype and fit the kernels."""
     check_geometry(g)
@@ -358,7 +353,7 @@ def conv2d_grad_weight(x, dy, g: ConvGeometry, algo: str = "auto"):
             return _grad_weight_im2col(cupy, x, dy, g, budget)
     tile = wgrad_tile(g)
     splits, per_split = wgrad_split(g, tile)
-    partial = _empty(cupy, (splits,) + g.weight_shape, _accumulator_dtype(x.dtype),
+    partial = _empty(cupy, (splits,) + g.weight_shape, accumulation_dtype(x.dtype),
                      "conv2d grad_weight (its split-reduction workspace)")
     _launch_kernel("conv2d_wgrad.cu", f"gpuconv_conv2d_wgrad_{tile.name}", x.dtype, wgrad_grid(g, tile, splits),
                    tile.threads, (x, dy, partial, *conv_shape_args(g), *_launch.int32(splits),
@@ -378,7 +373,7 @@ def _grad_weight_im2col(cupy, x, dy, g: ConvGeometry, budget: int):
         if dw is None:
             dw = part
         else:  # chunks are summed in batch order, float16 ones in float32
-            dw = dw.astype(_accumulator_dtype(x.dtype), copy=False) + part
+            dw = dw.astype(accumulation_dtype(x.dtype), copy=False) + part
     return dw.astype(x.dtype, copy=False).reshape(g.weight_shape)
 
 

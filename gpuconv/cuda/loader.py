@@ -338,4 +338,5 @@ def compile_all_for_arch(arch: str = "sm_90") -> dict:
 __all__ = ["COMPILE_OPTIONS", "DTYPE_SUFFIXES", "KERNEL_BASE_NAMES", "KERNELS", "KernelCompileError",
            "KernelResources", "CompiledFile", "kernel_name", "kernel_files", "exported_kernels",
            "kernel_source", "kernel_sources", "get_module", "get_kernel", "nvrtc_version",
-           "parse_ptxas_log", "parse_cuobjdump_resource_usage", "find_cuda_tool", "compile_for_arch", "compile_all_for_arch"]
+           "parse_ptxas_log", "parse_cuobjdump_resource_usage", "find_cuda_tool", "compile_for_arch",
+           "compile_all_for_arch"]

@@ -13,7 +13,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .._backend import as_numpy, array_module, normalize_device, to_device
+from .._backend import array_module, as_numpy, device_of, normalize_device, to_device
 
 
 class Parameter:
@@ -107,7 +107,6 @@ class Module:
 
     @property
     def device(self) -> str:
-        from .._backend import device_of
         arrays = [p.data for p in self.parameters()] + [a for _, a in self.named_buffers()]
         return device_of(arrays[0]) if arrays else "cpu"
 
