@@ -10,12 +10,25 @@
 // different __syncthreads() calls, __trap() -- stop the launch and are reported to the caller
 // (tests/cuda_emulation/emulator.py turns them into Python exceptions).
 //
+// Memory faults: during a launch, SIGSEGV, SIGBUS and SIGFPE are caught (handler on its own sigaltstack,
+// since fibers have small stacks). emulator.py places every buffer against PROT_NONE guard pages, so an
+// out-of-bounds read or write of a buffer faults; the handler records the address, the instruction, the
+// thread and block, and siglongjmps back to launch_grid, which abandons the launch (the signal mask and the
+// previous handlers are restored; the next launch starts clean). emulator.py maps the address to the buffer
+// (gpuconv_emu_last_fault). A fault in a fiber stack's guard page is reported as a stack overflow.
+//
+// This header is compiled into every module with -Wall -Wconversion: it must stay free of warnings (a
+// module's compiler_warnings are the kernels' own).
+//
 // Not modelled: warps (no shuffles, votes or warp-synchronous code), atomics, cp.async, dynamic (extern)
 // shared memory, __constant__ memory written from the host, streams. Using one is a compile error here.
 #ifndef GPUCONV_CUDA_EMULATION_H
 #define GPUCONV_CUDA_EMULATION_H
 
 #include <math.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -102,10 +115,28 @@ struct Launch {
     int shared_range_count = 0;
     // statistics of the last launch
     long long barriers_passed = 0;
+    // memory faults (see the top of this file): armed only while launch_grid runs the blocks
+    volatile sig_atomic_t fault_armed = 0;
+    pthread_t launch_thread;
+    sigjmp_buf fault_jump;
+    struct sigaction previous_actions[3];
+    stack_t previous_signal_stack;
+    // what the handler recorded about the last fault (gpuconv_emu_last_fault)
+    int fault_signal = 0;
+    int fault_code = 0;
+    int fault_is_write = -1;  // 1 write, 0 read, -1 unknown (only x86-64 reports it)
+    int fault_in_thread = 0;  // 0: the fault was in the scheduler, not in a kernel thread
+    int fault_stack_owner = -1;  // the fiber whose stack guard page faulted (a stack overflow), or -1
+    void* fault_address = nullptr;
+    void* fault_pc = nullptr;
+    uint3 fault_thread = {0, 0, 0}, fault_block = {0, 0, 0};
 };
 
 static Launch state;
 static const size_t guard_size = 4096;
+static const int fault_signals[3] = {SIGSEGV, SIGBUS, SIGFPE};
+// The handler's stack: a fault may come from a fiber whose own stack is exhausted.
+alignas(64) static char signal_stack[64 * 1024];
 
 extern "C" char __start_gpuconv_emu_shared[] __attribute__((visibility("hidden")));
 extern "C" char __stop_gpuconv_emu_shared[] __attribute__((visibility("hidden")));
@@ -194,6 +225,96 @@ static void describe_waiting_threads(char* out, size_t size) {
     }
 }
 
+// ------------------------------------------------------------------------------------- memory faults ---
+static void fault_handler(int signal_number, siginfo_t* info, void* context) {
+    if (!state.fault_armed || !pthread_equal(pthread_self(), state.launch_thread)) {
+        // Not a fault of a kernel this library runs: put the previous handler back and return, so the
+        // faulting instruction runs again and faults into it (faulthandler, or the default: a crash).
+        for (int i = 0; i < 3; ++i)
+            if (fault_signals[i] == signal_number) sigaction(signal_number, &state.previous_actions[i], nullptr);
+        return;
+    }
+    state.fault_armed = 0;
+    state.fault_signal = signal_number;
+    state.fault_code = info->si_code;
+    state.fault_address = info->si_addr;
+    state.fault_pc = nullptr;
+    state.fault_is_write = -1;
+    const ucontext_t* uc = static_cast<const ucontext_t*>(context);
+#if defined(__x86_64__)
+    state.fault_pc = reinterpret_cast<void*>(uc->uc_mcontext.gregs[REG_RIP]);
+    if (signal_number == SIGSEGV) state.fault_is_write = (uc->uc_mcontext.gregs[REG_ERR] & 2) ? 1 : 0;
+#elif defined(__aarch64__)
+    state.fault_pc = reinterpret_cast<void*>(uc->uc_mcontext.pc);
+#else
+    (void)uc;
+#endif
+    state.fault_in_thread = state.fibers != nullptr && state.current >= 0;
+    state.fault_thread = state.fault_in_thread ? state.fibers[state.current].thread_index : uint3{0, 0, 0};
+    state.fault_block = blockIdx;
+    siglongjmp(state.fault_jump, 1);  // restores the signal mask saved by sigsetjmp
+}
+
+static void install_fault_handlers() {
+    stack_t alternate;
+    alternate.ss_sp = signal_stack;
+    alternate.ss_size = sizeof signal_stack;
+    alternate.ss_flags = 0;
+    sigaltstack(&alternate, &state.previous_signal_stack);
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_sigaction = fault_handler;
+    action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&action.sa_mask);
+    for (int i = 0; i < 3; ++i) sigaction(fault_signals[i], &action, &state.previous_actions[i]);
+}
+
+static void uninstall_fault_handlers() {
+    for (int i = 0; i < 3; ++i) sigaction(fault_signals[i], &state.previous_actions[i], nullptr);
+    sigaltstack(&state.previous_signal_stack, nullptr);
+}
+
+// The fiber whose stack guard page holds `address`, or -1.
+static int stack_guard_owner(const void* address) {
+    if (state.stacks == nullptr) return -1;
+    const char* a = static_cast<const char*>(address);
+    const size_t slot = state.stack_size + guard_size;
+    for (int i = 0; i < state.stack_capacity; ++i) {
+        const char* guard = state.stacks + (size_t)i * slot;
+        if (a >= guard && a < guard + guard_size) return i;
+    }
+    return -1;
+}
+
+static const char* fault_kind() {
+    switch (state.fault_signal) {
+        case SIGSEGV: return "SIGSEGV";
+        case SIGBUS: return "SIGBUS";
+        default: return state.fault_code == FPE_INTDIV ? "SIGFPE: integer division by zero" :
+                        state.fault_code == FPE_INTOVF ? "SIGFPE: integer overflow" : "SIGFPE";
+    }
+}
+
+// After the handler jumped back: the launch failed with a message describing the fault.
+static void report_fault() {
+    state.current = -1;  // so fail() does not yield to a scheduler that is gone
+    char who[160];
+    if (state.fault_in_thread)
+        snprintf(who, sizeof who, "thread (%u,%u,%u) of block (%u,%u,%u)", state.fault_thread.x, state.fault_thread.y,
+                 state.fault_thread.z, state.fault_block.x, state.fault_block.y, state.fault_block.z);
+    else
+        snprintf(who, sizeof who, "the emulator's scheduler (block (%u,%u,%u))", state.fault_block.x,
+                 state.fault_block.y, state.fault_block.z);
+    state.fault_stack_owner = state.fault_signal == SIGSEGV ? stack_guard_owner(state.fault_address) : -1;
+    if (state.fault_stack_owner >= 0)
+        fail("stack overflow in %s: its %zu KiB fiber stack is exhausted (a large local array or deep "
+             "recursion; configure(stack_kib=...) gives more)", who, state.stack_size / 1024);
+    else if (state.fault_signal == SIGFPE)
+        fail("arithmetic fault (%s) in %s", fault_kind(), who);
+    else
+        fail("memory fault (%s) at address %p in %s", fault_kind(), state.fault_address, who);
+}
+
 // Runs one block to completion; false (with state.message) on a CUDA programming error.
 static bool run_block() {
     const int n = state.thread_count;
@@ -263,6 +384,13 @@ static int launch_grid(dim3 grid, dim3 block, void (*body)(void*), void* body_co
     state.failed = false;
     state.message[0] = 0;
     state.barriers_passed = 0;
+    state.fault_armed = 0;
+    state.fault_signal = 0;
+    state.fault_code = 0;
+    state.fault_is_write = -1;
+    state.fault_in_thread = 0;
+    state.fault_stack_owner = -1;
+    state.fault_address = state.fault_pc = nullptr;
     unsigned long long threads = (unsigned long long)block.x * block.y * block.z;
     if (grid.x == 0 || grid.y == 0 || grid.z == 0 || threads == 0) {
         fail("invalid launch configuration: grid (%u,%u,%u), block (%u,%u,%u) has a zero dimension",
@@ -285,13 +413,24 @@ static int launch_grid(dim3 grid, dim3 block, void (*body)(void*), void* body_co
     state.body_context = body_context;
     gridDim = grid;
     blockDim = block;
-    bool ok = true;
-    for (unsigned long long b = 0, blocks = (unsigned long long)grid.x * grid.y * grid.z; ok && b < blocks; ++b) {
-        unsigned long long linear = state.reverse_order ? blocks - 1 - b : b;
-        blockIdx = uint3{(unsigned)(linear % grid.x), (unsigned)((linear / grid.x) % grid.y),
-                         (unsigned)(linear / ((unsigned long long)grid.x * grid.y))};
-        ok = run_block();
+    volatile bool ok = true;
+    state.launch_thread = pthread_self();
+    install_fault_handlers();
+    if (sigsetjmp(state.fault_jump, 1) == 0) {
+        state.fault_armed = 1;
+        const unsigned long long blocks = (unsigned long long)grid.x * grid.y * grid.z;
+        for (unsigned long long b = 0; ok && b < blocks; ++b) {
+            unsigned long long linear = state.reverse_order ? blocks - 1 - b : b;
+            blockIdx = uint3{(unsigned)(linear % grid.x), (unsigned)((linear / grid.x) % grid.y),
+                             (unsigned)(linear / ((unsigned long long)grid.x * grid.y))};
+            ok = run_block();
+        }
+        state.fault_armed = 0;
+    } else {
+        ok = false;  // fault_handler jumped here out of a fiber: its block is abandoned
     }
+    uninstall_fault_handlers();
+    if (state.fault_signal != 0) report_fault();
     state.fibers = nullptr;
     state.current = -1;
     return ok ? 0 : -1;
@@ -335,6 +474,19 @@ extern "C" __attribute__((visibility("default"))) const char* gpuconv_emu_last_e
 
 extern "C" __attribute__((visibility("default"))) long long gpuconv_emu_barriers_passed() {
     return gpuconv_emu::state.barriers_passed;
+}
+
+// The fault that ended the last launch: 0 if none, else the signal number, with `info` = {address, pc,
+// is_write (1, 0, -1 unknown), in_thread, thread x, y, z, block x, y, z, si_code, stack overflow (the
+// fiber whose stack guard page was hit, or -1)}.
+extern "C" __attribute__((visibility("default"))) int gpuconv_emu_last_fault(long long* info) {
+    const gpuconv_emu::Launch& s = gpuconv_emu::state;
+    long long values[12] = {(long long)(uintptr_t)s.fault_address, (long long)(uintptr_t)s.fault_pc,
+                            s.fault_is_write, s.fault_in_thread, s.fault_thread.x, s.fault_thread.y,
+                            s.fault_thread.z, s.fault_block.x, s.fault_block.y, s.fault_block.z, s.fault_code,
+                            s.fault_stack_owner};
+    for (int i = 0; i < 12; ++i) info[i] = values[i];
+    return s.fault_signal;
 }
 
 extern "C" __attribute__((visibility("default"))) void* gpuconv_emu_shared_section(long long* size) {

@@ -11,8 +11,19 @@ types the way a careful ``cupy.RawKernel`` call should be checked.
 Bug catchers, all on by default:
 - ``__shared__`` memory is filled with NaN bytes at the start of every block (reads of shared memory the
   block did not write give NaN);
-- buffers from :func:`empty` / :func:`to_guarded` are NaN-filled and sit between NaN guard zones that
-  are checked after every launch (:class:`OutOfBoundsWrite`); a read past the end reads NaN;
+- buffers from :func:`empty` / :func:`to_guarded` are NaN-filled (an output element never written stays
+  NaN) and mmap'ed flush against inaccessible (PROT_NONE) guard pages, 1 MiB of them on each side: with
+  the default placement "end" the last byte of the data is the last byte of a page, so any read or write
+  past the end faults; with "start" (:func:`set_buffer_placement`, or ``empty(..., placement="start")``)
+  the first byte starts a page, so any access before the start faults. The handler in cuda_emulation.h
+  stops the launch and :class:`OutOfBoundsAccess` names the buffer, the byte offset, the thread, the block
+  and the source line. The slack on the other side (less than a page) is NaN-filled and checked after
+  every launch (a write there is an :class:`OutOfBoundsWrite`; a read there reads NaN). A fault at an
+  address in no buffer (a null or wild pointer) is an :class:`OutOfBoundsAccess` too; a fiber stack
+  overflow or an integer division by zero a :class:`KernelLaunchError`; the process never crashes and the
+  next launch runs normally. ``GPUCONV_EMU_BUFFER_PLACEMENT=start`` sets the default placement;
+- g++ warns (``module.compiler_warnings``) about implicit narrowing conversions (``-Wconversion``), e.g.
+  a 64-bit index stored in an ``int``;
 - divergent ``__syncthreads()`` (some threads exited while others wait, or threads wait at different
   calls) and ``__trap()`` raise :class:`KernelLaunchError`;
 - ``schedule="reverse"`` runs threads and blocks in reverse order, exposing missing barriers and
@@ -31,13 +42,16 @@ shapes (a 256-thread block with a few barriers takes about a millisecond), not f
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
 import json
+import mmap
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -50,11 +64,16 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 HEADER = HERE / "cuda_emulation.h"
 CXX = os.environ.get("CXX", "g++")
-CXXFLAGS = ["-O1", "-std=c++17", "-shared", "-fPIC", "-fvisibility=hidden", "-fno-strict-aliasing",
-            "-U_FORTIFY_SOURCE", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function",
-            "-Wno-unused-variable", "-Wno-unused-but-set-variable"]
-GUARD_BYTES = 4096
+# -g1: line tables only, so that a fault is reported with its source line (addr2line). -fstack-clash-protection:
+# a large stack frame probes every page, so a fiber stack overflow always hits the stack's guard page.
+CXXFLAGS = ["-O1", "-g1", "-std=c++17", "-shared", "-fPIC", "-fvisibility=hidden", "-fno-strict-aliasing",
+            "-fstack-clash-protection", "-U_FORTIFY_SOURCE", "-Wall", "-Wconversion", "-Wno-unknown-pragmas",
+            "-Wno-unused-function", "-Wno-unused-variable", "-Wno-unused-but-set-variable"]
+PAGE_BYTES = mmap.PAGESIZE
+GUARD_BYTES = max(1 << 20, PAGE_BYTES)  # PROT_NONE on each side of every buffer: address space only
 POISON_BYTE = 0xFF  # 0xFF.. is NaN in float16, float32 and float64 (and -1 in signed integers)
+PLACEMENTS = ("end", "start")
+_SI_KERNEL = 0x80  # si_code of a general protection fault (a non-canonical address): si_addr is 0
 
 
 class CompileError(RuntimeError):
@@ -66,7 +85,21 @@ class KernelLaunchError(RuntimeError):
 
 
 class OutOfBoundsWrite(KernelLaunchError):
-    """A kernel wrote into the guard zone before or after a buffer."""
+    """A kernel wrote into the NaN-filled slack before or after a buffer (found after the launch)."""
+
+
+class OutOfBoundsAccess(KernelLaunchError):
+    """A kernel read or wrote a guard page next to a buffer, or an address in no buffer (found at once).
+
+    ``address``, ``buffer`` (its label, or None for a wild access), ``offset`` (bytes from the buffer's
+    start), ``is_write`` (True, False, or None where the CPU does not say), ``thread`` and ``block``.
+    """
+
+    def __init__(self, message, *, address=None, buffer=None, offset=None, is_write=None, thread=None,
+                 block=None):
+        super().__init__(message)
+        self.address, self.buffer, self.offset, self.is_write = address, buffer, offset, is_write
+        self.thread, self.block = thread, block
 
 
 def compiler_available() -> bool:
@@ -359,61 +392,190 @@ def compile_source(source: str, name: str = "kernel") -> tuple[Path, list[tuple[
 
 # ----------------------------------------------------------------------------------- guarded buffers ---
 
-_guarded: list[tuple[weakref.ref, int, int, str]] = []  # (raw bytes, offset of data, nbytes, label)
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.mprotect.restype = ctypes.c_int
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.munmap.restype = ctypes.c_int
+_MAP_NORESERVE = 0x4000 if os.uname().sysname == "Linux" else 0  # no swap reserved for the guards
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+@dataclass(frozen=True)
+class _Buffer:
+    ref: weakref.ref       # the uint8 array over the data pages: the base of every view of the buffer
+    map_start: int         # address range of the mapping (guards included); disjoint between buffers
+    map_end: int
+    data: int              # address of the first byte of the data
+    offset: int            # of the data in the raw array
+    nbytes: int
+    slack: tuple           # (start, stop) in the raw array of the NaN slack beside the data (maybe empty)
+    label: str | None
+    dtype: np.dtype
+    shape: tuple
+
+    def describe(self) -> str:
+        return f"{self.label + ' ' if self.label else ''}{self.dtype}{list(self.shape)}"
+
+
+_guarded: list[_Buffer] = []
 _guarded_lock = threading.Lock()
+_placement = os.environ.get("GPUCONV_EMU_BUFFER_PLACEMENT", "end")
+if _placement not in PLACEMENTS:
+    raise ValueError(f"GPUCONV_EMU_BUFFER_PLACEMENT must be 'end' or 'start', got {_placement!r}")
 
 
-def empty(shape, dtype, label: str | None = None) -> np.ndarray:
-    """A C-contiguous array filled with NaN bytes, between guard zones checked after every launch.
+def set_buffer_placement(placement: str) -> str:
+    """Where new buffers sit in their pages: "end" (overruns fault) or "start" (underruns fault).
 
-    Use it for every buffer a kernel writes: an output element the kernel forgets stays NaN, and a write
-    before or after the buffer raises :class:`OutOfBoundsWrite` at the end of the launch.
+    Applies to every later :func:`empty` / :func:`to_guarded` without ``placement=``. Returns the previous
+    placement.
     """
+    global _placement
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be 'end' or 'start', got {placement!r}")
+    previous, _placement = _placement, placement
+    return previous
+
+
+def get_buffer_placement() -> str:
+    return _placement
+
+
+@contextlib.contextmanager
+def buffer_placement(placement: str):
+    """``with buffer_placement("start"): ...``: :func:`set_buffer_placement` for a block of code."""
+    previous = set_buffer_placement(placement)
+    try:
+        yield
+    finally:
+        set_buffer_placement(previous)
+
+
+def _map_guarded(data_bytes: int) -> tuple[int, int, ctypes.Array]:
+    """mmap ``data_bytes`` (whole pages) of read-write memory between two GUARD_BYTES of PROT_NONE.
+
+    Returns (mapping address, mapping size, a ctypes array over the data pages only, which unmaps the
+    whole mapping when it is garbage-collected).
+    """
+    size = GUARD_BYTES + data_bytes + GUARD_BYTES
+    address = _libc.mmap(None, size, 0,  # PROT_NONE
+                         mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE, -1, 0)
+    if address in (None, _MAP_FAILED):
+        error = ctypes.get_errno()
+        raise MemoryError(f"mmap of {size} bytes for a guarded buffer failed: {os.strerror(error)}")
+    if data_bytes and _libc.mprotect(address + GUARD_BYTES, data_bytes, mmap.PROT_READ | mmap.PROT_WRITE) != 0:
+        error = ctypes.get_errno()
+        _libc.munmap(address, size)
+        raise MemoryError(f"mprotect of a guarded buffer failed: {os.strerror(error)}")
+    pages = (ctypes.c_ubyte * data_bytes).from_address(address + GUARD_BYTES)
+    weakref.finalize(pages, _libc.munmap, address, size).atexit = False
+    return address, size, pages
+
+
+def empty(shape, dtype, label: str | None = None, placement: str | None = None) -> np.ndarray:
+    """A C-contiguous array filled with NaN bytes, flush against an inaccessible guard region.
+
+    Use it for every buffer a kernel reads or writes: an output element the kernel forgets stays NaN, and
+    an access past the end ("end" placement, the default) or before the start ("start") faults and
+    raises :class:`OutOfBoundsAccess`; a write into the slack on the other side raises
+    :class:`OutOfBoundsWrite` at the end of the launch. The memory is unmapped when the array (and every
+    view of it) is garbage-collected.
+    """
+    placement = _placement if placement is None else placement
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be 'end' or 'start', got {placement!r}")
     dtype = np.dtype(dtype)
     shape = (shape,) if np.isscalar(shape) else tuple(int(s) for s in shape)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.full(GUARD_BYTES + nbytes + GUARD_BYTES, POISON_BYTE, dtype=np.uint8)
-    data = raw[GUARD_BYTES:GUARD_BYTES + nbytes].view(dtype).reshape(shape)
+    data_bytes = -(-nbytes // PAGE_BYTES) * PAGE_BYTES
+    address, size, pages = _map_guarded(data_bytes)
+    raw = np.frombuffer(pages, dtype=np.uint8)  # the data pages: the guards stay out of NumPy's reach
+    raw[...] = POISON_BYTE
+    offset = data_bytes - nbytes if placement == "end" else 0
+    slack = (0, offset) if placement == "end" else (nbytes, data_bytes)
+    # (Not a slice of raw: numpy puts an empty slice at the start of its base, not at `offset`.)
+    data = np.ndarray(shape, dtype, buffer=raw, offset=offset)
+    data_address = address + GUARD_BYTES + offset
+    record = _Buffer(weakref.ref(raw), address, address + size, data_address, offset, nbytes, slack, label,
+                     dtype, shape)
     with _guarded_lock:
-        _guarded.append((weakref.ref(raw), GUARD_BYTES, nbytes, label or f"{dtype}{list(shape)}"))
+        _guarded.append(record)
     return data
 
 
-def to_guarded(array, dtype=None, label: str | None = None) -> np.ndarray:
-    """A guarded copy of ``array`` (see :func:`empty`); inputs read past their end then read NaN."""
+def to_guarded(array, dtype=None, label: str | None = None, placement: str | None = None) -> np.ndarray:
+    """A guarded copy of ``array`` (see :func:`empty`): a kernel's read past its end faults."""
     array = np.asarray(array, dtype=dtype)
-    out = empty(array.shape, array.dtype, label)
+    out = empty(array.shape, array.dtype, label, placement)
     out[...] = array
     return out
 
 
-def check_guards() -> None:
-    """Raise OutOfBoundsWrite if any live guarded buffer's guard zones changed (then repair them)."""
-    problems = []
+def _live_buffers() -> list[tuple[_Buffer, np.ndarray]]:
+    """The buffers still alive (the list is pruned of the others), each with its raw array."""
     with _guarded_lock:
-        alive = []
-        for ref, offset, nbytes, label in _guarded:
-            raw = ref()
-            if raw is None:
-                continue
-            alive.append((ref, offset, nbytes, label))
-            before = np.flatnonzero(raw[:offset] != POISON_BYTE)
-            after = np.flatnonzero(raw[offset + nbytes:] != POISON_BYTE)
-            if before.size or after.size:
-                where = []
-                if before.size:
-                    where.append(f"{offset - before.min()} bytes before its start")
-                    raw[:offset] = POISON_BYTE
-                if after.size:
-                    where.append(f"{after.max() + 1} bytes after its end")
-                    raw[offset + nbytes:] = POISON_BYTE
-                problems.append(f"buffer {label} ({nbytes} bytes): written up to {' and '.join(where)}")
-        _guarded[:] = alive
+        alive = [(record, raw) for record in _guarded if (raw := record.ref()) is not None]
+        _guarded[:] = [record for record, _ in alive]
+    return alive
+
+
+def check_guards() -> None:
+    """Raise OutOfBoundsWrite if the NaN slack beside any live buffer changed (then repair it)."""
+    problems = []
+    for record, raw in _live_buffers():
+        start, stop = record.slack
+        if start == stop:
+            continue
+        changed = np.flatnonzero(raw[start:stop] != POISON_BYTE)
+        if changed.size:
+            if stop <= record.offset:
+                where = f"{record.offset - (start + changed.min())} bytes before its start"
+            else:
+                where = f"{start + changed.max() + 1 - (record.offset + record.nbytes)} bytes after its end"
+            raw[start:stop] = POISON_BYTE
+            problems.append(f"buffer {record.label or f'{record.dtype}{list(record.shape)}'} "
+                            f"({record.nbytes} bytes): written up to {where}")
     if problems:
         raise OutOfBoundsWrite("out-of-bounds write: " + "; ".join(problems))
 
 
+def find_buffer(address: int):
+    """The live guarded buffer whose mapping (data and guards) holds ``address``, or None."""
+    for record, _ in _live_buffers():
+        if record.map_start <= address < record.map_end:
+            return record
+    return None
+
+
 # ------------------------------------------------------------------------------------------- module ---
+
+# The fault handlers of a launch are process-wide (signals): one launch at a time, whatever the module.
+_launch_lock = threading.Lock()
+
+
+def source_location(so_path: Path, offset: int) -> str | None:
+    """``file:line (in function)`` of an instruction of a shared library (addr2line; inlined calls too)."""
+    if shutil.which("addr2line") is None:
+        return None
+    result = subprocess.run(["addr2line", "-C", "-f", "-i", "-s", "-e", str(so_path), hex(offset)],
+                            capture_output=True, text=True)
+    lines = result.stdout.splitlines()
+    if result.returncode != 0 or len(lines) < 2:
+        return None
+    frames = [(lines[i].strip(), lines[i + 1].strip().split(" (discriminator")[0])
+              for i in range(0, len(lines) - 1, 2)]
+    located = [(function, where) for function, where in frames if not where.startswith("??")]
+    if not located:
+        return f"in {frames[0][0]}" if frames[0][0] != "??" else None
+    function, where = located[0]
+    text = f"at {where} (in {function.split('(')[0]})"
+    if len(located) > 1:
+        text += ", inlined into " + ", ".join(f"{w} ({f.split('(')[0]})" for f, w in located[1:])
+    return text
+
 
 def _dims(value, what: str) -> tuple[int, int, int]:
     dims = (value,) if isinstance(value, (int, np.integer)) else tuple(value)
@@ -436,10 +598,10 @@ class KernelModule:
         self.name = name
         so_path, declarations, self.cxx_linkage_kernels, self.compiler_warnings = compile_source(source, name)
         kernels = [parse_signature(kernel, params, type_map) for kernel, params in declarations]
+        self.so_path = so_path
         self.library = ctypes.CDLL(str(so_path), mode=os.RTLD_LOCAL)
         self.kernels = {k.name: k for k in kernels}
         self.max_threads_per_block = max_threads_per_block
-        self._lock = threading.Lock()
         self._functions = {}
         for k in kernels:
             fn = getattr(self.library, f"{k.name}__launch")
@@ -448,11 +610,13 @@ class KernelModule:
             self._functions[k.name] = fn
         self.library.gpuconv_emu_last_error.restype = ctypes.c_char_p
         self.library.gpuconv_emu_barriers_passed.restype = ctypes.c_longlong
+        self.library.gpuconv_emu_last_fault.argtypes = [ctypes.POINTER(ctypes.c_longlong)]
+        self.library.gpuconv_emu_last_fault.restype = ctypes.c_int
         # __shared__ variables of function templates are not in the shared section (see the header): pass
         # the addresses of all function-local statics, found in the symbol table, to be poisoned too.
         self.shared_variables = function_local_statics(so_path)
-        load_base = (ctypes.cast(self.library.gpuconv_emu_configure, ctypes.c_void_p).value
-                     - _symbol_offset(so_path, "gpuconv_emu_configure"))
+        self.load_base = load_base = (ctypes.cast(self.library.gpuconv_emu_configure, ctypes.c_void_p).value
+                                      - _symbol_offset(so_path, "gpuconv_emu_configure"))
         count = len(self.shared_variables)
         self.library.gpuconv_emu_set_shared_ranges(
             (ctypes.c_void_p * max(count, 1))(*[load_base + v.offset for v in self.shared_variables]),
@@ -547,17 +711,104 @@ class KernelModule:
         if shared_mem:
             raise KernelLaunchError(f"{name}: dynamic shared memory ({shared_mem} bytes) is not emulated")
         values = self.convert_arguments(name, args)
-        with self._lock:
+        with _launch_lock:
             status = self._functions[name](*grid3, *block3, *values)
             message = self.library.gpuconv_emu_last_error().decode(errors="replace")
+            info = (ctypes.c_longlong * 12)()
+            signal_number = self.library.gpuconv_emu_last_fault(info)
+        access = None
+        if signal_number in (signal.SIGSEGV, signal.SIGBUS) and info[11] < 0:
+            access = self._describe_access(name, args, values, signal_number, list(info))
+        elif signal_number:
+            located = self._locate(info[1])
+            message += f" in kernel {name}" + (f", {located}" if located else "")
         try:
             check_guards()
         except OutOfBoundsWrite as error:
             if status == 0:
                 raise
-            message += f"; and {error}"
+            if access is not None:
+                access.args = (f"{access.args[0]}; and {error}",)
+            else:
+                message += f"; and {error}"
+        if access is not None:
+            raise access
         if status != 0:
             raise KernelLaunchError(f"{name} grid {grid3} block {block3}: {message}")
+
+    def _locate(self, pc: int) -> str | None:
+        return source_location(self.so_path, pc - self.load_base) if pc else None
+
+    def _describe_access(self, name, args, values, signal_number, info) -> OutOfBoundsAccess:
+        """The OutOfBoundsAccess for a fault the handler recorded (``info``: see gpuconv_emu_last_fault)."""
+        address, pc, is_write, in_thread = info[0] & (2 ** 64 - 1), info[1] & (2 ** 64 - 1), info[2], info[3]
+        thread, block = tuple(info[4:7]), tuple(info[7:10])
+        si_code = info[10]
+        # A non-canonical address is a general protection fault: no address and no read/write bit.
+        is_write = None if is_write < 0 or si_code == _SI_KERNEL else bool(is_write)
+        kind = {None: "read or write", True: "write", False: "read"}[is_write]
+        sig = self.kernels[name]
+        record = find_buffer(address) if si_code != _SI_KERNEL else None
+        offset = None
+        if record is not None:
+            offset = address - record.data
+            if offset < 0:
+                where = f"{-offset} bytes before its start"
+            elif offset >= record.nbytes:
+                where = f"{offset - record.nbytes} bytes past its end"
+            else:
+                where = "inside it, yet inaccessible"  # only if something else mprotect'ed it
+            what = (f"buffer {record.describe()} at byte offset {offset} "
+                    f"(element {offset // max(record.dtype.itemsize, 1)}, {where})")
+            passed = [f"argument {i} `{p.describe()}`" for i, (p, v) in enumerate(zip(sig.parameters, values))
+                      if p.is_pointer and v is not None and record.data <= v <= record.data + record.nbytes]
+            # A plain (unguarded) array argument may lie just below or above this buffer's guard region.
+            distance = -offset if offset < 0 else offset - record.nbytes + 1
+            nearest = self._nearest_argument(sig, args, values, address, closer_than=distance)
+            if nearest:
+                what += f" (but that is also {nearest}: the likelier culprit)"
+        elif si_code == _SI_KERNEL:
+            passed = []
+            what = ("a non-canonical address (a wild pointer; the CPU does not say which address: "
+                    "general protection fault)")
+        else:
+            passed = []
+            what = f"address {address:#x}, in no buffer from emu.empty/to_guarded: a wild pointer"
+            if address < PAGE_BYTES:
+                what += " (a null pointer plus an offset)" if address else " (a null pointer)"
+            nearest = self._nearest_argument(sig, args, values, address)
+            if nearest:
+                what += f" (it is {nearest})"
+        who = f"thread ({thread[0]},{thread[1]},{thread[2]}) of block ({block[0]},{block[1]},{block[2]})" \
+            if in_thread else f"the emulator's scheduler, during block ({block[0]},{block[1]},{block[2]})"
+        message = f"out-of-bounds {kind} of {what} by {who} in kernel {name}"
+        located = self._locate(pc)
+        if located:
+            message += f", {located}"
+        if passed:
+            message += f"; the buffer is {' and '.join(passed)}"
+        if signal_number == signal.SIGBUS:
+            message += " (SIGBUS)"
+        return OutOfBoundsAccess(message, address=address, buffer=None if record is None else record.describe(),
+                                 offset=offset, is_write=is_write, thread=thread if in_thread else None,
+                                 block=block)
+
+    @staticmethod
+    def _nearest_argument(sig, args, values, address, closer_than: int = GUARD_BYTES + 1) -> str | None:
+        """The pointer argument not from :func:`empty` (a plain NumPy array, unguarded) nearest outside
+        ``address``, if nearer than ``closer_than`` bytes and than GUARD_BYTES."""
+        best = None
+        for i, (param, arg, value) in enumerate(zip(sig.parameters, args, values)):
+            if not param.is_pointer or value is None or find_buffer(value) is not None:
+                continue
+            start, stop = value, value + arg.nbytes
+            distance = start - address if address < start else address - stop + 1 if address >= stop else 0
+            if 0 < distance <= min(GUARD_BYTES, closer_than - 1) and (best is None or distance < best[0]):
+                where = (f"{start - address} bytes before the start" if address < start
+                         else f"{address - stop} bytes past the end")
+                best = (distance, f"{where} of argument {i} `{param.describe()}`, an unguarded array not from "
+                                  f"emu.empty")
+        return best[1] if best else None
 
 
 class EmulatedKernel:
@@ -598,5 +849,6 @@ def read_kernel_source(path: Path) -> str:
 
 __all__ = ["KernelModule", "EmulatedKernel", "KernelSignature", "Parameter", "SharedVariable", "load_module",
            "load_gpuconv_kernels", "load_source", "empty", "to_guarded", "check_guards", "compiler_available",
-           "CompileError", "KernelLaunchError", "OutOfBoundsWrite", "inline_local_includes",
+           "set_buffer_placement", "get_buffer_placement", "buffer_placement", "find_buffer",
+           "CompileError", "KernelLaunchError", "OutOfBoundsWrite", "OutOfBoundsAccess", "inline_local_includes",
            "find_kernel_declarations", "parse_signature", "parse_parameter", "function_local_statics"]

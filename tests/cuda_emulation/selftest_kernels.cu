@@ -137,3 +137,68 @@ extern "C" __global__ void selftest_trap(int* __restrict__ out) {
 template <typename T>
 __global__ void selftest_template_kernel(T* out) { out[threadIdx.x] = T(1); }
 __global__ void selftest_cxx_linkage_kernel(float* out) { out[threadIdx.x] = 1.0f; }
+
+// ------------------------------------------------------------ out-of-bounds reads (guard pages) ---
+// Each reads outside its buffer in a way whose value never reaches the output, so NaN poison alone would
+// not show it: only the guard page next to the buffer does.
+
+// Reads before it checks the bound: thread n reads x[n] (one past the end) and then discards it. The
+// volatile pointer keeps g++ from moving the read under the bounds check, as nvcc may not either.
+extern "C" __global__ void selftest_read_past_end_discarded(const float* __restrict__ x,
+                                                            float* __restrict__ out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    const volatile float* vx = x;
+    float v = vx[i];
+    if (i < n) out[i] = 2.0f * v;
+}
+
+// Marks local maxima but compares with the right neighbour without checking that it exists: the last
+// element compares against x[n] (NaN in the slack would compare false and give a plausible 1 or 0).
+extern "C" __global__ void selftest_read_past_end_in_comparison(const float* __restrict__ x,
+                                                                float* __restrict__ out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = x[i] > x[i + 1] ? 1.0f : 0.0f;
+}
+
+// Differences with the left neighbour, the first thread reading x[-1] (its result is then overwritten).
+extern "C" __global__ void selftest_read_before_start(const float* __restrict__ x, float* __restrict__ out,
+                                                      int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        float previous = x[i - 1];
+        out[i] = i > 0 && previous < x[i] ? 1.0f : 0.0f;
+    }
+}
+
+// Thread 0 reads x[offset] (offset in elements, any distance from the buffer) into a volatile sink; the
+// output does not depend on it.
+extern "C" __global__ void selftest_read_at(const float* __restrict__ x, float* __restrict__ out,
+                                            long long offset) {
+    if (threadIdx.x == 0) {
+        volatile float sink = x[offset];
+        (void)sink;
+    }
+    out[threadIdx.x] = 1.0f;
+}
+
+// Thread 1 reads (or writes, if `write`) a float at an address that is an integer: a wild pointer.
+extern "C" __global__ void selftest_wild_pointer(float* __restrict__ out, long long address, int write) {
+    if (threadIdx.x == 1) {
+        volatile float* p = reinterpret_cast<volatile float*>(static_cast<uintptr_t>(address));
+        if (write) *p = 1.0f;
+        else out[0] = *p;
+    }
+    if (threadIdx.x != 1) out[threadIdx.x] = 1.0f;
+}
+
+// A 256 KiB local array: more than a default (64 KiB) fiber stack.
+extern "C" __global__ void selftest_large_local_array(float* __restrict__ out) {
+    volatile float scratch[64 * 1024];
+    for (int k = 0; k < 64 * 1024; k += 1024) scratch[k] = (float)k;
+    out[threadIdx.x] = scratch[1024];
+}
+
+// Integer division by a zero divisor: a CPU fault, which must fail the launch, not the process.
+extern "C" __global__ void selftest_divide_by(int* __restrict__ out, int divisor) {
+    out[threadIdx.x] = (int)threadIdx.x / divisor;
+}
