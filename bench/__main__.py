@@ -59,7 +59,7 @@ def _compare(args) -> int:
 
 
 def _list(args) -> int:
-    from .layers import load_suite, suite_names
+    from gpuconv.suites import load_suite, suite_names
 
     for name in ([args.suite] if args.suite else suite_names()):
         suite = load_suite(name)

@@ -1,6 +1,9 @@
 """The implementations a benchmark times, each behind one interface: ``prepare(case) -> Prepared``.
 
-GPU: gpuconv's own kernels (``gpuconv:im2col``, ``gpuconv:implicit_gemm``), cuDNN
+GPU: gpuconv's own kernels (``gpuconv:auto``, what users get: autotuned unless
+GPUCONV_AUTOTUNE=0; the families ``gpuconv:im2col`` and ``gpuconv:implicit_gemm``;
+and one ``gpuconv:<variant>`` per implicit-GEMM variant of the kernel registry,
+for its own pass only), cuDNN
 through PyTorch on the very same CuPy buffers (``cudnn`` with TF32 off,
 ``cudnn-tf32`` with it on, float32 only), and the cuBLAS GEMM of the pass's
 GEMM-equivalent size (``cublas-gemm``, a ceiling). CPU: gpuconv's NumPy paths
@@ -22,17 +25,16 @@ import numpy as np
 
 import gpuconv
 from gpuconv import reference
+from gpuconv.cuda import registry
 
 from .flops import gemm_shape
-
-GPUCONV_GPU_ALGOS = ("im2col", "implicit_gemm")
 
 
 @dataclass
 class Case:
     """One layer x pass x dtype on one device, with its inputs already there."""
     suite: str
-    layer: object              # bench.layers.Layer
+    layer: object              # gpuconv.suites.Layer
     geometry: object           # gpuconv.ConvGeometry at the run's batch size
     pass_name: str
     dtype: str
@@ -58,6 +60,7 @@ class Impl:
     dtypes: tuple = ("float32", "float16")
     role: str = "gpuconv"                # "gpuconv" (ours), "baseline" (cuDNN / torch-cpu) or "ceiling"
     precision: str = "native"            # "tf32" when float32 math runs in TF32
+    passes: tuple = registry.CONV_PASSES  # the passes it computes
 
 
 # ------------------------------------------------------------------ checks ---
@@ -265,8 +268,12 @@ def _cublas_gemm(case: Case) -> Prepared:
 # ------------------------------------------------------------ registry ---
 
 IMPLS = {impl.name: impl for impl in (
+    Impl("gpuconv:auto", "cuda", _gpuconv("auto"), _cuda_reason),
     Impl("gpuconv:im2col", "cuda", _gpuconv("im2col"), _cuda_reason),
     Impl("gpuconv:implicit_gemm", "cuda", _gpuconv("implicit_gemm"), _cuda_reason),
+    *(Impl(f"gpuconv:{v.name}", "cuda", _gpuconv(v.name), _cuda_reason, passes=(v.op,),
+           dtypes=tuple(str(d) for d in v.dtypes if d != np.float64))
+      for p in registry.CONV_PASSES for v in registry.conv_variants(p)),
     Impl("cudnn", "cuda", _cudnn(tf32=False), functools.partial(_torch_reason, True), role="baseline"),
     Impl("cudnn-tf32", "cuda", _cudnn(tf32=True), functools.partial(_torch_reason, True), dtypes=("float32",),
          role="baseline", precision="tf32"),
@@ -277,7 +284,9 @@ IMPLS = {impl.name: impl for impl in (
 )}
 
 DEFAULT_IMPLS = {
-    "cuda": ("gpuconv:im2col", "gpuconv:implicit_gemm", "cudnn", "cudnn-tf32", "cublas-gemm"),
+    "cuda": ("gpuconv:auto", "gpuconv:im2col", "gpuconv:implicit_gemm",
+             *(f"gpuconv:{v.name}" for p in registry.CONV_PASSES for v in registry.conv_variants(p)),
+             "cudnn", "cudnn-tf32", "cublas-gemm"),
     "cpu": ("numpy", "torch-cpu"),
 }
 #: What ratio_vs_cudnn divides by, per device.

@@ -25,7 +25,7 @@ from gpuconv._backend import cupy_module, normalize_device, require_cuda
 from . import telemetry
 from .flops import PASSES, check_pass, pass_metrics, roofline_tflops
 from .impls import BASELINE, IMPLS, Case, conv_reference, make_host_inputs, max_rel_err, resolve_impls, tolerance
-from .layers import load_suite
+from gpuconv.suites import load_suite
 from .peaks import cpu_peaks, device_peaks, peak_kind
 from .timing import make_timer
 
@@ -230,7 +230,7 @@ def run_benchmark(config: RunConfig) -> dict:
         "telemetry": {"before": before, "after": None}, "warnings": warnings, "interrupted": False, "records": [],
     }
     records = result["records"]
-    total = sum(1 for _ in plan for _ in passes for d in dtypes for i in impls if d in i.dtypes)
+    total = sum(1 for _ in plan for p in passes for d in dtypes for i in impls if d in i.dtypes and p in i.passes)
     from tqdm.auto import tqdm
     bar = tqdm(total=total, unit="meas", disable=not config.progress, dynamic_ncols=True, file=sys.stderr)
     try:
@@ -249,7 +249,7 @@ def run_benchmark(config: RunConfig) -> dict:
                 inputs = {k: xp.asarray(v.astype(dtype)) for k, v in host.items()}
                 for pass_name in passes:
                     for impl in impls:
-                        if dtype not in impl.dtypes:
+                        if dtype not in impl.dtypes or pass_name not in impl.passes:
                             continue
                         bar.set_postfix_str(f"{layer.name} {pass_name} {dtype} {impl.name}", refresh=False)
                         rec = _base_record(suite.name, layer, g, pass_name, dtype, impl, batch)

@@ -1,4 +1,4 @@
-"""The ``gpuconv`` command: ``gpuconv train`` and ``gpuconv info``."""
+"""The ``gpuconv`` command: ``gpuconv train``, ``gpuconv info`` and ``gpuconv tune``."""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +27,24 @@ def _info(args) -> int:
     return 0
 
 
+def _tune(args) -> int:
+    import numpy as np
+
+    from .cuda import autotune
+    from .suites import load_suite
+
+    if args.batch < 1:
+        raise ValueError(f"--batch must be at least 1, got {args.batch}")
+    passes = tuple(p.strip() for p in args.passes.split(",") if p.strip())
+    unknown = sorted(set(passes) - {"fprop", "dgrad", "wgrad"})
+    if unknown or not passes:
+        raise ValueError(f"--passes takes a comma-separated list of fprop, dgrad, wgrad; got {args.passes!r}")
+    suites = [load_suite(name.strip()) for name in args.suite.split(",") if name.strip()]
+    for suite in suites:
+        autotune.tune_suite(suite, args.batch, np.dtype(args.dtype), passes)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpuconv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="backend, CUDA/driver versions, GPU, and whether each kernel compiles")
     i.set_defaults(func=_info)
+
+    u = sub.add_parser("tune", help="autotune every layer of a suite on this GPU and fill the autotuner's cache",
+                       description="Times every candidate kernel (im2col + cuBLAS and each implicit-GEMM variant) "
+                                   "for each layer and pass of a suite, stores the fastest in the autotuner's cache "
+                                   "($GPUCONV_CACHE_DIR, else ~/.cache/gpuconv) and prints what it chose. Needs a GPU.")
+    u.add_argument("--suite", default="resnet50", help="suite name(s), comma-separated, or a suite JSON file "
+                                                      "(default: resnet50)")
+    u.add_argument("--batch", type=int, default=32, help="batch size (default: 32)")
+    u.add_argument("--dtype", choices=("float16", "float32", "float64"), default="float32",
+                   help="(default: float32)")
+    u.add_argument("--passes", default="fprop,dgrad,wgrad", help="(default: fprop,dgrad,wgrad)")
+    u.set_defaults(func=_tune)
     return parser
 
 

@@ -11,11 +11,13 @@ import numpy as np
 from . import reference
 from ._backend import array_module
 from ._shapes import ConvGeometry, PoolGeometry, accumulation_dtype, check_float_dtype, check_same_dtype
+from .cuda import plan, registry
 
 #: Algorithms each device accepts. On the CPU "auto" is the fast path and
-#: "reference" (alias "im2col") the textbook ground truth.
+#: "reference" (alias "im2col") the textbook ground truth. On the GPU, besides these families, a pass
+#: takes the registry name of one of its kernel variants (``gpuconv.cuda.registry``).
 CPU_ALGOS = ("auto", "fast", "reference", "im2col")
-GPU_ALGOS = ("auto", "im2col", "implicit_gemm")
+GPU_ALGOS = ("auto", *registry.FAMILIES)
 
 
 def _cpu_module(algo: str):
@@ -25,13 +27,20 @@ def _cpu_module(algo: str):
     return cpu_fast
 
 
-def _check_algo(xp, algo) -> None:
+def _check_algo(xp, algo, pass_name: str | None = None) -> None:
     if not isinstance(algo, str):
         raise TypeError(f"algo must be a string, got {algo!r}")
-    if xp is np and algo not in CPU_ALGOS:
-        raise ValueError(f"algo={algo!r} is not available for NumPy (CPU) arrays; choose one of {CPU_ALGOS}")
-    if xp is not np and algo not in GPU_ALGOS:
-        raise ValueError(f"algo={algo!r} is not available for CuPy (GPU) arrays; choose one of {GPU_ALGOS}")
+    if xp is np:
+        if algo not in CPU_ALGOS:
+            kind = " names a GPU kernel variant and" if algo in registry.BY_NAME else ""
+            raise ValueError(f"algo={algo!r}{kind} is not available for NumPy (CPU) arrays; choose one of "
+                             f"{CPU_ALGOS}")
+    elif pass_name is None:
+        if algo not in GPU_ALGOS:
+            raise ValueError(f"algo={algo!r} is not available for CuPy (GPU) arrays here; choose one of "
+                             f"{GPU_ALGOS}")
+    else:
+        plan.check_algo(pass_name, algo)
 
 
 def _run_conv(pass_name: str, xp, algo: str, *args):
@@ -64,7 +73,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, a
     xp = array_module(x=x, weight=weight, bias=bias)
     dtype = check_same_dtype(x=x, weight=weight, bias=bias)
     g = ConvGeometry.create(x.shape, weight.shape, stride, padding, dilation, groups)
-    _check_algo(xp, algo)
+    _check_algo(xp, algo, "fprop")
     if bias is not None and tuple(bias.shape) != (g.K,):
         raise ValueError(f"bias must have shape ({g.K},), got {tuple(bias.shape)}")
     if g.N == 0:
@@ -81,7 +90,7 @@ def conv2d_grad_input(grad_output, weight, input_shape, stride=1, padding=0, dil
     xp = array_module(grad_output=grad_output, weight=weight)
     dtype = check_same_dtype(grad_output=grad_output, weight=weight)
     g = ConvGeometry.create(input_shape, weight.shape, stride, padding, dilation, groups)
-    _check_algo(xp, algo)
+    _check_algo(xp, algo, "dgrad")
     g.check_output(grad_output)
     if g.N == 0:
         return xp.zeros(g.input_shape, dtype=dtype)
@@ -95,7 +104,7 @@ def conv2d_grad_weight(x, grad_output, weight_shape, stride=1, padding=0, dilati
     xp = array_module(x=x, grad_output=grad_output)
     dtype = check_same_dtype(x=x, grad_output=grad_output)
     g = ConvGeometry.create(x.shape, weight_shape, stride, padding, dilation, groups)
-    _check_algo(xp, algo)
+    _check_algo(xp, algo, "wgrad")
     g.check_output(grad_output)
     if g.N == 0:
         return xp.zeros(g.weight_shape, dtype=dtype)

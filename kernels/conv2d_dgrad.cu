@@ -91,16 +91,10 @@ __device__ __forceinline__ void conv2d_dgrad(const T* __restrict__ dy, const T* 
 
 // ------------------------------------------------------------------ exports
 // dx (N, C, H, W) = gradient of conv2d wrt x, from dy (N, K, P, Q) and w (K, C / groups, R, S).
+// Instantiated by the loader per registered variant and dtype: NAME, T, ACC, then the TileShape.
 
-#define GPUCONV_DGRAD_KERNEL(NAME, T, TILE)                                                   \
+#define GPUCONV_DGRAD_KERNEL(NAME, T, ACC, ...)                                               \
     extern "C" __global__ void NAME(const T* __restrict__ dy, const T* __restrict__ w,        \
                                     T* __restrict__ dx, GPUCONV_CONV_SHAPE_PARAMS) {         \
-        gpuconv::conv2d_dgrad<T, gpuconv::TILE>(dy, w, dx, GPUCONV_CONV_SHAPE);               \
+        gpuconv::conv2d_dgrad<T, __VA_ARGS__>(dy, w, dx, GPUCONV_CONV_SHAPE);                 \
     }
-
-GPUCONV_DGRAD_KERNEL(gpuconv_conv2d_dgrad_tile64x64_f16, gpuconv_half, Tile64x64)
-GPUCONV_DGRAD_KERNEL(gpuconv_conv2d_dgrad_tile64x64_f32, float, Tile64x64)
-GPUCONV_DGRAD_KERNEL(gpuconv_conv2d_dgrad_tile64x64_f64, double, Tile64x64)
-GPUCONV_DGRAD_KERNEL(gpuconv_conv2d_dgrad_tile256x4_f16, gpuconv_half, Tile256x4)
-GPUCONV_DGRAD_KERNEL(gpuconv_conv2d_dgrad_tile256x4_f32, float, Tile256x4)
-GPUCONV_DGRAD_KERNEL(gpuconv_conv2d_dgrad_tile256x4_f64, double, Tile256x4)

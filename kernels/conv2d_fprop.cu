@@ -77,17 +77,12 @@ __device__ __forceinline__ void conv2d_fprop(const T* __restrict__ x, const T* _
 }  // namespace gpuconv
 
 // ------------------------------------------------------------------ exports
-// y (N, K, P, Q) = conv2d(x (N, C, H, W), w (K, C / groups, R, S)).
+// y (N, K, P, Q) = conv2d(x (N, C, H, W), w (K, C / groups, R, S)). The loader instantiates this macro
+// once per registered variant and dtype (gpuconv/cuda/registry.py): NAME, the storage and accumulator
+// types, then the TileShape.
 
-#define GPUCONV_FPROP_KERNEL(NAME, T, TILE)                                                   \
+#define GPUCONV_FPROP_KERNEL(NAME, T, ACC, ...)                                               \
     extern "C" __global__ void NAME(const T* __restrict__ x, const T* __restrict__ w,         \
                                     T* __restrict__ y, GPUCONV_CONV_SHAPE_PARAMS) {          \
-        gpuconv::conv2d_fprop<T, gpuconv::TILE>(x, w, y, GPUCONV_CONV_SHAPE);                 \
+        gpuconv::conv2d_fprop<T, __VA_ARGS__>(x, w, y, GPUCONV_CONV_SHAPE);                   \
     }
-
-GPUCONV_FPROP_KERNEL(gpuconv_conv2d_fprop_tile64x64_f16, gpuconv_half, Tile64x64)
-GPUCONV_FPROP_KERNEL(gpuconv_conv2d_fprop_tile64x64_f32, float, Tile64x64)
-GPUCONV_FPROP_KERNEL(gpuconv_conv2d_fprop_tile64x64_f64, double, Tile64x64)
-GPUCONV_FPROP_KERNEL(gpuconv_conv2d_fprop_tile256x4_f16, gpuconv_half, Tile256x4)
-GPUCONV_FPROP_KERNEL(gpuconv_conv2d_fprop_tile256x4_f32, float, Tile256x4)
-GPUCONV_FPROP_KERNEL(gpuconv_conv2d_fprop_tile256x4_f64, double, Tile256x4)

@@ -115,14 +115,15 @@ __device__ __forceinline__ void conv2d_wgrad_reduce(const typename AccT<T>::type
 
 // ------------------------------------------------------------------ exports
 // partial (splits, K, C / groups * R * S) from x (N, C, H, W) and dy (N, K, P, Q); then
-// dw (K, C / groups, R, S) = the sum of the splits. ACC is the accumulator type of T.
+// dw (K, C / groups, R, S) = the sum of the splits. ACC is the accumulator type of T. Instantiated by the
+// loader per registered variant and dtype (the GEMM kernel takes the TileShape last).
 
-#define GPUCONV_WGRAD_KERNEL(NAME, T, ACC, TILE)                                              \
+#define GPUCONV_WGRAD_KERNEL(NAME, T, ACC, ...)                                               \
     extern "C" __global__ void NAME(const T* __restrict__ x, const T* __restrict__ dy,        \
                                     ACC* __restrict__ partial, GPUCONV_CONV_SHAPE_PARAMS,     \
                                     int splits, long long k_per_split) {                      \
-        gpuconv::conv2d_wgrad<T, gpuconv::TILE>(x, dy, partial, GPUCONV_CONV_SHAPE, splits,   \
-                                                k_per_split);                                 \
+        gpuconv::conv2d_wgrad<T, __VA_ARGS__>(x, dy, partial, GPUCONV_CONV_SHAPE, splits,     \
+                                              k_per_split);                                   \
     }
 
 #define GPUCONV_WGRAD_REDUCE_KERNEL(NAME, T, ACC)                                             \
@@ -130,14 +131,3 @@ __device__ __forceinline__ void conv2d_wgrad_reduce(const typename AccT<T>::type
                                     long long weights, int splits) {                          \
         gpuconv::conv2d_wgrad_reduce<T>(partial, dw, weights, splits);                        \
     }
-
-GPUCONV_WGRAD_KERNEL(gpuconv_conv2d_wgrad_tile64x64_f16, gpuconv_half, float, Tile64x64)
-GPUCONV_WGRAD_KERNEL(gpuconv_conv2d_wgrad_tile64x64_f32, float, float, Tile64x64)
-GPUCONV_WGRAD_KERNEL(gpuconv_conv2d_wgrad_tile64x64_f64, double, double, Tile64x64)
-GPUCONV_WGRAD_KERNEL(gpuconv_conv2d_wgrad_tile16x16_f16, gpuconv_half, float, Tile16x16)
-GPUCONV_WGRAD_KERNEL(gpuconv_conv2d_wgrad_tile16x16_f32, float, float, Tile16x16)
-GPUCONV_WGRAD_KERNEL(gpuconv_conv2d_wgrad_tile16x16_f64, double, double, Tile16x16)
-
-GPUCONV_WGRAD_REDUCE_KERNEL(gpuconv_conv2d_wgrad_reduce_f16, gpuconv_half, float)
-GPUCONV_WGRAD_REDUCE_KERNEL(gpuconv_conv2d_wgrad_reduce_f32, float, float)
-GPUCONV_WGRAD_REDUCE_KERNEL(gpuconv_conv2d_wgrad_reduce_f64, double, double)

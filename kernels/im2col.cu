@@ -65,23 +65,18 @@ __device__ __forceinline__ void col2im_nchw(const T* __restrict__ col, T* __rest
 }  // namespace gpuconv
 
 // ------------------------------------------------------------------ exports
+// The loader instantiates each macro once per dtype (gpuconv/cuda/registry.py): NAME, the
+// storage type T and its accumulator type ACC.
 // im2col: x (N, C, H, W) -> col (C*R*S, N*P*Q).   col2im: col (C*R*S, N*P*Q) -> x (N, C, H, W).
 
-#define GPUCONV_IM2COL_KERNEL(NAME, T)                                                        \
-    extern "C" __global__ void NAME(const T* __restrict__ x, T* __restrict__ col,             \
-                                    GPUCONV_CONV_SHAPE_PARAMS) {                              \
-        gpuconv::im2col_nchw<T>(x, col, GPUCONV_CONV_SHAPE);                                  \
+#define GPUCONV_IM2COL_KERNEL(NAME, T, ACC)                                                    \
+    extern "C" __global__ void NAME(const T* __restrict__ x, T* __restrict__ col,              \
+                                    GPUCONV_CONV_SHAPE_PARAMS) {                               \
+        gpuconv::im2col_nchw<T>(x, col, GPUCONV_CONV_SHAPE);                                   \
     }
 
-#define GPUCONV_COL2IM_KERNEL(NAME, T)                                                        \
-    extern "C" __global__ void NAME(const T* __restrict__ col, T* __restrict__ x,             \
-                                    GPUCONV_CONV_SHAPE_PARAMS) {                              \
-        gpuconv::col2im_nchw<T>(col, x, GPUCONV_CONV_SHAPE);                                  \
+#define GPUCONV_COL2IM_KERNEL(NAME, T, ACC)                                                    \
+    extern "C" __global__ void NAME(const T* __restrict__ col, T* __restrict__ x,              \
+                                    GPUCONV_CONV_SHAPE_PARAMS) {                               \
+        gpuconv::col2im_nchw<T>(col, x, GPUCONV_CONV_SHAPE);                                   \
     }
-
-GPUCONV_IM2COL_KERNEL(gpuconv_im2col_nchw_f16, gpuconv_half)
-GPUCONV_IM2COL_KERNEL(gpuconv_im2col_nchw_f32, float)
-GPUCONV_IM2COL_KERNEL(gpuconv_im2col_nchw_f64, double)
-GPUCONV_COL2IM_KERNEL(gpuconv_col2im_nchw_f16, gpuconv_half)
-GPUCONV_COL2IM_KERNEL(gpuconv_col2im_nchw_f32, float)
-GPUCONV_COL2IM_KERNEL(gpuconv_col2im_nchw_f64, double)

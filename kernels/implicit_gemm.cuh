@@ -32,11 +32,8 @@ struct TileShape {
     static_assert(THREADS <= 256, "gpuconv kernels use at most 256 threads per block");
 };
 
-// The tiles the kernels are instantiated with; gpuconv/cuda/conv.py keeps the
-// same table (block size and tile extents) to size its launches.
-typedef TileShape<64, 64, 16, 4, 4> Tile64x64;  // the general tile
-typedef TileShape<256, 4, 16, 4, 1> Tile256x4;  // few output channels per group (depthwise)
-typedef TileShape<16, 16, 32, 1, 1> Tile16x16;  // weight gradients of small groups
+// The tiles the kernels are instantiated with are registry entries (gpuconv/cuda/registry.py,
+// GemmTile), passed in by the generated export lines.
 
 // The staged slices of A (BLOCK_K x BLOCK_M) and B (BLOCK_K x BLOCK_N). The
 // extra column makes the column-wise stores of the loaders hit distinct banks.

@@ -18,10 +18,10 @@ struct PoolShape {
     int kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w;
 };
 
-#define GPUCONV_POOL_SHAPE_PARAMS                                                           \
-    int N, int C, int H, int W, int P, int Q,                                               \
+#define GPUCONV_POOL_SHAPE_PARAMS                                                              \
+    int N, int C, int H, int W, int P, int Q,                                                  \
     int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w
-#define GPUCONV_POOL_SHAPE                                                                  \
+#define GPUCONV_POOL_SHAPE                                                                     \
     gpuconv::PoolShape{N, C, H, W, P, Q, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w}
 
 // Window (p, q) clipped to the input: rows [h0, h1), columns [w0, w1).
@@ -158,42 +158,31 @@ __device__ __forceinline__ void avg_pool2d_backward(const T* __restrict__ dy, T*
 }  // namespace gpuconv
 
 // ------------------------------------------------------------------ exports
+// The loader instantiates each macro once per dtype (gpuconv/cuda/registry.py): NAME, the
+// storage type T and its accumulator type ACC.
 // Forward: x (N, C, H, W) -> y (N, C, P, Q). Backward: dy (N, C, P, Q) -> dx (N, C, H, W).
 // count_include_pad is 0 or 1.
 
-#define GPUCONV_MAXPOOL_FORWARD_KERNEL(NAME, T)                                               \
-    extern "C" __global__ void NAME(const T* __restrict__ x, T* __restrict__ y,               \
-                                    GPUCONV_POOL_SHAPE_PARAMS) {                              \
-        gpuconv::max_pool2d_forward<T>(x, y, GPUCONV_POOL_SHAPE);                             \
+#define GPUCONV_MAXPOOL_FORWARD_KERNEL(NAME, T, ACC)                                           \
+    extern "C" __global__ void NAME(const T* __restrict__ x, T* __restrict__ y,                \
+                                    GPUCONV_POOL_SHAPE_PARAMS) {                               \
+        gpuconv::max_pool2d_forward<T>(x, y, GPUCONV_POOL_SHAPE);                              \
     }
 
-#define GPUCONV_MAXPOOL_BACKWARD_KERNEL(NAME, T)                                              \
-    extern "C" __global__ void NAME(const T* __restrict__ dy, const T* __restrict__ x,        \
-                                    T* __restrict__ dx, GPUCONV_POOL_SHAPE_PARAMS) {          \
-        gpuconv::max_pool2d_backward<T>(dy, x, dx, GPUCONV_POOL_SHAPE);                       \
+#define GPUCONV_MAXPOOL_BACKWARD_KERNEL(NAME, T, ACC)                                          \
+    extern "C" __global__ void NAME(const T* __restrict__ dy, const T* __restrict__ x,         \
+                                    T* __restrict__ dx, GPUCONV_POOL_SHAPE_PARAMS) {           \
+        gpuconv::max_pool2d_backward<T>(dy, x, dx, GPUCONV_POOL_SHAPE);                        \
     }
 
-#define GPUCONV_AVGPOOL_FORWARD_KERNEL(NAME, T)                                               \
-    extern "C" __global__ void NAME(const T* __restrict__ x, T* __restrict__ y,               \
-                                    GPUCONV_POOL_SHAPE_PARAMS, int count_include_pad) {       \
-        gpuconv::avg_pool2d_forward<T>(x, y, GPUCONV_POOL_SHAPE, count_include_pad != 0);     \
+#define GPUCONV_AVGPOOL_FORWARD_KERNEL(NAME, T, ACC)                                           \
+    extern "C" __global__ void NAME(const T* __restrict__ x, T* __restrict__ y,                \
+                                    GPUCONV_POOL_SHAPE_PARAMS, int count_include_pad) {        \
+        gpuconv::avg_pool2d_forward<T>(x, y, GPUCONV_POOL_SHAPE, count_include_pad != 0);      \
     }
 
-#define GPUCONV_AVGPOOL_BACKWARD_KERNEL(NAME, T)                                              \
-    extern "C" __global__ void NAME(const T* __restrict__ dy, T* __restrict__ dx,             \
-                                    GPUCONV_POOL_SHAPE_PARAMS, int count_include_pad) {       \
-        gpuconv::avg_pool2d_backward<T>(dy, dx, GPUCONV_POOL_SHAPE, count_include_pad != 0);  \
+#define GPUCONV_AVGPOOL_BACKWARD_KERNEL(NAME, T, ACC)                                          \
+    extern "C" __global__ void NAME(const T* __restrict__ dy, T* __restrict__ dx,              \
+                                    GPUCONV_POOL_SHAPE_PARAMS, int count_include_pad) {        \
+        gpuconv::avg_pool2d_backward<T>(dy, dx, GPUCONV_POOL_SHAPE, count_include_pad != 0);   \
     }
-
-GPUCONV_MAXPOOL_FORWARD_KERNEL(gpuconv_maxpool2d_forward_f16, gpuconv_half)
-GPUCONV_MAXPOOL_FORWARD_KERNEL(gpuconv_maxpool2d_forward_f32, float)
-GPUCONV_MAXPOOL_FORWARD_KERNEL(gpuconv_maxpool2d_forward_f64, double)
-GPUCONV_MAXPOOL_BACKWARD_KERNEL(gpuconv_maxpool2d_backward_f16, gpuconv_half)
-GPUCONV_MAXPOOL_BACKWARD_KERNEL(gpuconv_maxpool2d_backward_f32, float)
-GPUCONV_MAXPOOL_BACKWARD_KERNEL(gpuconv_maxpool2d_backward_f64, double)
-GPUCONV_AVGPOOL_FORWARD_KERNEL(gpuconv_avgpool2d_forward_f16, gpuconv_half)
-GPUCONV_AVGPOOL_FORWARD_KERNEL(gpuconv_avgpool2d_forward_f32, float)
-GPUCONV_AVGPOOL_FORWARD_KERNEL(gpuconv_avgpool2d_forward_f64, double)
-GPUCONV_AVGPOOL_BACKWARD_KERNEL(gpuconv_avgpool2d_backward_f16, gpuconv_half)
-GPUCONV_AVGPOOL_BACKWARD_KERNEL(gpuconv_avgpool2d_backward_f32, float)
-GPUCONV_AVGPOOL_BACKWARD_KERNEL(gpuconv_avgpool2d_backward_f64, double)

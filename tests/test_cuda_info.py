@@ -6,7 +6,7 @@ import importlib.util
 import pytest
 
 from gpuconv._backend import cuda_available
-from gpuconv.cuda import info, loader
+from gpuconv.cuda import info, registry
 
 HAS_NVRTC = importlib.util.find_spec("cuda") is not None and importlib.util.find_spec("cuda.bindings") is not None
 
@@ -22,7 +22,7 @@ def test_report_on_this_machine(report):
     if not cuda_available():
         assert report["cuda_unavailable_reason"]
     if cuda_available() or HAS_NVRTC:
-        assert set(report["kernels"]["files"]) == set(loader.kernel_files())
+        assert set(report["kernels"]["files"]) == set(registry.sources())
         assert all(status == "ok" for status in report["kernels"]["files"].values()), report["kernels"]
     text = info.format_info(report)
     assert "CUDA usable:" in text
@@ -49,5 +49,5 @@ def test_format_shows_gpus_and_compile_failures():
                                                         "pooling.cu": "KernelCompileError: bad\nline 2 of log"}}}
     text = info.format_info(report)
     assert "NVIDIA H100, compute capability 9.0, 80.0 GiB, 132 SMs" in text
-    assert "im2col.cu   ok (6 kernels)" in text
+    assert "im2col.cu   ok (6 kernels: im2col_nchw, col2im_nchw)" in text
     assert "pooling.cu  FAILED: KernelCompileError: bad" in text and "line 2 of log" in text

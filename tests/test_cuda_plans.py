@@ -1,7 +1,7 @@
-"""The launch arithmetic of gpuconv.cuda.conv / pool -- pure Python, no GPU needed.
+"""The planner (gpuconv.cuda.plan) and the registry it plans from -- pure Python, no GPU needed.
 
-Tiles, grids, the wgrad reduction split and the im2col batch chunks must cover
-every output exactly and respect CUDA's limits for any geometry.
+Plans must cover every output exactly, respect CUDA's limits for any geometry, choose what the fixed rule
+says, and show the memory fallback in the plan rather than take it silently.
 """
 from __future__ import annotations
 
@@ -14,35 +14,101 @@ from hypothesis import strategies as st
 
 from gpuconv._backend import GPUOutOfMemoryError
 from gpuconv._shapes import ConvGeometry, PoolGeometry
-from gpuconv.cuda import _launch, conv, loader, pool
+from gpuconv.cuda import _launch, backend, conv, plan, pool, registry
+
+DENSE = ConvGeometry.create((8, 16, 32, 32), (32, 16, 3, 3), padding=1)
+DEPTHWISE = ConvGeometry.create((8, 16, 32, 32), (16, 1, 3, 3), padding=1, groups=16)
 
 
-def test_python_tiles_match_the_kernel_names():
-    for tile in (conv.TILE_64X64, conv.TILE_256X4, conv.TILE_16X16):
-        assert tile.threads <= 256
-        assert tile.name == f"tile{tile.block_m}x{tile.block_n}"
-    fprop, dgrad, wgrad = (set(loader.KERNEL_BASE_NAMES[f]) for f in
-                           ("conv2d_fprop.cu", "conv2d_dgrad.cu", "conv2d_wgrad.cu"))
-    assert {f"gpuconv_conv2d_fprop_{t.name}" for t in (conv.TILE_64X64, conv.TILE_256X4)} == fprop
-    assert {f"gpuconv_conv2d_dgrad_{t.name}" for t in (conv.TILE_64X64, conv.TILE_256X4)} == dgrad
-    assert {f"gpuconv_conv2d_wgrad_{t.name}" for t in (conv.TILE_64X64, conv.TILE_16X16)} | {
-        "gpuconv_conv2d_wgrad_reduce"} == wgrad
+# ---------------------------------------------------------------------------------------- registry ---
+
+def test_names_are_derived_from_the_parameters():
+    for v in registry.VARIANTS:
+        assert v.kernel_name(np.float32) == f"gpuconv_{v.name}_f32"
+        if v.tile is not None:
+            t = v.tile
+            assert v.name.startswith(f"{v.op}_simt_{t.block_m}x{t.block_n}x{t.block_k}_{t.stages}stage")
+            assert v.threads == t.threads <= 256 and v.family == "implicit_gemm"
+            assert f"TileShape<{t.block_m}, {t.block_n}, {t.block_k}, {t.thread_m}, {t.thread_n}>" in \
+                v.export_line(np.float32)
+    assert registry.get("fprop_simt_64x64x16_1stage").export_line(np.float16) == (
+        "GPUCONV_FPROP_KERNEL(gpuconv_fprop_simt_64x64x16_1stage_f16, gpuconv_half, float, "
+        "gpuconv::TileShape<64, 64, 16, 4, 4>)")
 
 
-def test_kernel_names_per_dtype():
-    assert loader.kernel_name("gpuconv_im2col_nchw", np.float16) == "gpuconv_im2col_nchw_f16"
-    assert loader.kernel_name("gpuconv_im2col_nchw", "float64") == "gpuconv_im2col_nchw_f64"
+def test_a_variant_exists_only_for_its_dtypes():
+    only_half = registry.Variant("fprop_test", "fprop", "conv2d_fprop.cu", "GPUCONV_FPROP_KERNEL", 128,
+                                 dtypes=(np.dtype(np.float16),))
+    assert only_half.kernel_name(np.float16) == "gpuconv_fprop_test_f16"
+    with pytest.raises(TypeError, match="exists for float16, not float32"):
+        only_half.kernel_name(np.float32)
+    assert not only_half.can_run(DENSE, np.float32)
     with pytest.raises(TypeError, match="float16, float32 or float64"):
-        loader.kernel_name("gpuconv_im2col_nchw", np.int32)
+        registry.dtype_suffix(np.int32)
 
 
-def test_auto_rule():
-    dense = ConvGeometry.create((8, 16, 32, 32), (32, 16, 3, 3), padding=1)
-    depthwise = ConvGeometry.create((8, 16, 32, 32), (16, 1, 3, 3), padding=1, groups=16)
-    assert conv.choose_algo(dense) == "im2col"
-    assert conv.choose_algo(depthwise) == "implicit_gemm"
-    assert conv.fprop_tile(depthwise) is conv.TILE_256X4 and conv.fprop_tile(dense) is conv.TILE_64X64
-    assert conv.wgrad_tile(depthwise) is conv.TILE_16X16 and conv.wgrad_tile(dense) is conv.TILE_64X64
+def test_every_kernel_file_and_instantiation_comes_from_the_registry():
+    assert registry.sources() == ("conv2d_fprop.cu", "conv2d_dgrad.cu", "conv2d_wgrad.cu", "im2col.cu",
+                                  "pooling.cu")
+    names = [v.kernel_name(d) for v, d in registry.instantiations()]
+    assert len(names) == len(set(names)) == 3 * len(registry.VARIANTS)
+    with pytest.raises(ValueError, match="no kernel variant named 'nope'"):
+        registry.get("nope")
+
+
+def test_algo_choices_per_pass():
+    assert registry.algo_choices("fprop") == ("auto", "im2col", "implicit_gemm", "fprop_simt_256x4x16_1stage",
+                                              "fprop_simt_64x64x16_1stage")
+    plan.check_algo("wgrad", "wgrad_simt_16x16x32_1stage_splitk")
+    with pytest.raises(ValueError, match="is a fprop kernel variant; the dgrad pass takes one of"):
+        plan.check_algo("dgrad", "fprop_simt_64x64x16_1stage")
+    with pytest.raises(ValueError, match="not a GPU convolution algorithm"):
+        plan.check_algo("fprop", "winograd")
+    with pytest.raises(TypeError):
+        plan.check_algo("fprop", 3)
+
+
+# --------------------------------------------------------------------------------------- choosing ---
+
+def test_fixed_rule():
+    assert plan.plan_conv("fprop", DENSE, np.float32).variant == "im2col"
+    assert plan.plan_conv("fprop", DEPTHWISE, np.float32).variant == "fprop_simt_256x4x16_1stage"
+    assert plan.plan_conv("dgrad", DEPTHWISE, np.float32).variant == "dgrad_simt_256x4x16_1stage"
+    assert plan.plan_conv("wgrad", DEPTHWISE, np.float32).variant == "wgrad_simt_16x16x32_1stage_splitk"
+    assert plan.plan_conv("fprop", DENSE, np.float32, "implicit_gemm").variant == "fprop_simt_64x64x16_1stage"
+    assert plan.plan_conv("wgrad", DENSE, np.float32, "implicit_gemm").variant == \
+        "wgrad_simt_64x64x16_1stage_splitk"
+    for p in plan.plan_conv("fprop", DENSE, np.float32), plan.plan_conv("fprop", DEPTHWISE, np.float32):
+        assert p.reason.startswith("fixed rule") and p.fallback is None and p.requested == "auto"
+
+
+def test_a_requested_variant_and_the_tuners_pick_are_planned_as_given():
+    p = plan.plan_conv("fprop", DENSE, np.float16, "fprop_simt_256x4x16_1stage")
+    assert p.variant == "fprop_simt_256x4x16_1stage" and p.algorithm == "implicit_gemm"
+    assert [k.kernel_name for k in p.launches] == ["gpuconv_fprop_simt_256x4x16_1stage_f16"]
+    tuned = plan.plan_conv("dgrad", DENSE, np.float32, "auto", tuned="dgrad_simt_256x4x16_1stage")
+    assert tuned.variant == "dgrad_simt_256x4x16_1stage" and tuned.reason.startswith("autotuned")
+    with pytest.raises(ValueError, match="cannot run"):
+        plan.plan_conv("dgrad", DENSE, np.float32, "auto", tuned="fprop_simt_64x64x16_1stage")
+
+
+def test_candidates_are_im2col_and_every_applicable_variant():
+    assert plan.candidates("wgrad", DENSE, np.float32) == ("im2col", "wgrad_simt_16x16x32_1stage_splitk",
+                                                          "wgrad_simt_64x64x16_1stage_splitk")
+
+
+def test_plans_list_their_launches():
+    p = plan.plan_conv("wgrad", DENSE, np.float32, "implicit_gemm")
+    assert [k.variant.name for k in p.launches] == ["wgrad_simt_64x64x16_1stage_splitk", "wgrad_splitk_reduce"]
+    weights = int(np.prod(DENSE.weight_shape))
+    assert p.workspace_bytes == p.wgrad_splits * weights * 4
+    assert p.launches[1].grid == plan.elementwise_grid(weights)
+    assert all(k.block == (256, 1, 1) and k.dynamic_shared_bytes == 0 for k in p.launches)
+    im2col = plan.plan_conv("dgrad", DENSE, np.float32, "im2col")
+    assert [k.variant.name for k in im2col.launches] == ["col2im_nchw"] and im2col.batch_chunks == ((0, 8),)
+    pointwise = ConvGeometry.create((2, 8, 5, 5), (4, 8, 1, 1))
+    assert plan.plan_conv("fprop", pointwise, np.float32).pointwise
+    assert "fprop im2col" in im2col.describe().replace("dgrad", "fprop")
 
 
 def test_shape_arguments_are_exact_numpy_types():
@@ -60,15 +126,24 @@ def test_shape_arguments_are_exact_numpy_types():
 
 
 def test_elementwise_grid():
-    assert _launch.elementwise_grid(0) == (1,)
-    assert _launch.elementwise_grid(257) == (2,)
-    assert _launch.elementwise_grid(10**12) == (_launch.MAX_ELEMENTWISE_BLOCKS,)
+    assert plan.elementwise_grid(0) == (1, 1, 1)
+    assert plan.elementwise_grid(257) == (2, 1, 1)
+    assert plan.elementwise_grid(10**12) == (plan.MAX_ELEMENTWISE_BLOCKS, 1, 1)
+
+
+def test_only_grid_stride_launches_may_be_shrunk():
+    p = plan.plan_conv("wgrad", DENSE, np.float32, "implicit_gemm")
+    assert plan.with_grid(p, 1, (1,)).launches[1].grid == (1, 1, 1)
+    with pytest.raises(ValueError, match="not a grid-stride kernel"):
+        plan.with_grid(p, 0, (1,))
+    pool_plan = plan.plan_pool("maxpool2d_forward", PoolGeometry.create((2, 3, 8, 8), 2), np.float32)
+    assert plan.with_grid(pool_plan, 0, (2,)).launch.grid == (2, 1, 1)
 
 
 def test_huge_planes_are_refused():
     g = ConvGeometry.create((1, 1, 50000, 50000), (1, 1, 1, 1))
     with pytest.raises(ValueError, match="H_times_W"):
-        conv.check_geometry(g)
+        plan.plan_conv("fprop", g, np.float32)
 
 
 @st.composite
@@ -86,51 +161,75 @@ def geometries(draw):
 @given(geometries())
 def test_grids_cover_every_output_once(g):
     G, Cg, Kg = g.groups, g.C // g.groups, g.K // g.groups
-    t = conv.fprop_tile(g)
-    gx, gy, gz = conv.fprop_grid(g, t)
-    assert (gx - 1) * t.block_m < g.N * g.P * g.Q <= gx * t.block_m
-    assert (gy - 1) * t.block_n < Kg <= gy * t.block_n and gz == G
-    t = conv.dgrad_tile(g)
-    gx, gy, gz = conv.dgrad_grid(g, t)
-    assert (gx - 1) * t.block_m < g.N * g.H * g.W <= gx * t.block_m
-    assert (gy - 1) * t.block_n < Cg <= gy * t.block_n and gz == G
+    for pass_name, rows, columns in (("fprop", g.N * g.P * g.Q, Kg), ("dgrad", g.N * g.H * g.W, Cg)):
+        for v in registry.conv_variants(pass_name):
+            t = v.tile
+            gx, gy, gz = plan.gemm_grid(pass_name, g, v)
+            assert (gx - 1) * t.block_m < rows <= gx * t.block_m
+            assert (gy - 1) * t.block_n < columns <= gy * t.block_n and gz == G
+        launch = plan.plan_conv(pass_name, g, np.float32, "implicit_gemm").launches[0]
+        assert launch.grid == plan.gemm_grid(pass_name, g, launch.variant)
 
 
 @settings(max_examples=200, deadline=None)
 @given(geometries())
 def test_wgrad_split_covers_the_reduction_without_empty_splits(g):
-    tile = conv.wgrad_tile(g)
-    splits, per_split = conv.wgrad_split(g, tile)
-    pixels = g.N * g.P * g.Q
-    assert per_split % tile.block_k == 0
-    assert (splits - 1) * per_split < pixels <= splits * per_split
-    gx, gy, gz = conv.wgrad_grid(g, tile, splits)
-    assert gz == g.groups * splits <= _launch.GRID_YZ_MAX
-    if splits > 1:
-        assert per_split >= conv.WGRAD_MIN_PIXELS_PER_SPLIT - tile.block_k
+    for v in registry.conv_variants("wgrad"):
+        splits, per_split = plan.wgrad_split(g, v)
+        pixels = g.N * g.P * g.Q
+        assert per_split % v.tile.block_k == 0
+        assert (splits - 1) * per_split < pixels <= splits * per_split
+        gx, gy, gz = plan.gemm_grid("wgrad", g, v, splits)
+        assert gz == g.groups * splits <= _launch.GRID_YZ_MAX
+        if splits > 1:
+            assert per_split >= plan.WGRAD_MIN_PIXELS_PER_SPLIT - v.tile.block_k
 
 
 def test_wgrad_split_is_independent_of_the_gpu_and_splits_long_reductions():
     g = ConvGeometry.create((64, 64, 56, 56), (64, 64, 3, 3), padding=1)
-    splits, per_split = conv.wgrad_split(g, conv.wgrad_tile(g))
-    assert splits > 1 and splits * per_split >= 64 * 56 * 56
-    assert conv.wgrad_split(ConvGeometry.create((1, 3, 5, 5), (4, 3, 3, 3)), conv.TILE_16X16)[0] == 1
+    p = plan.plan_conv("wgrad", g, np.float32, "implicit_gemm")
+    assert p.wgrad_splits > 1 and p.wgrad_splits * p.wgrad_pixels_per_split >= 64 * 56 * 56
+    small = ConvGeometry.create((1, 3, 5, 5), (4, 3, 3, 3))
+    assert plan.wgrad_split(small, registry.get("wgrad_simt_16x16x32_1stage_splitk"))[0] == 1
+
+
+# ----------------------------------------------------------------------------------------- memory ---
+
+G_BIG = ConvGeometry.create((100, 64, 32, 32), (64, 64, 3, 3), padding=1)
+PER_IMAGE = (64 * 9 + 64) * 32 * 32 * 4  # the column matrix and the (K, P*Q) GEMM operand
+OUTPUT = 100 * 64 * 32 * 32 * 4
 
 
 def test_im2col_chunks_respect_the_budget():
-    g = ConvGeometry.create((100, 64, 32, 32), (64, 64, 3, 3), padding=1)
-    per_image = (64 * 9 + 64) * 32 * 32 * 4  # the column matrix and the (K, P*Q) GEMM operand
-    assert conv.im2col_bytes_per_image(g, 4) == per_image
-    assert conv.im2col_batch_chunk(g, 4, budget=10 * per_image) == 10
-    assert conv.im2col_batch_chunk(g, 4, budget=per_image - 1) == 1  # one image even over budget
-    assert conv.im2col_batch_chunk(g, 4, budget=1 << 40) == 100
-    chunks = list(conv._batch_chunks(g, 4))
+    assert plan.im2col_bytes_per_image(G_BIG, 4) == PER_IMAGE
+    assert plan.im2col_batch_chunk(G_BIG, 4, budget=10 * PER_IMAGE) == 10
+    assert plan.im2col_batch_chunk(G_BIG, 4, budget=PER_IMAGE - 1) == 1  # one image even over budget
+    assert plan.im2col_batch_chunk(G_BIG, 4, budget=1 << 40) == 100
+    chunks = plan.plan_conv("fprop", G_BIG, np.float32, "im2col").batch_chunks
     assert chunks[0][0] == 0 and chunks[-1][1] == 100
     assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
 
 
+def test_im2col_chunks_shrink_to_free_memory_after_the_result():
+    p = plan.plan_conv("fprop", G_BIG, np.float32, "auto", free_bytes=OUTPUT + 10 * PER_IMAGE)
+    assert p.variant == "im2col" and p.batch_chunks[0] == (0, 5)  # half the rest is the budget
+    assert p.workspace_bytes == 5 * PER_IMAGE
+
+
+def test_memory_fallback_is_a_visible_field_of_the_plan():
+    starved = OUTPUT + PER_IMAGE
+    p = plan.plan_conv("fprop", G_BIG, np.float32, "auto", free_bytes=starved)
+    assert p.algorithm == "implicit_gemm" and p.variant == "fprop_simt_64x64x16_1stage"
+    assert p.fallback == (f"im2col needs {2 * PER_IMAGE:,} bytes for one image's workspace (twice for "
+                          f"headroom), {PER_IMAGE:,} free after the result: implicit GEMM instead")
+    assert "fallback" in p.describe()
+    with pytest.raises(GPUOutOfMemoryError, match=rf"fprop \(forward\) with algo='im2col'.* needs {2 * PER_IMAGE:,} bytes "
+                                                  rf"of GPU memory but only {PER_IMAGE:,} bytes are free"):
+        plan.plan_conv("fprop", G_BIG, np.float32, "im2col", free_bytes=starved)
+
+
 class _FakeCuPy:
-    """Just enough of CuPy for the memory plan: device memory and a default pool with a limit."""
+    """Just enough of CuPy for the free-memory reading: device memory and a default pool with a limit."""
 
     class _Pool:
         def __init__(self, used, cached, limit):
@@ -154,20 +253,6 @@ class _FakeCuPy:
 
 
 def test_available_memory_counts_the_pools_cached_blocks_and_respects_its_limit():
-    assert conv.available_device_bytes(_FakeCuPy(device_free=1000, cached=200)) == 1200
-    assert conv.available_device_bytes(_FakeCuPy(device_free=1000, cached=200, used=700, limit=1000)) == 300
-    assert conv.available_device_bytes(_FakeCuPy(device_free=0, used=900, limit=800)) == 0
-
-
-def test_im2col_budget_shrinks_to_free_memory_then_falls_back_or_fails_clearly():
-    g = ConvGeometry.create((100, 64, 32, 32), (64, 64, 3, 3), padding=1)
-    per_image = conv.im2col_bytes_per_image(g, 4)
-    plenty = _FakeCuPy(device_free=1 << 40)
-    assert conv._im2col_budget(plenty, g, 4, "im2col", "fprop") == conv.IM2COL_WORKSPACE_BYTES
-    tight = _FakeCuPy(device_free=10 * per_image)  # half of it is the budget
-    assert conv.im2col_batch_chunk(g, 4, conv._im2col_budget(tight, g, 4, "auto", "fprop")) == 5
-    starved = _FakeCuPy(device_free=per_image)
-    assert conv._im2col_budget(starved, g, 4, "auto", "fprop") is None  # auto: implicit GEMM instead
-    with pytest.raises(GPUOutOfMemoryError, match=rf"fprop with algo='im2col'.* needs {2 * per_image:,} bytes "
-                                                  rf"of GPU memory but only {per_image:,} bytes are free"):
-        conv._im2col_budget(starved, g, 4, "im2col", "fprop")
+    assert backend.available_device_bytes(_FakeCuPy(device_free=1000, cached=200)) == 1200
+    assert backend.available_device_bytes(_FakeCuPy(device_free=1000, cached=200, used=700, limit=1000)) == 300
+    assert backend.available_device_bytes(_FakeCuPy(device_free=0, used=900, limit=800)) == 0

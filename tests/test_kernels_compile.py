@@ -1,16 +1,18 @@
 """Every kernel file compiles with NVRTC for every GPU generation we support -- no GPU needed.
 
-Each file must export exactly the ``extern "C"`` kernels the package launches
-(``loader.KERNELS``), for each architecture, and ptxas must report register,
-spill and shared-memory use for each of them: ``pytest -s`` prints the table.
+Each file, with all its registered instantiations in one unit (``loader.compile_file``), must export
+exactly the ``extern "C"`` kernels the registry names, for each architecture, and ptxas must report
+register, spill and shared-memory use for each of them: ``pytest -s`` prints the table. One variant is
+also compiled alone, as ``get_kernel`` does on a GPU.
 """
 from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
-from gpuconv.cuda import loader
+from gpuconv.cuda import loader, registry
 
 pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-bindings is not installed (it provides NVRTC to "
                                                   "compile the kernels without a GPU)")
@@ -24,21 +26,32 @@ _compiled: dict[tuple[str, str], loader.CompiledFile] = {}
 def compiled(file: str, arch: str) -> loader.CompiledFile:
     """Compile once per (file, arch) for the whole module."""
     if (file, arch) not in _compiled:
-        _compiled[(file, arch)] = loader.compile_for_arch(file, arch)
+        _compiled[(file, arch)] = loader.compile_file(file, arch)
     return _compiled[(file, arch)]
 
 
+def expected_kernels(file: str) -> set:
+    return {v.kernel_name(d) for v, d in registry.instantiations(file)}
+
+
 def test_sources_are_self_contained():
-    for file, source in loader.kernel_sources().items():
+    for file in registry.sources():
+        source = loader.unit_source(registry.instantiations(file))
         assert not re.search(r"^\s*#\s*include", source, re.MULTILINE), f"{file}: an #include was left in"
         assert source.count("struct gpuconv_half {") == 1, f"{file}: common.cuh must be inlined exactly once"
 
 
+def test_a_unit_holds_one_file():
+    with pytest.raises(ValueError, match="one kernel file"):
+        loader.unit_source([(registry.get("im2col_nchw"), np.float32), (registry.get("maxpool2d_forward"),
+                                                                         np.float32)])
+
+
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("file", loader.kernel_files())
-def test_compiles_and_exports_what_the_package_launches(file, arch):
+@pytest.mark.parametrize("file", registry.sources())
+def test_compiles_and_exports_what_the_registry_names(file, arch):
     result = compiled(file, arch)
-    expected = set(loader.exported_kernels()[file])
+    expected = expected_kernels(file)
     missing = sorted(name for name in expected if not result.exports(name))
     assert not missing, f"{file} ({arch}) lacks the kernels {missing}"
     if "ptxas info" not in result.log:  # an NVRTC without -Xptxas=-v: cuobjdump's registers at best
@@ -46,19 +59,28 @@ def test_compiles_and_exports_what_the_package_launches(file, arch):
         pytest.skip(f"NVRTC {loader.nvrtc_version()} gave no ptxas report: spills cannot be read")
     assert set(result.kernels) == expected, (
         f"{file} ({arch}): ptxas compiled the entry points {sorted(result.kernels)}, "
-        f"the package expects {sorted(expected)}")
+        f"the registry names {sorted(expected)}")
     for name, r in result.kernels.items():
         for field in ("registers", "spill_stores", "spill_loads", "stack_bytes", "shared_bytes"):
             value = getattr(r, field)
             assert isinstance(value, int) and value >= 0, f"{name} ({arch}): {field} not reported: {r}"
         assert r.registers <= 255
         assert r.shared_bytes <= MAX_STATIC_SHARED_BYTES, f"{name} ({arch}) uses {r.shared_bytes} B of shared memory"
+    for variant, dtype in registry.instantiations(file):
+        assert result.kernels[variant.kernel_name(dtype)].shared_bytes == variant.static_shared_bytes(dtype), (
+            f"{variant.name} {dtype}: the registry's static shared memory differs from ptxas'")
+
+
+def test_one_variant_compiles_alone_as_on_a_gpu():
+    result = loader.compile_variant("wgrad_simt_16x16x32_1stage_splitk", np.float16, "sm_90")
+    assert result.exports("gpuconv_wgrad_simt_16x16x32_1stage_splitk_f16")
+    assert not result.exports("gpuconv_wgrad_simt_64x64x16_1stage_splitk_f16")
 
 
 def test_print_register_and_spill_table():
     """One row per kernel: registers per architecture, spill bytes and shared memory (pytest -s shows it)."""
     resources = {}  # kernel -> {arch: KernelResources}
-    for file in loader.kernel_files():
+    for file in registry.sources():
         for arch in ARCHS:
             result = compiled(file, arch)
             if "ptxas info" not in result.log:
@@ -82,15 +104,15 @@ def test_compile_error_names_the_file_and_carries_the_log(monkeypatch):
     real_read = loader._read_text
 
     def read(name):
-        if name == "broken.cu":
-            return '#include "common.cuh"\nextern "C" __global__ void broken(float* y) { y[0] = undefined_name; }\n'
+        if name == "im2col.cu":
+            return real_read(name).replace("col[e] = inside", "col[e] = undefined_name + inside", 1)
         return real_read(name)
 
     monkeypatch.setattr(loader, "_read_text", read)
-    with pytest.raises(loader.KernelCompileError, match=r"kernels/broken\.cu") as excinfo:
-        loader.compile_for_arch("broken.cu", "sm_90")
+    with pytest.raises(loader.KernelCompileError, match=r"kernels/im2col\.cu") as excinfo:
+        loader.compile_variant("im2col_nchw", np.float32, "sm_90")
     assert "undefined_name" in str(excinfo.value)
-    assert 'broken.cu' in str(excinfo.value).split("\n", 1)[1], "the NVRTC log should point into broken.cu"
+    assert "im2col.cu" in str(excinfo.value).split("\n", 1)[1], "the NVRTC log should point into im2col.cu"
 
 
 def test_parse_ptxas_log():

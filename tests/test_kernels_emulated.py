@@ -1,28 +1,30 @@
 """gpuconv's CUDA kernels (kernels/*.cu) run on the CPU and checked against gpuconv.reference -- no GPU needed.
 
 tests/cuda_emulation compiles each kernel file with g++ and runs its blocks as fibers (see
-cuda_emulation/emulator.py). The GPU modules themselves do the launching: gpuconv.cuda.conv and .pool run
-unchanged, with ``gpuconv.cuda._launch.require_cuda`` answering a NumPy stand-in for CuPy (every buffer
-NaN-filled between guard zones, float16 GEMMs accumulated in float32 as cuBLAS does) and ``get_kernel`` the
-emulated kernel.
-So each test covers the kernel, its launch configuration and its argument list, and an unwritten output
-element (NaN), a write out of bounds or a divergent __syncthreads() fails it. Only cuBLAS is not tested.
+cuda_emulation/emulator.py). The tests plan exactly as on a GPU (``gpuconv.cuda.plan``) and hand the run step
+(``conv.run_conv``, ``pool.run_pool``) the emulator as its backend (cuda_emulation/backend.py): every buffer
+NaN-filled against inaccessible guard pages, float16 GEMMs accumulated in float32 as cuBLAS does. So each test
+covers the kernel, its launch configuration and its argument list, and an unwritten output element (NaN), an
+out-of-bounds read or write or a divergent __syncthreads() fails it. Only cuBLAS is not tested.
 
-Every kernel variant (tile), float16/32/64, edge shapes: stride, asymmetric padding, dilation, groups,
-depthwise, 1x1, batch 1, channel counts that are not a multiple of the tile, a split wgrad reduction.
+Parametrised from the registry: every variant of every pass, float16/32/64, both thread (and block) orders
+-- the reverse order with buffers placed against a guard page before their start, the forward order against
+one after their end -- and edge shapes: stride, asymmetric padding, dilation, groups, depthwise, 1x1, batch 1,
+channel counts that are not a multiple of the tile, split wgrad reductions with one group and with two.
+Grid-stride kernels also run on grids far smaller than their work.
 """
 from __future__ import annotations
 
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cuda_emulation import emulator as emu
+from cuda_emulation.backend import EmulatorBackend, emulated_module
 from gpuconv import reference
 from gpuconv._shapes import ConvGeometry, PoolGeometry
-from gpuconv.cuda import _launch, conv, loader, pool
+from gpuconv.cuda import conv, plan, pool, registry
 
 pytestmark = pytest.mark.skipif(not emu.compiler_available(),
                                 reason="g++ not found: the CUDA emulation compiles the kernels with g++")
@@ -31,66 +33,20 @@ DTYPES = [np.float16, np.float32, np.float64]
 # Tolerance against the reference, relative to the largest expected value (float16: about two units of
 # its output rounding, 2**-11, which the float16 intermediates of the im2col path need).
 TOLERANCE = {np.float16: 1e-3, np.float32: 2e-5, np.float64: 1e-12}
+#: Thread and block order of the emulator, and where buffers sit against their guard page.
+SCHEDULES = {"forward": "end", "reverse": "start"}
 
 
-_modules: dict[str, emu.KernelModule] = {}
-
-
-def emulated_module(file: str) -> emu.KernelModule:
-    if file not in _modules:
-        # Block size at most 256: the limit the kernels are written for (implicit_gemm.cuh asserts it too).
-        _modules[file] = emu.load_gpuconv_kernels(file, max_threads_per_block=256)
-    return _modules[file]
-
-
-def emulated_get_kernel(file: str, name: str) -> emu.EmulatedKernel:
-    if name not in loader.KERNELS.get(file, ()):
-        raise ValueError(f"kernels/{file} exports no kernel named {name!r}")
-    return emulated_module(file)[name]
-
-
-class NumpyAsCupy:
-    """What gpuconv.cuda.conv and .pool use of CuPy, on NumPy, for the emulated kernels.
-
-    ``empty`` gives guarded NaN-filled buffers; ``matmul`` multiplies float16 with float32 accumulation
-    (CuPy's default cuBLAS compute type); anything else is NumPy's.
-    """
-
-    @staticmethod
-    def empty(shape, dtype=np.float64):
-        return emu.empty(shape, dtype)
-
-    @staticmethod
-    def matmul(a, b):
-        if a.dtype == np.float16:
-            return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(np.float16)
-        return np.matmul(a, b)
-
-    # gpuconv.cuda.conv sizes the im2col workspace from free GPU memory: report plenty, no pool limit.
-    cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(memGetInfo=lambda: (1 << 40, 1 << 40)),
-                                 memory=types.SimpleNamespace(OutOfMemoryError=MemoryError))
-
-    @staticmethod
-    def get_default_memory_pool():
-        return types.SimpleNamespace(free_bytes=lambda: 0, used_bytes=lambda: 0, get_limit=lambda: 0)
-
-    def __getattr__(self, name):
-        return getattr(np, name)
-
-
-@pytest.fixture
-def emulated_gpu(monkeypatch):
-    """gpuconv.cuda.conv / .pool launch the emulated kernels; every module back on the forward schedule."""
-    monkeypatch.setattr(_launch, "require_cuda", NumpyAsCupy)  # where conv and pool get "cupy" from
-    for module in (conv, pool):
-        monkeypatch.setattr(module, "get_kernel", emulated_get_kernel)
-    yield
-    for module in _modules.values():
-        module.configure(schedule="forward")
+@pytest.fixture(params=list(SCHEDULES))
+def backend(request):
+    """The emulator backend, in each thread order; buffers made meanwhile lie against the matching guard page."""
+    emu.set_buffer_placement(SCHEDULES[request.param])
+    yield EmulatorBackend(schedule=request.param)
+    emu.set_buffer_placement("end")
 
 
 def random_input(shape, dtype, seed):
-    """Guarded input (a read past its end reads NaN) with values exactly representable in float16."""
+    """Guarded input (a read past its end faults) with values exactly representable in float16."""
     values = np.random.default_rng(seed).standard_normal(shape)
     return emu.to_guarded(values.astype(np.float16).astype(dtype))
 
@@ -103,7 +59,7 @@ def assert_matches(got, expected, dtype, what):
     assert not unwritten.any(), (
         f"{what}: {int(unwritten.sum())} of {got.size} outputs are NaN, first at "
         f"{tuple(int(i) for i in np.argwhere(unwritten)[0])}: never written, or computed from NaN poison "
-        f"(a read past an input's end, or of shared memory no thread wrote)")
+        f"(shared memory no thread wrote)")
     tol = TOLERANCE[dtype]
     scale = max(1.0, float(np.nanmax(np.abs(expected), initial=0.0)))
     np.testing.assert_allclose(got.astype(np.float64), expected, rtol=tol, atol=tol * scale, err_msg=what)
@@ -128,16 +84,16 @@ CONV_CASES = [
     # Cg*R*S = 180 taps: several 16-deep slices, the last one partial; 70 input channels for dgrad's N.
     ("long-reduction", (1, 20, 4, 4), (3, 20, 3, 3), dict(padding=1)),
     ("many-input-channels", (1, 70, 3, 3), (2, 70, 1, 1), {}),
-    # 1152 output pixels: the wgrad reduction is split in two (conv.wgrad_split).
+    # 1152 output pixels: the wgrad reduction is split in two (plan.wgrad_split), for one group and for two.
     ("wgrad-split", (2, 1, 24, 24), (2, 1, 3, 3), dict(padding=1)),
+    ("groups2-wgrad-split", (2, 4, 24, 24), (6, 2, 3, 3), dict(groups=2, padding=1)),
+    # 1080 weights and 1944 input pixels: more work than three blocks of 256 threads, for the grid-stride loops.
+    ("wide-weights", (2, 12, 9, 9), (10, 12, 3, 3), dict(padding=1)),
     # batch of 3 with M = N*P*Q = 3*7*5 = 105: not a multiple of any tile.
     ("batch3-odd-sizes", (3, 2, 7, 5), (3, 2, 1, 1), {}),
 ]
 CONV_IDS = [case[0] for case in CONV_CASES]
-
-FPROP_TILES = [conv.TILE_64X64, conv.TILE_256X4]
-DGRAD_TILES = [conv.TILE_64X64, conv.TILE_256X4]
-WGRAD_TILES = [conv.TILE_64X64, conv.TILE_16X16]
+CASES = dict((case[0], case) for case in CONV_CASES)
 
 
 def conv_case(case, dtype, seed=0):
@@ -149,98 +105,85 @@ def conv_case(case, dtype, seed=0):
     return g, x, w, dy
 
 
-def force_tile(monkeypatch, chooser: str, tile):
-    monkeypatch.setattr(conv, chooser, lambda g: tile)
+#: pass -> (the operands run_conv takes, the reference computing the same)
+PASSES = {
+    "fprop": (lambda x, w, dy: (x, w), lambda g, x, w, dy: reference.conv2d_forward(x, w, g)),
+    "dgrad": (lambda x, w, dy: (dy, w), lambda g, x, w, dy: reference.conv2d_grad_input(dy, w, g)),
+    "wgrad": (lambda x, w, dy: (x, dy), lambda g, x, w, dy: reference.conv2d_grad_weight(x, dy, g)),
+}
+GEMM_VARIANTS = [v for p in registry.CONV_PASSES for v in registry.conv_variants(p)]
 
 
-def test_wgrad_split_case_really_splits():
-    g = ConvGeometry.create(*CONV_CASES[CONV_IDS.index("wgrad-split")][1:3], padding=1)
-    assert all(conv.wgrad_split(g, tile)[0] > 1 for tile in WGRAD_TILES)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("tile", FPROP_TILES, ids=lambda t: t.name)
-@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
-def test_fprop_implicit_gemm(emulated_gpu, monkeypatch, case, tile, dtype):
-    g, x, w, _ = conv_case(case, dtype)
-    force_tile(monkeypatch, "fprop_tile", tile)
-    y = conv.conv2d_forward(x, w, g, algo="implicit_gemm")
-    assert_matches(y, reference.conv2d_forward(x, w, g), dtype, f"fprop {tile.name}")
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("tile", DGRAD_TILES, ids=lambda t: t.name)
-@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
-def test_dgrad_implicit_gemm(emulated_gpu, monkeypatch, case, tile, dtype):
-    g, _, w, dy = conv_case(case, dtype)
-    force_tile(monkeypatch, "dgrad_tile", tile)
-    dx = conv.conv2d_grad_input(dy, w, g, algo="implicit_gemm")
-    assert_matches(dx, reference.conv2d_grad_input(dy, w, g), dtype, f"dgrad {tile.name}")
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("tile", WGRAD_TILES, ids=lambda t: t.name)
-@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
-def test_wgrad_implicit_gemm(emulated_gpu, monkeypatch, case, tile, dtype):
-    g, x, _, dy = conv_case(case, dtype)
-    force_tile(monkeypatch, "wgrad_tile", tile)
-    dw = conv.conv2d_grad_weight(x, dy, g, algo="implicit_gemm")
-    assert_matches(dw, reference.conv2d_grad_weight(x, dy, g), dtype, f"wgrad {tile.name}")
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
-def test_im2col_algorithm_all_passes(emulated_gpu, case, dtype):
-    """algo="im2col": the im2col kernel (forward, wgrad) and col2im (dgrad), NumPy standing in for cuBLAS."""
+def run_pass(pass_name, algo, case, dtype, backend, **plan_options):
     g, x, w, dy = conv_case(case, dtype)
-    assert_matches(conv.conv2d_forward(x, w, g, algo="im2col"), reference.conv2d_forward(x, w, g),
-                   dtype, "fprop im2col")
-    assert_matches(conv.conv2d_grad_input(dy, w, g, algo="im2col"), reference.conv2d_grad_input(dy, w, g),
-                   dtype, "dgrad im2col+col2im")
-    assert_matches(conv.conv2d_grad_weight(x, dy, g, algo="im2col"), reference.conv2d_grad_weight(x, dy, g),
-                   dtype, "wgrad im2col")
+    operands, expected = PASSES[pass_name]
+    the_plan = plan.plan_conv(pass_name, g, dtype, algo, **plan_options)
+    return the_plan, conv.run_conv(the_plan, backend, *operands(x, w, dy)), expected(g, x, w, dy)
+
+
+def test_split_wgrad_cases_really_split():
+    for name, groups in (("wgrad-split", 1), ("groups2-wgrad-split", 2)):
+        g = ConvGeometry.create(*CASES[name][1:3], **CASES[name][3])
+        assert g.groups == groups
+        assert all(plan.wgrad_split(g, v)[0] > 1 for v in registry.conv_variants("wgrad"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", GEMM_VARIANTS, ids=lambda v: v.name)
+@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
+def test_implicit_gemm_variant(backend, case, variant, dtype):
+    the_plan, got, expected = run_pass(variant.op, variant.name, case, dtype, backend)
+    assert [launch.variant.name for launch in backend.launches][:1] == [variant.name]
+    assert_matches(got, expected, dtype, the_plan.describe())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
+def test_im2col_family_all_passes(backend, case, dtype):
+    """algo="im2col": the im2col kernel (fprop, wgrad) and col2im (dgrad), NumPy standing in for cuBLAS."""
+    for pass_name in registry.CONV_PASSES:
+        the_plan, got, expected = run_pass(pass_name, "im2col", case, dtype, backend)
+        assert_matches(got, expected, dtype, the_plan.describe())
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
-@pytest.mark.parametrize("case", [c for c in CONV_CASES if c[0] in ("3x3-pad1", "stride-nonsquare-dilation",
-                                                                     "groups2")], ids=lambda c: c[0])
-def test_im2col_algorithm_in_batch_chunks(emulated_gpu, monkeypatch, case, dtype):
-    """A workspace budget of one image: the im2col path runs image by image (kernels on batch slices)."""
-    g, x, w, dy = conv_case(case, dtype)
+@pytest.mark.parametrize("case", ["3x3-pad1", "stride-nonsquare-dilation", "groups2"])
+def test_im2col_family_in_batch_chunks(backend, case, dtype):
+    """Free memory for one image's workspace: the im2col path runs image by image (kernels on batch slices)."""
+    g = ConvGeometry.create(*CASES[case][1:3], **CASES[case][3])
     assert g.N >= 2 and not g.is_pointwise
-    monkeypatch.setattr(conv, "IM2COL_WORKSPACE_BYTES", conv.im2col_bytes_per_image(g, np.dtype(dtype).itemsize))
-    assert conv.im2col_batch_chunk(g, np.dtype(dtype).itemsize) == 1
-    assert_matches(conv.conv2d_forward(x, w, g, algo="im2col"), reference.conv2d_forward(x, w, g),
-                   dtype, "fprop im2col, one image per chunk")
-    assert_matches(conv.conv2d_grad_input(dy, w, g, algo="im2col"), reference.conv2d_grad_input(dy, w, g),
-                   dtype, "dgrad im2col+col2im, one image per chunk")
-    assert_matches(conv.conv2d_grad_weight(x, dy, g, algo="im2col"), reference.conv2d_grad_weight(x, dy, g),
-                   dtype, "wgrad im2col, one image per chunk")
+    itemsize = np.dtype(dtype).itemsize
+    for pass_name in registry.CONV_PASSES:
+        free = plan.result_bytes(pass_name, g, dtype) + 2 * plan.im2col_bytes_per_image(g, itemsize)
+        the_plan, got, expected = run_pass(pass_name, "im2col", CASES[case], dtype, backend, free_bytes=free)
+        assert len(the_plan.batch_chunks) == g.N, the_plan
+        assert_matches(got, expected, dtype, the_plan.describe())
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", [c for c in CONV_CASES if c[0] in ("stride-nonsquare-dilation", "groups2",
-                                                                     "channels-past-one-tile")],
-                         ids=lambda c: c[0])
-@pytest.mark.parametrize("grid", [None, (1,), (3,)], ids=["planned-grid", "one-block", "three-blocks"])
-def test_im2col_and_col2im_kernels(case, dtype, grid):
-    """The column matrix is exactly reference.im2col's transpose, and col2im its exact adjoint, whatever
-    the grid (the kernels loop grid-stride)."""
-    g, x, _, _ = conv_case(case, dtype)
-    module = emulated_module("im2col.cu")
-    suffix = loader.DTYPE_SUFFIXES[np.dtype(dtype)]
-    columns = g.N * g.P * g.Q
-    col = emu.empty((g.C * g.R * g.S, columns), dtype)
-    module.launch(f"gpuconv_im2col_nchw_{suffix}", grid or _launch.elementwise_grid(col.size),
-                  _launch.ELEMENTWISE_THREADS, x, col, *conv.conv_shape_args(g))
-    np.testing.assert_array_equal(col, reference.im2col(x, g).T)  # a copy: bit-exact
+@pytest.mark.parametrize("case", ["3x3-pad1", "groups2"])
+def test_auto_falls_back_to_implicit_gemm_when_no_workspace_fits(backend, case):
+    g = ConvGeometry.create(*CASES[case][1:3], **CASES[case][3])
+    for pass_name in registry.CONV_PASSES:
+        free = plan.result_bytes(pass_name, g, np.float32) + plan.im2col_bytes_per_image(g, 4)
+        the_plan, got, expected = run_pass(pass_name, "auto", CASES[case], np.float32, backend, free_bytes=free)
+        assert the_plan.algorithm == "implicit_gemm"
+        assert (the_plan.fallback is not None) == (g.groups == 1), the_plan  # grouped ones never asked for im2col
+        assert_matches(got, expected, np.float32, the_plan.describe())
 
-    dcol = random_input(col.shape, dtype, seed=5)
-    dx = emu.empty(g.input_shape, dtype)
-    module.launch(f"gpuconv_col2im_nchw_{suffix}", grid or _launch.elementwise_grid(dx.size),
-                  _launch.ELEMENTWISE_THREADS, dcol, dx, *conv.conv_shape_args(g))
-    expected = reference.col2im(np.ascontiguousarray(dcol.T).astype(np.float64), g, g.C)
-    assert_matches(dx, expected, dtype, "col2im")
+
+def test_public_entry_points_take_the_backend():
+    """conv2d_forward & co. plan and run on the backend they are given (auto: the fixed rule, no tuning)."""
+    backend = EmulatorBackend()
+    g, x, w, dy = conv_case(CASES["depthwise"], np.float32)
+    y = conv.conv2d_forward(x, w, g, backend=backend)
+    dx = conv.conv2d_grad_input(dy, w, g, algo="dgrad_simt_64x64x16_1stage", backend=backend)
+    dw = conv.conv2d_grad_weight(x, dy, g, algo="implicit_gemm", backend=backend)
+    assert [launch.variant.name for launch in backend.launches] == [
+        "fprop_simt_256x4x16_1stage", "dgrad_simt_64x64x16_1stage", "wgrad_simt_16x16x32_1stage_splitk",
+        "wgrad_splitk_reduce"]
+    assert_matches(y, reference.conv2d_forward(x, w, g), np.float32, "fprop")
+    assert_matches(dx, reference.conv2d_grad_input(dy, w, g), np.float32, "dgrad")
+    assert_matches(dw, reference.conv2d_grad_weight(x, dy, g), np.float32, "wgrad")
 
 
 # ---------------------------------------------------------------------------------------- pooling ---
@@ -273,82 +216,165 @@ def pool_case(case, dtype, seed=0, ties=False):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
 @pytest.mark.parametrize("case", POOL_CASES, ids=POOL_IDS)
-def test_max_pool(emulated_gpu, case, ties, dtype):
+def test_max_pool(backend, case, ties, dtype):
     g, x, dy = pool_case(case, dtype, ties=ties)
-    y = pool.max_pool2d_forward(x, g)
+    y = pool.max_pool2d_forward(x, g, backend=backend)
     np.testing.assert_array_equal(y, reference.max_pool2d_forward(x, g))  # a selection: exact
-    assert_matches(pool.max_pool2d_grad(dy, x, g), reference.max_pool2d_grad(dy, x, g), dtype, "max_pool2d_grad")
+    assert_matches(pool.max_pool2d_grad(dy, x, g, backend=backend), reference.max_pool2d_grad(dy, x, g), dtype,
+                   "max_pool2d_grad")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_max_pool_propagates_nan(emulated_gpu, dtype):
+def test_max_pool_propagates_nan(backend, dtype):
     g, x, dy = pool_case(POOL_CASES[0], dtype)
     x[0, 1, 2, 3] = np.nan
-    y = pool.max_pool2d_forward(x, g)
+    y = pool.max_pool2d_forward(x, g, backend=backend)
     expected = reference.max_pool2d_forward(x, g)
     assert np.isnan(expected).any()
     np.testing.assert_array_equal(y, expected)
-    assert_matches(pool.max_pool2d_grad(dy, x, g), reference.max_pool2d_grad(dy, x, g), dtype,
+    assert_matches(pool.max_pool2d_grad(dy, x, g, backend=backend), reference.max_pool2d_grad(dy, x, g), dtype,
                    "max_pool2d_grad with NaN")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("count_include_pad", [True, False], ids=["include-pad", "exclude-pad"])
 @pytest.mark.parametrize("case", POOL_CASES, ids=POOL_IDS)
-def test_avg_pool(emulated_gpu, case, count_include_pad, dtype):
+def test_avg_pool(backend, case, count_include_pad, dtype):
     g, x, dy = pool_case(case, dtype)
-    assert_matches(pool.avg_pool2d_forward(x, g, count_include_pad),
+    assert_matches(pool.avg_pool2d_forward(x, g, count_include_pad, backend=backend),
                    reference.avg_pool2d_forward(x, g, count_include_pad), dtype, "avg_pool2d")
-    assert_matches(pool.avg_pool2d_grad(dy, g, count_include_pad),
+    assert_matches(pool.avg_pool2d_grad(dy, g, count_include_pad, backend=backend),
                    reference.avg_pool2d_grad(dy, g, count_include_pad), dtype, "avg_pool2d_grad")
+
+
+# ------------------------------------------------------------------------------ grid-stride loops ---
+
+def _conv_with_small_grid(pass_name, algo, index, case):
+    def run(backend, dtype, grid):
+        g, x, w, dy = conv_case(CASES[case], dtype)
+        operands, expected = PASSES[pass_name]
+        the_plan = plan.plan_conv(pass_name, g, dtype, algo)
+        small = plan.with_grid(the_plan, index, grid)
+        return the_plan.launches[index], conv.run_conv(small, backend, *operands(x, w, dy)), expected(g, x, w, dy)
+    return run
+
+
+SMALL_GRID_POOL = ("1008-outputs", (4, 4, 18, 14), 3, 2, 1, False)
+
+
+def _pool_with_small_grid(op, run_pool_args):
+    def run(backend, dtype, grid):
+        g, x, dy = pool_case(SMALL_GRID_POOL, dtype)
+        the_plan = plan.plan_pool(op, g, dtype)
+        operands, count_include_pad, expected = run_pool_args(g, x, dy)
+        got = pool.run_pool(plan.with_grid(the_plan, 0, grid), backend, *operands,
+                            count_include_pad=count_include_pad)
+        return the_plan.launch, got, expected
+    return run
+
+
+#: Every grid-stride variant -> a run of it with a chosen grid (its work well over one block's 256 threads).
+SMALL_GRID_RUNS = {
+    "im2col_nchw": _conv_with_small_grid("fprop", "im2col", 0, "wide-weights"),
+    "col2im_nchw": _conv_with_small_grid("dgrad", "im2col", 0, "wide-weights"),
+    "wgrad_splitk_reduce": _conv_with_small_grid("wgrad", "wgrad_simt_64x64x16_1stage_splitk", 1, "wide-weights"),
+    "maxpool2d_forward": _pool_with_small_grid("maxpool2d_forward", lambda g, x, dy: (
+        (x,), None, reference.max_pool2d_forward(x, g))),
+    "maxpool2d_backward": _pool_with_small_grid("maxpool2d_backward", lambda g, x, dy: (
+        (dy, x), None, reference.max_pool2d_grad(dy, x, g))),
+    "avgpool2d_forward": _pool_with_small_grid("avgpool2d_forward", lambda g, x, dy: (
+        (x,), False, reference.avg_pool2d_forward(x, g, False))),
+    "avgpool2d_backward": _pool_with_small_grid("avgpool2d_backward", lambda g, x, dy: (
+        (dy,), False, reference.avg_pool2d_grad(dy, g, False))),
+}
+
+
+def test_every_grid_stride_variant_is_run_on_a_small_grid():
+    assert set(SMALL_GRID_RUNS) == {v.name for v in registry.VARIANTS if v.grid_stride}
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+@pytest.mark.parametrize("grid", [(1,), (3,)], ids=["one-block", "three-blocks"])
+@pytest.mark.parametrize("name", sorted(SMALL_GRID_RUNS))
+def test_grid_stride_loops_cover_work_larger_than_the_grid(backend, name, grid, dtype):
+    planned, got, expected = SMALL_GRID_RUNS[name](backend, dtype, grid)
+    assert planned.variant.name == name
+    # The planned grid has a thread per element: more blocks than the small grid means its loop runs again.
+    assert planned.grid[0] > grid[0], f"{name}: too little work to loop over"
+    assert_matches(got, expected, dtype, f"{name} on grid {grid}")
+
+
+def test_im2col_and_col2im_kernels_are_exact_transposes_of_the_reference():
+    """The column matrix is exactly reference.im2col's transpose (a copy: bit-exact), col2im its adjoint."""
+    backend = EmulatorBackend()
+    for case in ("stride-nonsquare-dilation", "groups2", "channels-past-one-tile"):
+        g, x, _, _ = conv_case(CASES[case], np.float32)
+        col = conv.im2col(x, g, backend=backend)
+        np.testing.assert_array_equal(col, reference.im2col(x, g).T)
+        dcol = random_input(col.shape, np.float32, seed=5)
+        expected = reference.col2im(np.ascontiguousarray(dcol.T).astype(np.float64), g, g.C)
+        assert_matches(conv.col2im(dcol, g, backend=backend), expected, np.float32, "col2im")
 
 
 # ---------------------------------------------------------------------------- races and ordering ---
 
-def _run_every_pass(g, x, w, dy, monkeypatch):
-    results = {}
-    for tile in FPROP_TILES:
-        force_tile(monkeypatch, "fprop_tile", tile)
-        results[f"fprop {tile.name}"] = conv.conv2d_forward(x, w, g, algo="implicit_gemm")
-    for tile in DGRAD_TILES:
-        force_tile(monkeypatch, "dgrad_tile", tile)
-        results[f"dgrad {tile.name}"] = conv.conv2d_grad_input(dy, w, g, algo="implicit_gemm")
-    for tile in WGRAD_TILES:
-        force_tile(monkeypatch, "wgrad_tile", tile)
-        results[f"wgrad {tile.name}"] = conv.conv2d_grad_weight(x, dy, g, algo="implicit_gemm")
-    results["fprop im2col"] = conv.conv2d_forward(x, w, g, algo="im2col")
-    results["dgrad col2im"] = conv.conv2d_grad_input(dy, w, g, algo="im2col")
-    pg = PoolGeometry.create(x.shape, 3, 2, 1, True)
-    results["max_pool2d"] = pool.max_pool2d_forward(x, pg)
-    results["max_pool2d_grad"] = pool.max_pool2d_grad(pool.max_pool2d_forward(x, pg), x, pg)
-    results["avg_pool2d_grad"] = pool.avg_pool2d_grad(pool.avg_pool2d_forward(x, pg, False), pg, False)
-    return results
+def _run_every_variant(case, schedule):
+    emu.set_buffer_placement(SCHEDULES[schedule])
+    try:
+        backend = EmulatorBackend(schedule=schedule)
+        results = {}
+        for pass_name in registry.CONV_PASSES:
+            for algo in ["im2col", *(v.name for v in registry.conv_variants(pass_name))]:
+                _, results[f"{pass_name} {algo}"], _ = run_pass(pass_name, algo, case, np.float32, backend)
+        g, x, _, _ = conv_case(case, np.float32)
+        pg = PoolGeometry.create(x.shape, 3, 2, 1, True)
+        results["max_pool2d"] = pool.max_pool2d_forward(x, pg, backend=backend)
+        results["max_pool2d_grad"] = pool.max_pool2d_grad(results["max_pool2d"], x, pg, backend=backend)
+        results["avg_pool2d_grad"] = pool.avg_pool2d_grad(pool.avg_pool2d_forward(x, pg, False, backend=backend),
+                                                          pg, False, backend=backend)
+        return results
+    finally:
+        emu.set_buffer_placement("end")
 
 
-@pytest.mark.parametrize("case", [c for c in CONV_CASES if c[0] in ("groups2", "channels-past-one-tile",
-                                                                     "wgrad-split")], ids=lambda c: c[0])
-def test_thread_and_block_order_does_not_change_a_bit(emulated_gpu, monkeypatch, case):
+@pytest.mark.parametrize("case", ["groups2", "channels-past-one-tile", "groups2-wgrad-split"])
+def test_thread_and_block_order_does_not_change_a_bit(case):
     """Threads and blocks run in reverse order give the same bits: no missing __syncthreads() (a thread
     reading shared memory another has not written yet reads NaN poison) and no block depending on another."""
-    g, x, w, dy = conv_case(case, np.float32)
-    forward = _run_every_pass(g, x, w, dy, monkeypatch)
-    for file in loader.KERNELS:
-        emulated_module(file).configure(schedule="reverse")
-    backward = _run_every_pass(g, x, w, dy, monkeypatch)
+    forward = _run_every_variant(CASES[case], "forward")
+    backward = _run_every_variant(CASES[case], "reverse")
     for name, result in forward.items():
         np.testing.assert_array_equal(backward[name], result, err_msg=f"{name}: reverse schedule differs")
 
 
-def test_every_exported_kernel_is_found_by_the_emulator():
-    """The emulator sees exactly the kernels the loader launches, with the argument types conv.py passes."""
-    for file, names in loader.KERNELS.items():
-        assert set(emulated_module(file).kernels) == set(names), file
+# ------------------------------------------------------------------------------- the kernel files ---
+
+@pytest.mark.parametrize("source", registry.sources())
+def test_emulator_finds_exactly_the_registered_kernels(source):
+    """The generated instantiations are what the emulator sees, with the argument types the run step passes."""
+    expected = {v.kernel_name(d) for v, d in registry.instantiations(source)}
+    assert set(emulated_module(source).kernels) == expected
 
 
-def test_kernels_compile_without_gxx_warnings():
-    """g++ -Wall on the kernels (sign-compare, maybe-uninitialized, ...): the NVRTC build does not warn."""
-    for file in loader.KERNELS:
-        assert emulated_module(file).compiler_warnings == "", file
+@pytest.mark.parametrize("source", registry.sources())
+def test_kernels_compile_without_gxx_warnings(source):
+    """g++ -Wall -Wconversion on the kernels (sign-compare, maybe-uninitialized, 64-to-32-bit narrowing...)."""
+    assert emulated_module(source).compiler_warnings == "", source
+
+
+@pytest.mark.parametrize("source", registry.sources())
+def test_registered_static_shared_memory_is_what_the_kernels_declare(source):
+    """The registry's shared-memory size (which occupancy and the report use) against the emulated module's
+    __shared__ variables (the same declarations NVRTC compiles)."""
+    declared = emulated_module(source).static_shared_bytes()
+    for variant, dtype in registry.instantiations(source):
+        if variant.tile is None:
+            continue
+        suffix = registry.c_types(dtype)[0]
+        owners = [size for owner, size in declared.items()
+                  if f"{variant.op}<{suffix}, gpuconv::TileShape<{variant.tile.block_m}, "
+                     f"{variant.tile.block_n}, {variant.tile.block_k}, " in owner.replace("conv2d_", "")]
+        assert owners == [variant.static_shared_bytes(dtype)], (variant.name, dtype, declared)
 
 
 # ----------------------------------------------------------------------------------------- float16 ---
@@ -360,7 +386,7 @@ def test_float16_conversions_of_common_cuh():
     module = emu.load_module(Path(__file__).parent / "cuda_emulation" / "float16_probe.cu")
     every_half = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
     as_float = emu.empty(every_half.shape, np.float32)
-    module.launch("probe_half_to_float", _launch.elementwise_grid(every_half.size), 256,
+    module.launch("probe_half_to_float", plan.elementwise_grid(every_half.size), 256,
                   emu.to_guarded(every_half), as_float, np.int64(every_half.size))
     expected = every_half.astype(np.float32)
     finite = ~np.isnan(expected)
@@ -380,7 +406,7 @@ def test_float16_conversions_of_common_cuh():
     with np.errstate(over="ignore"):
         expected = floats.astype(np.float16)
     as_half = emu.empty(floats.shape, np.float16)
-    module.launch("probe_float_to_half", _launch.elementwise_grid(floats.size), 256,
+    module.launch("probe_float_to_half", plan.elementwise_grid(floats.size), 256,
                   emu.to_guarded(floats), as_half, np.int64(floats.size))
     mismatch = as_half.view(np.uint16) != expected.view(np.uint16)
     assert not mismatch.any(), (f"float_to_half differs from NumPy for {int(mismatch.sum())} values, e.g. "

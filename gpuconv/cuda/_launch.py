@@ -1,4 +1,4 @@
-"""Launch arithmetic shared by the conv and pool modules: grids, scalar arguments, limits.
+"""Launch arguments and limits shared by the conv and pool modules.
 
 CuPy's RawKernel passes each argument as its NumPy type and does not check it
 against the kernel's C signature, so every ``int`` parameter is passed as
@@ -8,22 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._backend import require_cuda
-from .._shapes import ceil_div
-from .loader import DTYPE_SUFFIXES
-
-#: Threads per block of the grid-stride kernels (im2col, col2im, pooling, wgrad_reduce).
-ELEMENTWISE_THREADS = 256
-#: Blocks of a grid-stride launch stop growing here; each thread then loops.
-MAX_ELEMENTWISE_BLOCKS = 1 << 16
+from .registry import DTYPE_INFO
 
 INT32_MAX = 2**31 - 1
 GRID_YZ_MAX = 65535
-
-
-def elementwise_grid(total: int) -> tuple[int]:
-    """A 1-D grid for a grid-stride loop over ``total`` elements (at least one block)."""
-    return (max(1, min(ceil_div(total, ELEMENTWISE_THREADS), MAX_ELEMENTWISE_BLOCKS)),)
 
 
 def int32(*values: int) -> tuple:
@@ -53,12 +41,11 @@ def check_grid(grid: tuple[int, ...], what: str) -> tuple[int, ...]:
     return grid
 
 
-def kernel_operands(**arrays):
-    """(cupy, C-contiguous versions of the arrays), after checking they share one dtype the kernels are
-    instantiated for (float16, float32 or float64)."""
-    cupy = require_cuda()
+def kernel_operands(xp, **arrays) -> list:
+    """C-contiguous versions of the arrays (``xp``: cupy, or the emulator's stand-in), after checking they
+    share one dtype the kernels are instantiated for (float16, float32 or float64)."""
     dtypes = {np.dtype(a.dtype) for a in arrays.values()}
-    if len(dtypes) != 1 or not dtypes <= DTYPE_SUFFIXES.keys():
+    if len(dtypes) != 1 or not dtypes <= DTYPE_INFO.keys():
         given = ", ".join(f"{name} {a.dtype}" for name, a in arrays.items())
         raise TypeError(f"the CUDA kernels need arrays of one dtype, float16, float32 or float64; got {given}")
-    return cupy, [cupy.ascontiguousarray(a) for a in arrays.values()]
+    return [xp.ascontiguousarray(a) for a in arrays.values()]

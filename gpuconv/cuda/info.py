@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import __version__
 from .._backend import cuda_available, cuda_unavailable_reason, cupy_module
-from . import loader
+from . import loader, registry
 
 #: The architecture kernels are compiled for when there is no GPU to compile for.
 FALLBACK_ARCH = "sm_90"
@@ -84,14 +84,17 @@ def _devices_from_cupy(cupy) -> list:
 
 
 def _check_kernels_on_gpu(cupy) -> dict:
+    """Compile every registered variant for every dtype, as the first calls would (one module each)."""
     device = cupy.cuda.Device()
     results = {}
-    for file in loader.kernel_files():
-        try:
-            loader.get_module(file)
-            results[file] = "ok"
-        except Exception as exc:  # noqa: BLE001 -- report every file, not just the first failure
-            results[file] = _error(exc)
+    for file in registry.sources():
+        errors = []
+        for variant, dtype in registry.instantiations(file):
+            try:
+                loader.get_kernel(variant, dtype)
+            except Exception as exc:  # noqa: BLE001 -- report every variant, not just the first failure
+                errors.append(f"{variant.kernel_name(dtype)}: {_error(exc)}")
+        results[file] = "ok" if not errors else "\n".join(errors)
     return {"compiler": f"CuPy (NVRTC) on GPU {device.id}, sm_{device.compute_capability}", "files": results}
 
 
@@ -101,9 +104,9 @@ def _check_kernels_with_nvrtc(arch: str) -> dict:
     except Exception as exc:  # noqa: BLE001 -- cuda-bindings missing or NVRTC not loadable
         return {"compiler": None, "files": {}, "reason": f"kernels not compiled: {_error(exc)}"}
     results = {}
-    for file in loader.kernel_files():
+    for file in registry.sources():
         try:
-            loader.compile_for_arch(file, arch)
+            loader.compile_file(file, arch)  # all of a file's variants in one NVRTC run: a quick check
             results[file] = "ok"
         except Exception as exc:  # noqa: BLE001
             results[file] = _error(exc)
@@ -173,8 +176,10 @@ def format_info(info: dict) -> str:
         lines.append(f"kernels:        compiled with {kernels['compiler']}")
         width = max(len(f) for f in kernels["files"])
         for file, status in kernels["files"].items():
-            count = len(loader.exported_kernels().get(file, ()))
-            text = f"ok ({count} kernels)" if status == "ok" else "FAILED: " + status.splitlines()[0]
+            names = [v.name for v in registry.variants(source=file)]
+            count = len(registry.instantiations(file))
+            text = (f"ok ({count} kernels: {', '.join(names)})" if status == "ok"
+                    else "FAILED: " + status.splitlines()[0])
             lines.append(f"  {file:<{width}}  {text}")
             if status != "ok":
                 lines.extend("      " + line for line in status.splitlines()[1:21])

@@ -1,20 +1,20 @@
-"""Find, assemble and compile gpuconv's CUDA kernels.
+"""Assemble and compile gpuconv's CUDA kernels, one small compilation unit per registered variant.
 
-Each kernel family lives in one ``kernels/<family>.cu`` file (shipped as the
-package ``gpuconv.kernels``). Before compiling, a file's ``#include "x.cuh"``
-lines are replaced by the headers' text: CuPy caches compiled modules on disk
-keyed on the source text alone, so a header edit must change that text.
+Each kernel family lives in one ``kernels/<family>.cu`` file (shipped as the package
+``gpuconv.kernels``) holding its templates and an export macro; the instantiations come from the
+registry (``gpuconv/cuda/registry.py``): a compilation unit is a file's text with its
+``#include "x.cuh"`` lines replaced by the headers' text (CuPy caches compiled modules on disk keyed on
+the source text alone, so a header edit must change that text) followed by the generated
+``extern "C"`` export lines of the variants it holds.
 
 Two ways to compile:
 
-* ``get_kernel(file, name)`` -- on the GPU, through ``cupy.RawModule`` (NVRTC for
-  the current device, cached on disk by CuPy and per device in this process).
-* ``compile_for_arch(file, arch)`` / ``compile_all_for_arch(arch)`` -- without a
-  GPU, through NVRTC from ``cuda-bindings``, for any architecture; returns each
-  kernel's register, spill and shared-memory use as reported by ptxas.
-
-``KERNELS`` lists every ``extern "C"`` kernel the package launches; the compile
-test checks it against what each file actually exports.
+* ``get_kernel(variant, dtype)`` -- on the GPU, through ``cupy.RawModule``: one module per variant and
+  dtype, compiled on first use (NVRTC for the current device), cached on disk by CuPy and per device in
+  this process. Editing one kernel file invalidates the cache of its own variants only.
+* ``compile_unit`` / ``compile_variant`` / ``compile_file`` -- without a GPU, through NVRTC from
+  ``cuda-bindings``, for any architecture; returns the cubin and each kernel's register, spill and
+  shared-memory use as reported by ptxas.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import importlib.resources
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -30,52 +31,19 @@ from pathlib import Path
 
 import numpy as np
 
+from . import registry
+
 #: NVRTC options for every kernel file (CuPy adds the architecture itself).
 COMPILE_OPTIONS = ("-std=c++17",)
-#: Options CuPy adds on its own; compile_for_arch adds them too, so that its
+#: Options CuPy adds on its own; compile_unit adds them too, so that its
 #: resource report describes the code CuPy runs.
 CUPY_IMPLIED_OPTIONS = ("-ftz=true",)
-
-#: Suffix of each kernel instantiation per storage dtype.
-DTYPE_SUFFIXES = {np.dtype(np.float16): "f16", np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
-
-#: Kernel file -> the kernel names it exports, without the dtype suffix.
-KERNEL_BASE_NAMES = {
-    "im2col.cu": ("gpuconv_im2col_nchw", "gpuconv_col2im_nchw"),
-    "conv2d_fprop.cu": ("gpuconv_conv2d_fprop_tile64x64", "gpuconv_conv2d_fprop_tile256x4"),
-    "conv2d_dgrad.cu": ("gpuconv_conv2d_dgrad_tile64x64", "gpuconv_conv2d_dgrad_tile256x4"),
-    "conv2d_wgrad.cu": ("gpuconv_conv2d_wgrad_tile64x64", "gpuconv_conv2d_wgrad_tile16x16",
-                        "gpuconv_conv2d_wgrad_reduce"),
-    "pooling.cu": ("gpuconv_maxpool2d_forward", "gpuconv_maxpool2d_backward",
-                   "gpuconv_avgpool2d_forward", "gpuconv_avgpool2d_backward"),
-}
-
-#: Kernel file -> every kernel name it exports (one per base name and dtype).
-KERNELS = {file: tuple(f"{base}_{suffix}" for base in bases for suffix in DTYPE_SUFFIXES.values())
-           for file, bases in KERNEL_BASE_NAMES.items()}
 
 _INCLUDE_LINE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.MULTILINE)
 
 
 class KernelCompileError(RuntimeError):
     """A kernel file failed to compile; the message names it and holds the compiler log."""
-
-
-def kernel_name(base: str, dtype) -> str:
-    """``kernel_name("gpuconv_im2col_nchw", float32)`` -> ``"gpuconv_im2col_nchw_f32"``."""
-    try:
-        return f"{base}_{DTYPE_SUFFIXES[np.dtype(dtype)]}"
-    except KeyError:
-        raise TypeError(f"no CUDA kernels for dtype {np.dtype(dtype)}; use float16, float32 or float64") from None
-
-
-def kernel_files() -> tuple[str, ...]:
-    return tuple(KERNELS)
-
-
-def exported_kernels() -> dict[str, tuple[str, ...]]:
-    """Kernel file -> the ``extern "C"`` kernel names the package expects it to export."""
-    return dict(KERNELS)
 
 
 @functools.lru_cache(maxsize=None)
@@ -129,9 +97,23 @@ def kernel_source(file: str) -> str:
     return expand(file)
 
 
-def kernel_sources() -> dict[str, str]:
-    """Kernel file -> its compilable source (headers inlined)."""
-    return {file: kernel_source(file) for file in KERNELS}
+Instantiation = "tuple[registry.Variant, np.dtype]"
+
+
+def unit_source(instantiations) -> str:
+    """The compilable text of one compilation unit: the kernel file of the given (variant, dtype) pairs
+    (all from one file), headers inlined, then their generated ``extern "C"`` export lines."""
+    instantiations = [(v, np.dtype(d)) for v, d in instantiations]
+    files = {v.source for v, _ in instantiations}
+    if len(files) != 1:
+        raise ValueError(f"a compilation unit holds the variants of one kernel file, got {sorted(files)}")
+    exports = "\n".join(v.export_line(d) for v, d in instantiations)
+    return (f"{kernel_source(files.pop())}\n\n// ---- instantiations generated from gpuconv/cuda/registry.py ----\n"
+            f"{exports}\n")
+
+
+def unit_kernel_names(instantiations) -> tuple[str, ...]:
+    return tuple(v.kernel_name(d) for v, d in instantiations)
 
 
 # ------------------------------------------------------------- CuPy (on a GPU) ---
@@ -140,35 +122,29 @@ _modules: dict[tuple[int, str], object] = {}
 _modules_lock = threading.Lock()
 
 
-def get_module(file: str):
-    """The ``cupy.RawModule`` of one kernel file, compiled for the current device."""
+def get_kernel(variant: "registry.Variant | str", dtype):
+    """The ``cupy.RawKernel`` of one variant for ``dtype``, compiled for the current device on first use.
+
+    CuPy's ``RawKernel`` does not check argument types: pass ``numpy.int32`` for
+    ``int`` and ``numpy.int64`` for ``long long`` parameters (``_launch`` builds them).
+    """
     from .._backend import require_cuda
 
+    variant = registry.get(variant) if isinstance(variant, str) else variant
+    name = variant.kernel_name(dtype)
     cupy = require_cuda()
-    key = (cupy.cuda.Device().id, file)
+    key = (cupy.cuda.Device().id, name)
     with _modules_lock:
         module = _modules.get(key)
         if module is None:
-            if file not in KERNELS:
-                raise ValueError(f"unknown kernel file {file!r}; expected one of {tuple(KERNELS)}")
-            module = cupy.RawModule(code=kernel_source(file), options=COMPILE_OPTIONS)
+            module = cupy.RawModule(code=unit_source([(variant, dtype)]), options=COMPILE_OPTIONS)
             try:
                 module.compile()
             except cupy.cuda.compiler.CompileException as exc:
-                raise KernelCompileError(f"kernels/{file} failed to compile with NVRTC:\n{exc}") from exc
+                raise KernelCompileError(f"kernels/{variant.source} ({name}) failed to compile with NVRTC:"
+                                         f"\n{exc}") from exc
             _modules[key] = module
-        return module
-
-
-def get_kernel(file: str, name: str):
-    """The kernel ``name`` (a ``cupy.RawKernel``) from kernels/``file``, compiled for the current device.
-
-    CuPy's ``RawKernel`` does not check argument types: pass ``numpy.int32`` for
-    ``int`` and ``numpy.int64`` for ``long long`` parameters.
-    """
-    if name not in KERNELS.get(file, ()):
-        raise ValueError(f"kernels/{file} exports no kernel named {name!r}")
-    return get_module(file).get_function(name)
+    return module.get_function(name)
 
 
 # ------------------------------------------------- NVRTC (no GPU needed) ---
@@ -271,11 +247,16 @@ def parse_ptxas_log(log: str) -> dict:
 
 
 def find_cuda_tool(name: str) -> str | None:
-    """Path of a CUDA binary (cuobjdump, nvdisasm): on PATH or in /usr/local/cuda*/bin."""
+    """Path of a CUDA binary (cuobjdump, nvdisasm): on PATH, from PyPI's nvidia-cuda-<tool> wheel
+    (``site-packages/nvidia/cu*/bin`` or ``nvidia/cuda_<tool>/bin``), or in /usr/local/cuda*/bin."""
     found = shutil.which(name)
     if found:
         return found
-    for directory in sorted(Path("/usr/local").glob("cuda*/bin"), reverse=True):
+    candidates = []
+    for root in map(Path, sys.path):
+        candidates += sorted((root / "nvidia").glob("*/bin"), reverse=True)
+    candidates += sorted(Path("/usr/local").glob("cuda*/bin"), reverse=True)
+    for directory in candidates:
         if (directory / name).is_file():
             return str(directory / name)
     return None
@@ -302,15 +283,17 @@ def _resources_from_cuobjdump(cubin: bytes) -> dict:
     return parse_cuobjdump_resource_usage(run.stdout)
 
 
-def compile_for_arch(file: str, arch: str = "sm_90") -> CompiledFile:
-    """Compile one kernel file with NVRTC for ``arch`` (e.g. "sm_90"); no GPU needed.
+def compile_unit(instantiations, arch: str = "sm_90") -> CompiledFile:
+    """Compile one compilation unit (``unit_source``) with NVRTC for ``arch`` (e.g. "sm_90"); no GPU needed.
 
     Resource use comes from ptxas' verbose report (``-Xptxas=-v``, which NVRTC
     passes on); an NVRTC that refuses the option is asked again without it, and
     ``cuobjdump`` then reads the registers when it is installed.
     """
+    instantiations = list(instantiations)
+    file = instantiations[0][0].source
     nvrtc = _nvrtc()
-    source = kernel_source(file)
+    source = unit_source(instantiations)
     options = [*COMPILE_OPTIONS, *CUPY_IMPLIED_OPTIONS, f"-arch={arch}"]
     result, log, cubin = _nvrtc_compile(nvrtc, source, file, [*options, "-Xptxas=-v"])
     if result == nvrtc.nvrtcResult.NVRTC_ERROR_INVALID_OPTION:
@@ -321,22 +304,20 @@ def compile_for_arch(file: str, arch: str = "sm_90") -> CompiledFile:
     return CompiledFile(file, arch, cubin, log, kernels)
 
 
-def compile_all_for_arch(arch: str = "sm_90") -> dict:
-    """Kernel file -> {kernel name: KernelResources} for every kernel file, compiled for ``arch``.
-
-    A kernel whose resources could not be read maps to a KernelResources of Nones.
-    Raises KernelCompileError, naming the file, when one fails to compile.
-    """
-    report = {}
-    for file in KERNELS:
-        compiled = compile_for_arch(file, arch)
-        empty = KernelResources(None, None, None, None, None)
-        report[file] = {name: compiled.kernels.get(name, empty) for name in KERNELS[file]}
-    return report
+def compile_variant(variant: "registry.Variant | str", dtype, arch: str = "sm_90") -> CompiledFile:
+    """One variant for one dtype, exactly the unit ``get_kernel`` compiles on a GPU."""
+    variant = registry.get(variant) if isinstance(variant, str) else variant
+    return compile_unit([(variant, np.dtype(dtype))], arch)
 
 
-__all__ = ["COMPILE_OPTIONS", "DTYPE_SUFFIXES", "KERNEL_BASE_NAMES", "KERNELS", "KernelCompileError",
-           "KernelResources", "CompiledFile", "kernel_name", "kernel_files", "exported_kernels",
-           "kernel_source", "kernel_sources", "get_module", "get_kernel", "nvrtc_version",
-           "parse_ptxas_log", "parse_cuobjdump_resource_usage", "find_cuda_tool", "compile_for_arch",
-           "compile_all_for_arch"]
+def compile_file(file: str, arch: str = "sm_90") -> CompiledFile:
+    """Every registered instantiation of one kernel file in a single unit (one NVRTC run: a quick check)."""
+    instantiations = registry.instantiations(file)
+    if not instantiations:
+        raise ValueError(f"no registered variant lives in kernels/{file}; files: {registry.sources()}")
+    return compile_unit(instantiations, arch)
+
+
+__all__ = ["COMPILE_OPTIONS", "CUPY_IMPLIED_OPTIONS", "KernelCompileError", "KernelResources", "CompiledFile",
+           "kernel_source", "unit_source", "unit_kernel_names", "get_kernel", "nvrtc_version", "parse_ptxas_log",
+           "parse_cuobjdump_resource_usage", "find_cuda_tool", "compile_unit", "compile_variant", "compile_file"]

@@ -4,13 +4,13 @@ Max pooling propagates NaN and sends each output's gradient to the first
 maximum of its window; average pooling follows avg_pool2d's ceil_mode and
 count_include_pad divisor rules (``PoolGeometry.window``). The backward kernels
 are gathers, so every result is bitwise reproducible. Results have the input dtype.
+Each call plans its one launch (``plan.plan_pool``) and runs it on a backend (CuPy by default).
 """
 from __future__ import annotations
 
-
 from .._shapes import PoolGeometry
 from . import _launch
-from .loader import get_kernel, kernel_name
+from .plan import PoolPlan, plan_pool
 
 
 def pool_shape_args(g: PoolGeometry) -> tuple:
@@ -19,42 +19,44 @@ def pool_shape_args(g: PoolGeometry) -> tuple:
     return _launch.int32(g.N, g.C, g.H, g.W, g.P, g.Q, kh, kw, sh, sw, ph, pw)
 
 
-def _prepare(g: PoolGeometry, **arrays):
-    _launch.check_extents("pool2d", H_times_W=g.H * g.W, P_times_Q=g.P * g.Q)
-    return _launch.kernel_operands(**arrays)
+def _backend(backend):
+    if backend is not None:
+        return backend
+    from .backend import default_backend
+    return default_backend()
 
 
-def _run(base: str, out, *args) -> None:
-    kernel = get_kernel("pooling.cu", kernel_name(base, out.dtype))
-    kernel(_launch.elementwise_grid(out.size), (_launch.ELEMENTWISE_THREADS,), args)
+def run_pool(plan: PoolPlan, backend, *operands, count_include_pad: bool | None = None):
+    """Execute a pooling plan: forward (x), max backward (dy, x), avg backward (dy)."""
+    g, op = plan.geometry, plan.launch.variant.op
+    out = backend.xp.empty(g.output_shape if op.endswith("forward") else g.input_shape, dtype=plan.launch.dtype)
+    extra = () if count_include_pad is None else _launch.int32(bool(count_include_pad))
+    backend.launch(plan.launch, (*operands, out, *pool_shape_args(g), *extra))
+    return out
 
 
-def max_pool2d_forward(x, g: PoolGeometry):
-    cupy, (x,) = _prepare(g, x=x)
-    y = cupy.empty(g.output_shape, dtype=x.dtype)
-    _run("gpuconv_maxpool2d_forward", y, x, y, *pool_shape_args(g))
-    return y
+def _pool(op: str, g: PoolGeometry, backend, count_include_pad=None, **arrays):
+    backend = _backend(backend)
+    operands = _launch.kernel_operands(backend.xp, **arrays)
+    plan = plan_pool(op, g, operands[0].dtype)
+    return run_pool(plan, backend, *operands, count_include_pad=count_include_pad)
 
 
-def max_pool2d_grad(dy, x, g: PoolGeometry):
-    cupy, (dy, x) = _prepare(g, dy=dy, x=x)
-    dx = cupy.empty(g.input_shape, dtype=x.dtype)
-    _run("gpuconv_maxpool2d_backward", dx, dy, x, dx, *pool_shape_args(g))
-    return dx
+def max_pool2d_forward(x, g: PoolGeometry, backend=None):
+    return _pool("maxpool2d_forward", g, backend, x=x)
 
 
-def avg_pool2d_forward(x, g: PoolGeometry, count_include_pad: bool = True):
-    cupy, (x,) = _prepare(g, x=x)
-    y = cupy.empty(g.output_shape, dtype=x.dtype)
-    _run("gpuconv_avgpool2d_forward", y, x, y, *pool_shape_args(g), *_launch.int32(bool(count_include_pad)))
-    return y
+def max_pool2d_grad(dy, x, g: PoolGeometry, backend=None):
+    return _pool("maxpool2d_backward", g, backend, dy=dy, x=x)
 
 
-def avg_pool2d_grad(dy, g: PoolGeometry, count_include_pad: bool = True):
-    cupy, (dy,) = _prepare(g, dy=dy)
-    dx = cupy.empty(g.input_shape, dtype=dy.dtype)
-    _run("gpuconv_avgpool2d_backward", dx, dy, dx, *pool_shape_args(g), *_launch.int32(bool(count_include_pad)))
-    return dx
+def avg_pool2d_forward(x, g: PoolGeometry, count_include_pad: bool = True, backend=None):
+    return _pool("avgpool2d_forward", g, backend, count_include_pad=count_include_pad, x=x)
 
 
-__all__ = ["max_pool2d_forward", "max_pool2d_grad", "avg_pool2d_forward", "avg_pool2d_grad", "pool_shape_args"]
+def avg_pool2d_grad(dy, g: PoolGeometry, count_include_pad: bool = True, backend=None):
+    return _pool("avgpool2d_backward", g, backend, count_include_pad=count_include_pad, dy=dy)
+
+
+__all__ = ["max_pool2d_forward", "max_pool2d_grad", "avg_pool2d_forward", "avg_pool2d_grad", "pool_shape_args",
+           "run_pool"]

@@ -1,4 +1,7 @@
-"""Layer suites: the convolutions a benchmark runs, read from ``bench/suites/<name>.json``.
+"""Layer suites: the convolutions of real networks, read from ``gpuconv/suites/<name>.json``.
+
+The benchmark (``python -m bench``) times them and ``gpuconv tune`` autotunes them; they ship with the
+package so that both work from an installed gpuconv.
 
 A suite file holds ``{"name", "description", "layers": [...]}``; each layer gives
 name, C, K, H, W, R, S, stride, padding, dilation, groups and count (how many times
@@ -11,9 +14,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpuconv import ConvGeometry
+from .._shapes import ConvGeometry
 
-SUITES_DIR = Path(__file__).with_name("suites")
+SUITES_DIR = Path(__file__).parent
 
 REQUIRED_FIELDS = ("name", "C", "K", "H", "W", "R", "S")
 #: Optional fields and their defaults.

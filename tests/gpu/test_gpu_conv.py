@@ -15,12 +15,13 @@ import gpuconv
 from gpuconv import reference
 from gpuconv._backend import cuda_available
 from gpuconv._shapes import ConvGeometry
-from gpuconv.cuda import conv
+from gpuconv.cuda import conv, plan, registry
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="no CUDA device")]
 
 DTYPES = (np.float16, np.float32, np.float64)
 ALGOS = ("im2col", "implicit_gemm")
+GEMM_VARIANTS = [v for p in registry.CONV_PASSES for v in registry.conv_variants(p)]
 
 EDGE_CASES = [  # input shape, weight shape, ConvGeometry.create keywords
     pytest.param((2, 3, 7, 6), (5, 3, 3, 2), dict(stride=(2, 1), padding=(1, 0, 2, 1), dilation=(1, 2)),
@@ -96,12 +97,30 @@ def test_im2col_and_col2im_kernels_match_reference(cp, make_data, assert_matches
     assert_matches(folded, reference.col2im(col_ref.astype(np.float64), g, g.C), dtype, f"col2im {g}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("variant", GEMM_VARIANTS, ids=lambda v: v.name)
+@pytest.mark.parametrize("x_shape, w_shape, options", EDGE_CASES)
+def test_every_registered_variant_matches_reference(cp, make_data, assert_matches, x_shape, w_shape, options,
+                                                    variant, dtype):
+    g = ConvGeometry.create(x_shape, w_shape, **options)
+    x, w, dy = (cp.asarray(make_data(s, dtype, i)) for i, s in enumerate((g.input_shape, g.weight_shape,
+                                                                          g.output_shape)))
+    run = {"fprop": lambda: (conv.conv2d_forward(x, w, g, algo=variant.name),
+                             reference.conv2d_forward(x.get(), w.get(), g)),
+           "dgrad": lambda: (conv.conv2d_grad_input(dy, w, g, algo=variant.name),
+                             reference.conv2d_grad_input(dy.get(), w.get(), g)),
+           "wgrad": lambda: (conv.conv2d_grad_weight(x, dy, g, algo=variant.name),
+                             reference.conv2d_grad_weight(x.get(), dy.get(), g))}[variant.op]
+    got, expected = run()
+    assert_matches(got, expected, dtype, f"{variant.name} {g}")
+
+
 @pytest.mark.parametrize("dtype", (np.float16, np.float32), ids=lambda d: np.dtype(d).name)
 def test_im2col_batch_chunks_give_the_same_result(cp, make_data, assert_matches, monkeypatch, dtype):
     g = ConvGeometry.create((5, 4, 9, 8), (6, 4, 3, 3), stride=(1, 2), padding=(1, 2, 0, 1))
-    per_image = conv.im2col_bytes_per_image(g, np.dtype(dtype).itemsize)
-    monkeypatch.setattr(conv, "IM2COL_WORKSPACE_BYTES", 2 * per_image)  # chunks of 2, 2 and 1 images
-    assert len(list(conv._batch_chunks(g, np.dtype(dtype).itemsize))) == 3
+    per_image = plan.im2col_bytes_per_image(g, np.dtype(dtype).itemsize)
+    monkeypatch.setattr(plan, "IM2COL_WORKSPACE_BYTES", 2 * per_image)  # chunks of 2, 2 and 1 images
+    assert len(plan.plan_conv("fprop", g, dtype, "im2col").batch_chunks) == 3
     check_all_passes(cp, make_data, assert_matches, g, dtype, "im2col")
 
 
@@ -134,5 +153,7 @@ def test_unknown_algo_and_mixed_dtypes_are_refused(cp):
     x, w = cp.zeros(g.input_shape, cp.float32), cp.zeros(g.weight_shape, cp.float32)
     with pytest.raises(ValueError, match="implicit_gemm"):
         conv.conv2d_forward(x, w, g, algo="winograd")
+    with pytest.raises(ValueError, match="is a dgrad kernel variant"):
+        conv.conv2d_forward(x, w, g, algo="dgrad_simt_64x64x16_1stage")
     with pytest.raises(TypeError, match="one dtype"):
         conv.conv2d_forward(x, w.astype(cp.float64), g)

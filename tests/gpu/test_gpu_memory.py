@@ -17,8 +17,7 @@ import gpuconv
 from gpuconv import reference
 from gpuconv._backend import cuda_available
 from gpuconv._shapes import ConvGeometry
-from gpuconv.cuda import conv
-from gpuconv.cuda.loader import KERNELS
+from gpuconv.cuda import conv, plan, registry
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="no CUDA device")]
 
@@ -46,19 +45,19 @@ def _inputs(cp, make_data, g, dtype=np.float32):
 
 def _count_im2col_calls(monkeypatch):
     calls = []
-    original = conv._im2col
+    original = conv.im2col_columns
 
-    def counting(cupy, x, g):
+    def counting(backend, launch, x, g):
         calls.append(x.shape[0])
-        return original(cupy, x, g)
-    monkeypatch.setattr(conv, "_im2col", counting)
+        return original(backend, launch, x, g)
+    monkeypatch.setattr(conv, "im2col_columns", counting)
     return calls
 
 
 def test_im2col_splits_the_batch_to_fit_free_memory(cp, make_data, assert_matches, capped_pool, monkeypatch):
     g = GEOMETRY
     (x, w, dy), (xg, wg, dyg) = _inputs(cp, make_data, g)
-    per_image = conv.im2col_bytes_per_image(g, 4)
+    per_image = plan.im2col_bytes_per_image(g, 4)
     output = int(np.prod(g.output_shape)) * 4
     calls = _count_im2col_calls(monkeypatch)
     capped_pool(output + 8 * per_image)  # half of it is the budget: 4 images a chunk, not 12
@@ -74,10 +73,10 @@ def test_im2col_splits_the_batch_to_fit_free_memory(cp, make_data, assert_matche
 def test_auto_falls_back_to_implicit_gemm_when_no_workspace_fits(cp, make_data, assert_matches, capped_pool,
                                                                 monkeypatch):
     g = GEOMETRY
-    assert conv.choose_algo(g) == "im2col"  # what auto would run with memory to spare
+    assert plan.plan_conv("fprop", g, np.float32).variant == "im2col"  # what the rule runs with memory to spare
     (x, w, _), (xg, wg, _) = _inputs(cp, make_data, g)
     calls = _count_im2col_calls(monkeypatch)
-    capped_pool(int(np.prod(g.output_shape)) * 4 + conv.im2col_bytes_per_image(g, 4))  # < 2 images' workspace
+    capped_pool(int(np.prod(g.output_shape)) * 4 + plan.im2col_bytes_per_image(g, 4))  # < 2 images' workspace
     y = gpuconv.conv2d(xg, wg, padding=1)
     assert calls == [], "auto should not have built a column matrix"
     assert_matches(y, reference.conv2d_forward(x, w, g), np.float32, "fallback forward")
@@ -86,7 +85,7 @@ def test_auto_falls_back_to_implicit_gemm_when_no_workspace_fits(cp, make_data, 
 def test_explicit_im2col_says_how_many_bytes_it_needed_and_had(cp, make_data, capped_pool):
     g = GEOMETRY
     _, (xg, wg, _) = _inputs(cp, make_data, g)
-    capped_pool(int(np.prod(g.output_shape)) * 4 + conv.im2col_bytes_per_image(g, 4))
+    capped_pool(int(np.prod(g.output_shape)) * 4 + plan.im2col_bytes_per_image(g, 4))
     with pytest.raises(gpuconv.GPUOutOfMemoryError, match=r"needs [\d,]+ bytes of GPU memory but only [\d,]+ "
                                                           r"bytes are free"):
         gpuconv.conv2d(xg, wg, padding=1, algo="im2col")
@@ -99,7 +98,7 @@ def test_when_nothing_fits_the_error_gives_bytes_needed_and_free(cp, make_data, 
     capped_pool(1024)
     with pytest.raises(gpuconv.GPUOutOfMemoryError, match=r"needs [\d,]+ bytes .* only [\d,]+ bytes are free"):
         gpuconv.conv2d(xg, wg, padding=1, algo=algo)
-    with pytest.raises(gpuconv.GPUOutOfMemoryError, match=r"grad_input .*needs [\d,]+ bytes"):
+    with pytest.raises(gpuconv.GPUOutOfMemoryError, match=r"grad_input.*needs [\d,]+ bytes"):
         gpuconv.conv2d_grad_input(dyg, wg, g.input_shape, padding=1, algo=algo)
 
 
@@ -143,10 +142,9 @@ _COMPILE_AND_CHECK = textwrap.dedent("""
     import numpy as np, cupy as cp, gpuconv
     from gpuconv import reference
     from gpuconv._shapes import ConvGeometry
-    from gpuconv.cuda.loader import KERNELS, get_kernel
-    for file, names in KERNELS.items():
-        for name in names:
-            get_kernel(file, name)
+    from gpuconv.cuda import loader, registry
+    for variant, dtype in registry.instantiations():
+        loader.get_kernel(variant, dtype)
     g = ConvGeometry.create((2, 3, 9, 9), (4, 3, 3, 3), padding=1)
     x = (np.arange(np.prod(g.input_shape)) % 7 / 8).reshape(g.input_shape).astype(np.float32)
     w = (np.arange(np.prod(g.weight_shape)) % 5 / 8).reshape(g.weight_shape).astype(np.float32)
@@ -166,7 +164,8 @@ def test_kernel_cache_survives_concurrent_compiles_and_is_reused(tmp_path):
         out, err = p.communicate(timeout=600)
         assert p.returncode == 0 and out.strip() == "ok", err
     cached = {f: os.stat(tmp_path / f).st_mtime_ns for f in os.listdir(tmp_path)}
-    assert len(cached) >= len(KERNELS), f"expected a cached module per kernel file, found {sorted(cached)}"
+    expected = len(registry.instantiations())
+    assert len(cached) >= expected, f"expected a cached module per variant and dtype, found {sorted(cached)}"
     again = subprocess.run([sys.executable, "-c", _COMPILE_AND_CHECK], env=env, capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0, again.stderr

@@ -1,0 +1,335 @@
+"""Plan, then run: what to launch for one convolution or pooling pass, as a pure function.
+
+``plan_conv(pass_name, geometry, dtype, algo, free_bytes)`` returns a ``ConvPlan``: the variant, every
+kernel launch (grid, block, dynamic shared memory), the im2col batch chunks, the workspace bytes, why it
+was chosen, and the memory fallback when one was taken. ``gpuconv.cuda.conv.run_conv`` executes a plan
+on arrays with a backend (CuPy on a GPU, or the CPU emulator in the tests). Nothing here touches CuPy
+or a GPU, so every choice is testable anywhere.
+
+The convolution passes are fprop (y from x and w), dgrad (dx from dy and w) and wgrad (dw from x and dy).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .._backend import GPUOutOfMemoryError
+from .._shapes import ConvGeometry, PoolGeometry, accumulation_dtype, ceil_div
+from . import _launch, registry
+from .registry import CONV_PASSES, Variant
+
+#: Upper bound on the im2col column matrix; the batch is chunked to stay below it.
+IM2COL_WORKSPACE_BYTES = 1 << 30
+
+#: The wgrad kernels split the reduction over output pixels until about this
+#: many blocks run. A constant rather than the GPU's size, so that the split --
+#: and with it every bit of the result -- is the same on every GPU.
+WGRAD_TARGET_BLOCKS = 1024
+#: ... but give every block at least this many output pixels to sum.
+WGRAD_MIN_PIXELS_PER_SPLIT = 512
+
+#: Blocks of a grid-stride launch stop growing here; each thread then loops.
+MAX_ELEMENTWISE_BLOCKS = 1 << 16
+
+#: The functional API's name of each pass, for messages.
+PASS_NAMES = {"fprop": "forward", "dgrad": "grad_input", "wgrad": "grad_weight"}
+
+#: The candidate name of the im2col family (im2col kernel + cuBLAS GEMM (+ col2im)).
+IM2COL = "im2col"
+
+
+@dataclass(frozen=True)
+class KernelLaunch:
+    """One kernel launch: the registry variant for ``dtype`` over ``grid`` x ``block``."""
+    variant: Variant
+    dtype: np.dtype
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    dynamic_shared_bytes: int = 0
+
+    @property
+    def kernel_name(self) -> str:
+        return self.variant.kernel_name(self.dtype)
+
+
+@dataclass(frozen=True)
+class ConvPlan:
+    """Everything ``run_conv`` needs to execute one convolution pass, and why it was chosen."""
+    pass_name: str                 # fprop, dgrad or wgrad
+    geometry: ConvGeometry
+    dtype: np.dtype
+    requested: str                 # the algo= asked for
+    algorithm: str                 # the family that runs: "im2col" or "implicit_gemm"
+    variant: str                   # the candidate that runs: "im2col" or a GEMM variant's registry name
+    launches: tuple[KernelLaunch, ...]
+    reason: str
+    batch_chunks: tuple[tuple[int, int], ...] = ()  # im2col: [start, stop) image ranges
+    pointwise: bool = False        # im2col family on a 1x1/stride-1/unpadded convolution: no column matrix
+    workspace_bytes: int = 0       # beyond the output: im2col columns per chunk, or wgrad's split partials
+    wgrad_splits: int = 1          # wgrad implicit GEMM: the split-K reduction
+    wgrad_pixels_per_split: int = 0
+    fallback: str | None = None    # set when memory forced another choice than the rule's or the tuner's
+
+    def describe(self) -> str:
+        launches = "; ".join(f"{k.kernel_name} grid {k.grid} block {k.block[0]}" for k in self.launches)
+        text = f"{self.pass_name} {self.variant} ({self.reason})"
+        if self.fallback:
+            text += f" [fallback: {self.fallback}]"
+        return f"{text}: {launches}" if launches else text
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    launch: KernelLaunch
+    geometry: PoolGeometry
+
+
+# ---------------------------------------------------------------------------------------- grids ---
+
+def elementwise_grid(total: int) -> tuple[int, int, int]:
+    """A 1-D grid for a grid-stride loop over ``total`` elements (at least one block)."""
+    return (max(1, min(ceil_div(total, registry.ELEMENTWISE_THREADS), MAX_ELEMENTWISE_BLOCKS)), 1, 1)
+
+
+def _groups(g: ConvGeometry) -> tuple[int, int, int]:
+    """(groups, input channels per group, output channels per group)."""
+    return g.groups, g.C // g.groups, g.K // g.groups
+
+
+def check_geometry(g: ConvGeometry) -> None:
+    """Refuse shapes the kernels' 32-bit indexing or CUDA's grid limits cannot handle."""
+    G, Cg, Kg = _groups(g)
+    _launch.check_extents("conv2d", H_times_W=g.H * g.W, P_times_Q=g.P * g.Q,
+                          Cg_R_S=Cg * g.R * g.S, Kg_R_S=Kg * g.R * g.S)
+    if G > _launch.GRID_YZ_MAX:
+        raise ValueError(f"conv2d: groups={G} exceeds {_launch.GRID_YZ_MAX}, the most one launch can cover")
+
+
+def gemm_grid(pass_name: str, g: ConvGeometry, variant: Variant, splits: int = 1) -> tuple[int, int, int]:
+    """The implicit-GEMM grid: (GEMM rows / BLOCK_M, GEMM columns / BLOCK_N, groups [* splits])."""
+    G, Cg, Kg = _groups(g)
+    t = variant.tile
+    if pass_name == "fprop":    # rows: output pixels, columns: output channels of a group
+        return ceil_div(g.N * g.P * g.Q, t.block_m), ceil_div(Kg, t.block_n), G
+    if pass_name == "dgrad":    # rows: input pixels, columns: input channels of a group
+        return ceil_div(g.N * g.H * g.W, t.block_m), ceil_div(Cg, t.block_n), G
+    # wgrad: rows: output channels of a group, columns: (c, r, s), one z-slice per group and split
+    return ceil_div(Kg, t.block_m), ceil_div(Cg * g.R * g.S, t.block_n), G * splits
+
+
+def wgrad_split(g: ConvGeometry, variant: Variant) -> tuple[int, int]:
+    """(splits, pixels per split) of the wgrad reduction over the N*P*Q output pixels."""
+    G, Cg, Kg = _groups(g)
+    tile = variant.tile
+    pixels = g.N * g.P * g.Q
+    tiles = ceil_div(Kg, tile.block_m) * ceil_div(Cg * g.R * g.S, tile.block_n) * G
+    splits = min(ceil_div(WGRAD_TARGET_BLOCKS, tiles),
+                 max(1, pixels // WGRAD_MIN_PIXELS_PER_SPLIT),
+                 _launch.GRID_YZ_MAX // G)
+    splits = max(1, splits)
+    per_split = ceil_div(ceil_div(pixels, splits), tile.block_k) * tile.block_k
+    return ceil_div(pixels, per_split), per_split  # no split is left empty
+
+
+# ---------------------------------------------------------------------------------- im2col sizes ---
+
+def im2col_bytes_per_image(g: ConvGeometry, itemsize: int) -> int:
+    """Workspace one image needs on the im2col path: its column matrix plus the (K, P*Q) GEMM operand or result."""
+    return (g.C * g.R * g.S + g.K) * g.P * g.Q * itemsize
+
+
+def im2col_batch_chunk(g: ConvGeometry, itemsize: int, budget: int | None = None) -> int:
+    """How many images' workspaces fit ``budget`` bytes (default IM2COL_WORKSPACE_BYTES), at least one."""
+    budget = IM2COL_WORKSPACE_BYTES if budget is None else budget
+    return max(1, min(g.N, budget // im2col_bytes_per_image(g, itemsize)))
+
+
+def batch_chunks(g: ConvGeometry, chunk: int) -> tuple[tuple[int, int], ...]:
+    return tuple((start, min(start + chunk, g.N)) for start in range(0, g.N, chunk))
+
+
+def im2col_budget(g: ConvGeometry, itemsize: int, free_bytes: int | None) -> int | None:
+    """Bytes the im2col workspace may take, or None when not even one image's fits.
+
+    IM2COL_WORKSPACE_BYTES or half the free memory, whichever is less: half, because cuBLAS and the
+    contiguous copies CuPy makes of transposed GEMM operands take memory beyond the column matrix.
+    """
+    if free_bytes is None:
+        return IM2COL_WORKSPACE_BYTES
+    usable = max(0, int(free_bytes)) // 2
+    return min(IM2COL_WORKSPACE_BYTES, usable) if im2col_bytes_per_image(g, itemsize) <= usable else None
+
+
+# ------------------------------------------------------------------------------------- choosing ---
+
+def fixed_rule(pass_name: str, g: ConvGeometry, dtype) -> str:
+    """What ``auto`` runs without the autotuner: im2col for dense convolutions (their GEMMs are large and
+    cuBLAS multiplies faster than our SIMT tiles), the rule's implicit-GEMM variant for grouped and
+    depthwise ones (their per-group GEMMs are too small for cuBLAS, and the column matrix would be
+    mostly wasted memory traffic)."""
+    return IM2COL if g.groups == 1 else rule_variant(pass_name, g, dtype).name
+
+
+def rule_variant(pass_name: str, g: ConvGeometry, dtype) -> Variant:
+    """The first applicable GEMM variant of the pass that prefers this geometry (registry order)."""
+    usable = [v for v in registry.conv_variants(pass_name) if v.can_run(g, dtype)]
+    if not usable:
+        raise ValueError(f"no implicit-GEMM {pass_name} kernel exists for {np.dtype(dtype)} and this geometry")
+    return next((v for v in usable if v.preferred(g)), usable[-1])
+
+
+def candidates(pass_name: str, g: ConvGeometry, dtype) -> tuple[str, ...]:
+    """Everything ``auto`` may choose among for this pass: im2col + cuBLAS and every applicable variant."""
+    return (IM2COL, *(v.name for v in registry.conv_variants(pass_name) if v.can_run(g, dtype)))
+
+
+def check_algo(pass_name: str, algo) -> None:
+    """Refuse an ``algo=`` that names nothing this pass can run, listing what it can."""
+    if not isinstance(algo, str):
+        raise TypeError(f"algo must be a string, got {algo!r}")
+    choices = registry.algo_choices(pass_name)
+    if algo in choices:
+        return
+    other = registry.BY_NAME.get(algo)
+    if other is not None and other.op in CONV_PASSES:
+        raise ValueError(f"algo={algo!r} is a {other.op} kernel variant; the {pass_name} pass takes "
+                         f"one of {choices}")
+    raise ValueError(f"algo={algo!r} is not a GPU convolution algorithm for {pass_name}; choose one of {choices}")
+
+
+def result_bytes(pass_name: str, g: ConvGeometry, dtype) -> int:
+    """Bytes of a pass's result: y (fprop), dx (dgrad) or dw (wgrad)."""
+    shape = {"fprop": g.output_shape, "dgrad": g.input_shape, "wgrad": g.weight_shape}[pass_name]
+    return int(np.prod(shape)) * np.dtype(dtype).itemsize
+
+
+def _memory_error(what: str, needed: int, free_bytes: int | None) -> GPUOutOfMemoryError:
+    return GPUOutOfMemoryError(f"{what} needs {needed:,} bytes of GPU memory but only {int(free_bytes or 0):,} "
+                               f"bytes are free")
+
+
+# ------------------------------------------------------------------------------------- planning ---
+
+def plan_conv(pass_name: str, g: ConvGeometry, dtype, algo: str = "auto", free_bytes: int | None = None,
+              tuned: str | None = None) -> ConvPlan:
+    """The plan for one convolution pass. Pure: no CuPy, no GPU.
+
+    ``algo``: "auto", a family ("im2col", "implicit_gemm") or a registry name of one of this pass's
+    variants. ``free_bytes``: GPU memory a new allocation can get (None: unlimited). ``tuned``: for
+    ``auto``, the autotuner's pick (a candidate name); None applies the fixed rule.
+    Raises GPUOutOfMemoryError when an explicit im2col request cannot fit even one image.
+    """
+    check_algo(pass_name, algo)
+    check_geometry(g)
+    dtype = np.dtype(dtype)
+    registry.dtype_suffix(dtype)  # refuses dtypes without kernels
+    if algo == "auto":
+        if tuned is not None:
+            if tuned not in candidates(pass_name, g, dtype):
+                raise ValueError(f"the autotuner's choice {tuned!r} cannot run {pass_name} for this geometry")
+            choice, reason = tuned, "autotuned: fastest candidate measured on this GPU"
+        else:
+            choice = fixed_rule(pass_name, g, dtype)
+            reason = "fixed rule: " + ("dense convolution, im2col + cuBLAS" if choice == IM2COL
+                                       else "grouped convolution, implicit GEMM")
+    elif algo == IM2COL:
+        choice, reason = IM2COL, "requested"
+    elif algo == "implicit_gemm":
+        choice, reason = rule_variant(pass_name, g, dtype).name, "requested family; the rule's tile"
+    else:
+        variant = registry.get(algo)
+        if not variant.can_run(g, dtype):
+            raise ValueError(f"kernel variant {algo} does not apply to this {pass_name} ({np.dtype(dtype)}, "
+                             f"{g})")
+        choice, reason = algo, "requested variant"
+
+    if choice == IM2COL:
+        plan = _plan_im2col(pass_name, g, dtype, algo, reason, free_bytes)
+        if plan is not None:
+            return plan
+        needed = 2 * im2col_bytes_per_image(g, dtype.itemsize)
+        free_after_result = max(0, int(free_bytes) - result_bytes(pass_name, g, dtype))
+        if algo == IM2COL:
+            raise _memory_error(f"conv2d {pass_name} ({PASS_NAMES[pass_name]}) with algo='im2col' (the workspace of one image, twice "
+                                f"for headroom)", needed, free_after_result)
+        fallback = (f"im2col needs {needed:,} bytes for one image's workspace (twice for headroom), "
+                    f"{free_after_result:,} free after the result: implicit GEMM instead")
+        variant = rule_variant(pass_name, g, dtype)
+        return replace(_plan_gemm(pass_name, g, dtype, algo, variant, reason), fallback=fallback)
+    return _plan_gemm(pass_name, g, dtype, algo, registry.get(choice), reason)
+
+
+def _launch_of(variant: Variant, dtype, grid) -> KernelLaunch:
+    grid = tuple(grid) + (1,) * (3 - len(grid))
+    _launch.check_grid(grid, variant.name)
+    return KernelLaunch(variant, np.dtype(dtype), grid, (variant.threads, 1, 1), variant.dynamic_shared_bytes)
+
+
+def _plan_gemm(pass_name, g, dtype, algo, variant: Variant, reason: str) -> ConvPlan:
+    common = dict(pass_name=pass_name, geometry=g, dtype=dtype, requested=algo, algorithm="implicit_gemm",
+                  variant=variant.name, reason=reason)
+    if pass_name != "wgrad":
+        return ConvPlan(launches=(_launch_of(variant, dtype, gemm_grid(pass_name, g, variant)),), **common)
+    splits, per_split = wgrad_split(g, variant)
+    weights = int(np.prod(g.weight_shape))
+    reduce = registry.get("wgrad_splitk_reduce")
+    launches = (_launch_of(variant, dtype, gemm_grid("wgrad", g, variant, splits)),
+                _launch_of(reduce, dtype, elementwise_grid(weights)))
+    return ConvPlan(launches=launches, wgrad_splits=splits, wgrad_pixels_per_split=per_split,
+                    workspace_bytes=splits * weights * accumulation_dtype(dtype).itemsize, **common)
+
+
+def _plan_im2col(pass_name, g, dtype, algo, reason, free_bytes) -> ConvPlan | None:
+    common = dict(pass_name=pass_name, geometry=g, dtype=dtype, requested=algo, algorithm=IM2COL,
+                  variant=IM2COL, reason=reason)
+    if g.is_pointwise and pass_name != "wgrad":  # x[n] already is the column matrix of image n
+        return ConvPlan(launches=(), pointwise=True, batch_chunks=((0, g.N),), **common)
+    # The result is allocated before the workspace: what is left after it may hold the column matrix.
+    free_after_result = None if free_bytes is None else free_bytes - result_bytes(pass_name, g, dtype)
+    budget = im2col_budget(g, dtype.itemsize, free_after_result)
+    if budget is None:
+        return None
+    chunk = im2col_batch_chunk(g, dtype.itemsize, budget)
+    G, Cg, _ = _groups(g)
+    columns = Cg * g.R * g.S * chunk * g.P * g.Q * G
+    launches = [_launch_of(registry.get("im2col_nchw"), dtype, elementwise_grid(columns))]
+    if pass_name == "dgrad":  # the column gradient is folded back; im2col is not needed
+        launches = [_launch_of(registry.get("col2im_nchw"), dtype, elementwise_grid(chunk * g.C * g.H * g.W))]
+    return ConvPlan(launches=tuple(launches), batch_chunks=batch_chunks(g, chunk),
+                    workspace_bytes=chunk * im2col_bytes_per_image(g, dtype.itemsize), **common)
+
+
+POOL_OPS = ("maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward")
+
+
+def plan_pool(op: str, g: PoolGeometry, dtype) -> PoolPlan:
+    """The one grid-stride launch of a pooling pass, over its output (forward) or its input (backward)."""
+    if op not in POOL_OPS:
+        raise ValueError(f"unknown pooling op {op!r}; expected one of {POOL_OPS}")
+    _launch.check_extents("pool2d", H_times_W=g.H * g.W, P_times_Q=g.P * g.Q)
+    shape = g.output_shape if op.endswith("forward") else g.input_shape
+    return PoolPlan(_launch_of(registry.get(op), dtype, elementwise_grid(int(np.prod(shape)))), g)
+
+
+def with_grid(plan, index: int, grid) -> "ConvPlan | PoolPlan":
+    """The plan with launch ``index`` over another grid: only grid-stride kernels allow it (the tests
+    shrink grids this way so that every grid-stride loop runs more than once)."""
+    if isinstance(plan, PoolPlan):
+        launch = plan.launch
+    else:
+        launch = plan.launches[index]
+    if not launch.variant.grid_stride:
+        raise ValueError(f"{launch.variant.name} covers exactly its planned grid; it is not a grid-stride kernel")
+    launch = replace(launch, grid=tuple(grid) + (1,) * (3 - len(grid)))
+    if isinstance(plan, PoolPlan):
+        return replace(plan, launch=launch)
+    launches = list(plan.launches)
+    launches[index] = launch
+    return replace(plan, launches=tuple(launches))
+
+
+__all__ = ["PASS_NAMES", "IM2COL_WORKSPACE_BYTES", "WGRAD_TARGET_BLOCKS", "WGRAD_MIN_PIXELS_PER_SPLIT", "IM2COL",
+           "KernelLaunch", "ConvPlan", "PoolPlan", "POOL_OPS", "elementwise_grid", "check_geometry", "gemm_grid",
+           "wgrad_split", "im2col_bytes_per_image", "im2col_batch_chunk", "batch_chunks", "im2col_budget",
+           "result_bytes", "fixed_rule", "rule_variant", "candidates", "check_algo", "plan_conv", "plan_pool", "with_grid"]

@@ -1,0 +1,224 @@
+"""The registry: the one definition of every kernel variant gpuconv launches.
+
+A variant is a kernel template of one ``kernels/*.cu`` file instantiated with fixed parameters (a GEMM
+tile, say). Everything else is derived from its entry here: its name (CUTLASS-style, from its
+parameters: ``fprop_simt_64x64x16_1stage``), the ``extern "C"`` instantiations the loader generates for
+each dtype it exists for, its launch block and shared memory, which geometries it applies to and which the
+fixed rule prefers, the planner's candidates, the tests' parametrisation, the benchmark's per-variant
+entries, ``gpuconv info`` and the kernel report.
+
+Adding a tile is one ``_gemm(...)`` line below (and, for a new kind of kernel, its template and export
+macro in the ``.cu`` file).
+
+Pure Python (NumPy only): importing this module needs neither CuPy nor a GPU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .._shapes import ConvGeometry, accumulation_dtype
+
+#: Storage dtypes the kernels can be instantiated for -> (name suffix, C storage type).
+DTYPE_INFO = {
+    np.dtype(np.float16): ("f16", "gpuconv_half"),
+    np.dtype(np.float32): ("f32", "float"),
+    np.dtype(np.float64): ("f64", "double"),
+}
+SIMT_DTYPES = tuple(DTYPE_INFO)
+
+#: The convolution passes: forward, gradient of the input, gradient of the weight.
+CONV_PASSES = ("fprop", "dgrad", "wgrad")
+#: Algorithm families ``algo=`` accepts besides registry names; "auto" picks among all of them.
+FAMILIES = ("im2col", "implicit_gemm")
+
+#: Threads per block of the grid-stride kernels (im2col, col2im, pooling, the wgrad reduction).
+ELEMENTWISE_THREADS = 256
+
+
+def dtype_suffix(dtype) -> str:
+    try:
+        return DTYPE_INFO[np.dtype(dtype)][0]
+    except (KeyError, TypeError):
+        raise TypeError(f"no CUDA kernels for dtype {dtype}; use float16, float32 or float64") from None
+
+
+def c_types(dtype) -> tuple[str, str]:
+    """(storage C type, accumulator C type) of a dtype."""
+    return DTYPE_INFO[np.dtype(dtype)][1], DTYPE_INFO[accumulation_dtype(dtype)][1]
+
+
+@dataclass(frozen=True)
+class GemmTile:
+    """A thread-block tile of the implicit-GEMM kernels: kernels/implicit_gemm.cuh's TileShape.
+
+    A block computes block_m x block_n outputs, block_k of the reduction at a time; each thread owns
+    thread_m x thread_n of them.
+    """
+    block_m: int
+    block_n: int
+    block_k: int
+    thread_m: int
+    thread_n: int
+    stages: int = 1  # shared-memory buffers in flight (1: load, barrier, multiply, barrier)
+
+    def __post_init__(self):
+        if self.block_m % self.thread_m or self.block_n % self.thread_n:
+            raise ValueError(f"thread tile {self.thread_m}x{self.thread_n} does not divide "
+                             f"{self.block_m}x{self.block_n}")
+
+    @property
+    def threads(self) -> int:
+        return (self.block_m // self.thread_m) * (self.block_n // self.thread_n)
+
+    @property
+    def label(self) -> str:
+        return f"{self.block_m}x{self.block_n}x{self.block_k}_{self.stages}stage"
+
+    @property
+    def cpp(self) -> str:
+        return (f"gpuconv::TileShape<{self.block_m}, {self.block_n}, {self.block_k}, "
+                f"{self.thread_m}, {self.thread_n}>")
+
+    def shared_bytes(self, acc_itemsize: int) -> int:
+        """SharedTiles: BLOCK_K rows of A (BLOCK_M + 1 wide) and of B (BLOCK_N + 1 wide)."""
+        return self.stages * self.block_k * (self.block_m + 1 + self.block_n + 1) * acc_itemsize
+
+
+def _always(*_args) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One kernel variant. ``kernel_name(dtype)`` is the symbol of its instantiation for ``dtype``."""
+    name: str
+    op: str                    # fprop, dgrad, wgrad, wgrad_reduce, im2col, col2im, maxpool2d_forward, ...
+    source: str                # the kernels/ file holding its template and export macro
+    export_macro: str          # that file's macro: MACRO(NAME, T, ACC[, template arguments])
+    threads: int               # per block (1-D blocks)
+    dtypes: tuple = SIMT_DTYPES
+    tile: GemmTile | None = None
+    family: str | None = None  # the algorithm family a convolution variant belongs to
+    min_compute_capability: int = 75
+    emulatable: bool = True    # the CPU emulator (tests/cuda_emulation) can run it
+    deterministic: bool = True
+    grid_stride: bool = False  # correct with any grid (a grid-stride loop); else the plan's grid exactly
+    dynamic_shared_bytes: int = 0
+    #: (geometry, dtype) -> whether the variant computes that convolution correctly.
+    applies: Callable[[ConvGeometry, np.dtype], bool] = field(default=_always, compare=False)
+    #: geometry -> whether the fixed rule picks it (the first applicable variant of a pass that it prefers).
+    preferred: Callable[[ConvGeometry], bool] = field(default=_always, compare=False)
+    description: str = ""
+
+    def kernel_name(self, dtype) -> str:
+        if np.dtype(dtype) not in self.dtypes:
+            raise TypeError(f"kernel variant {self.name} exists for "
+                            f"{', '.join(str(d) for d in self.dtypes)}, not {np.dtype(dtype)}")
+        return f"gpuconv_{self.name}_{dtype_suffix(dtype)}"
+
+    def export_line(self, dtype) -> str:
+        """The instantiation the loader appends to the source: ``MACRO(NAME, T, ACC[, TILE])``."""
+        args = [self.kernel_name(dtype), *c_types(dtype)] + ([self.tile.cpp] if self.tile else [])
+        return f"{self.export_macro}({', '.join(args)})"
+
+    def static_shared_bytes(self, dtype) -> int:
+        return self.tile.shared_bytes(accumulation_dtype(dtype).itemsize) if self.tile else 0
+
+    def can_run(self, g: ConvGeometry, dtype) -> bool:
+        return np.dtype(dtype) in self.dtypes and self.applies(g, np.dtype(dtype))
+
+
+# ------------------------------------------------------------------------------------ the variants ---
+
+def _groups(g: ConvGeometry) -> tuple[int, int]:
+    """(input channels per group, output channels per group)."""
+    return g.C // g.groups, g.K // g.groups
+
+
+_GEMM_SOURCES = {"fprop": ("conv2d_fprop.cu", "GPUCONV_FPROP_KERNEL"),
+                 "dgrad": ("conv2d_dgrad.cu", "GPUCONV_DGRAD_KERNEL"),
+                 "wgrad": ("conv2d_wgrad.cu", "GPUCONV_WGRAD_KERNEL")}
+
+
+def _gemm(op: str, tile: GemmTile, preferred=_always, description: str = "") -> Variant:
+    source, macro = _GEMM_SOURCES[op]
+    name = f"{op}_simt_{tile.label}" + ("_splitk" if op == "wgrad" else "")
+    return Variant(name, op, source, macro, tile.threads, tile=tile, family="implicit_gemm",
+                   preferred=preferred, description=description)
+
+
+def _elementwise(name: str, source: str, macro: str, description: str) -> Variant:
+    return Variant(name, name, source, macro, ELEMENTWISE_THREADS, grid_stride=True, description=description)
+
+
+GENERAL_TILE = GemmTile(64, 64, 16, 4, 4)
+NARROW_TILE = GemmTile(256, 4, 16, 4, 1)     # at most 4 GEMM columns per group (depthwise)
+SMALL_TILE = GemmTile(16, 16, 32, 1, 1)      # small weight gradients
+
+#: Every variant, in the order the fixed rule tries them within a pass (most specialised first).
+VARIANTS: tuple[Variant, ...] = (
+    _gemm("fprop", NARROW_TILE, lambda g: _groups(g)[1] <= 4,
+          "few output channels per group (depthwise): 256 pixels x 4 channels"),
+    _gemm("fprop", GENERAL_TILE, description="the general tile"),
+    _gemm("dgrad", NARROW_TILE, lambda g: _groups(g)[0] <= 4,
+          "few input channels per group (depthwise): 256 pixels x 4 channels"),
+    _gemm("dgrad", GENERAL_TILE, description="the general tile"),
+    _gemm("wgrad", SMALL_TILE, lambda g: min(_groups(g)[1], _groups(g)[0] * g.R * g.S) <= 16,
+          "weight gradients at most 16 wide in one direction (depthwise)"),
+    _gemm("wgrad", GENERAL_TILE, description="the general tile"),
+    _elementwise("wgrad_splitk_reduce", "conv2d_wgrad.cu", "GPUCONV_WGRAD_REDUCE_KERNEL",
+                 "sums the split-K partial weight gradients in split order"),
+    _elementwise("im2col_nchw", "im2col.cu", "GPUCONV_IM2COL_KERNEL", "column matrix (C*R*S, N*P*Q)"),
+    _elementwise("col2im_nchw", "im2col.cu", "GPUCONV_COL2IM_KERNEL", "adjoint of im2col, as a gather"),
+    _elementwise("maxpool2d_forward", "pooling.cu", "GPUCONV_MAXPOOL_FORWARD_KERNEL", "max pooling"),
+    _elementwise("maxpool2d_backward", "pooling.cu", "GPUCONV_MAXPOOL_BACKWARD_KERNEL",
+                 "max pooling gradient, to the first maximum"),
+    _elementwise("avgpool2d_forward", "pooling.cu", "GPUCONV_AVGPOOL_FORWARD_KERNEL", "average pooling"),
+    _elementwise("avgpool2d_backward", "pooling.cu", "GPUCONV_AVGPOOL_BACKWARD_KERNEL",
+                 "average pooling gradient"),
+)
+
+BY_NAME: dict[str, Variant] = {v.name: v for v in VARIANTS}
+if len(BY_NAME) != len(VARIANTS):
+    raise AssertionError("two kernel variants share a name")
+
+
+def get(name: str) -> Variant:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"no kernel variant named {name!r}; registered: {sorted(BY_NAME)}") from None
+
+
+def variants(op: str | None = None, source: str | None = None) -> tuple[Variant, ...]:
+    return tuple(v for v in VARIANTS if (op is None or v.op == op) and (source is None or v.source == source))
+
+
+def conv_variants(pass_name: str) -> tuple[Variant, ...]:
+    """The GEMM variants of one convolution pass (what ``algo=<name>`` may name), in fixed-rule order."""
+    if pass_name not in CONV_PASSES:
+        raise ValueError(f"unknown convolution pass {pass_name!r}; expected one of {CONV_PASSES}")
+    return variants(op=pass_name)
+
+
+def algo_choices(pass_name: str) -> tuple[str, ...]:
+    """Every ``algo=`` value a GPU convolution pass accepts."""
+    return ("auto", *FAMILIES, *(v.name for v in conv_variants(pass_name)))
+
+
+def sources() -> tuple[str, ...]:
+    """The kernel files, in registry order."""
+    return tuple(dict.fromkeys(v.source for v in VARIANTS))
+
+
+def instantiations(source: str | None = None) -> tuple[tuple[Variant, np.dtype], ...]:
+    """Every (variant, dtype) the package can launch, optionally those of one kernel file."""
+    return tuple((v, d) for v in VARIANTS if source in (None, v.source) for d in v.dtypes)
+
+
+__all__ = ["DTYPE_INFO", "SIMT_DTYPES", "CONV_PASSES", "FAMILIES", "ELEMENTWISE_THREADS", "GemmTile", "Variant",
+           "VARIANTS", "BY_NAME", "get", "variants", "conv_variants", "algo_choices", "sources",
+           "instantiations", "dtype_suffix", "c_types"]

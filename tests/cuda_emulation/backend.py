@@ -1,0 +1,80 @@
+"""The CPU emulator as a backend for gpuconv's run step (``gpuconv.cuda.conv.run_conv``, ``pool.run_pool``).
+
+It has what ``gpuconv.cuda.backend.CupyBackend`` has: ``xp`` (NumPy standing in for CuPy, every new buffer
+NaN-filled between guard zones), ``launch`` (the emulated kernel of a planned launch), ``matmul`` (float16
+multiplied with float32 accumulation, as cuBLAS does under CuPy's default compute type), ``free_bytes``
+and ``prepare``. The kernels are compiled by g++ from exactly the text NVRTC gets (``loader.unit_source``),
+one emulated module per kernel file holding all of that file's registered instantiations.
+
+Every launch is recorded in ``launches``, so a test can say which kernels a plan really ran.
+"""
+from __future__ import annotations
+
+
+import numpy as np
+
+from gpuconv.cuda import loader, registry
+
+from . import emulator as emu
+
+_modules: dict[str, emu.KernelModule] = {}
+
+
+def emulated_module(source: str) -> emu.KernelModule:
+    """The emulated module of one kernel file (compiled once per test session, cached on disk by content)."""
+    if source not in _modules:
+        unit = loader.unit_source(registry.instantiations(source))
+        # Block size at most 256: the limit the kernels are written for (implicit_gemm.cuh asserts it too).
+        _modules[source] = emu.load_source(f'#line 1 "{source}"\n' + unit, source, max_threads_per_block=256)
+    return _modules[source]
+
+
+class NumpyAsCupy:
+    """The part of CuPy the run step uses, on NumPy: guarded buffers from ``empty``."""
+
+    @staticmethod
+    def empty(shape, dtype=np.float64):
+        return emu.empty(shape, dtype)
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+class EmulatorBackend:
+    name = "emulator"
+    autotunable = False  # emulated time says nothing about a GPU
+
+    def __init__(self, schedule: str = "forward", free_bytes: int = 1 << 40):
+        if schedule not in ("forward", "reverse"):
+            raise ValueError(f"schedule must be 'forward' or 'reverse', got {schedule!r}")
+        self.schedule = schedule
+        self._free = free_bytes
+        self.xp = NumpyAsCupy()
+        self.out_of_memory_errors = (MemoryError,)
+        self.launches = []
+
+    def prepare(self, launch) -> None:
+        emulated_module(launch.variant.source)
+
+    def launch(self, launch, args) -> None:
+        if not launch.variant.emulatable:
+            raise RuntimeError(f"{launch.variant.name} is registered as not runnable on the CPU emulator")
+        module = emulated_module(launch.variant.source)
+        module.configure(schedule=self.schedule)
+        self.launches.append(launch)
+        module.launch(launch.kernel_name, launch.grid, launch.block, *args, shared_mem=launch.dynamic_shared_bytes)
+
+    @staticmethod
+    def matmul(a, b):
+        if a.dtype == np.float16:
+            return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(np.float16)
+        return np.matmul(a, b)
+
+    def free_bytes(self) -> int:
+        return self._free
+
+    def device_identity(self):
+        return "CPU emulator", "0.0"
+
+
+__all__ = ["EmulatorBackend", "NumpyAsCupy", "emulated_module"]
