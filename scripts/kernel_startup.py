@@ -1,0 +1,58 @@
+"""How long a fresh process's first conv2d spends getting its kernels compiled, as far as a machine
+without a GPU can tell: NVRTC compile time (what CuPy's RawModule runs on an empty cache) of the
+compilation units each first call needs, per-variant units (now) against whole-file units (before).
+
+With a warm cache CuPy compiles nothing: it preprocesses an empty file once per process (one NVRTC call,
+measured here too), hashes the source, reads the cubin and loads it (cuModuleLoadData, which needs a GPU
+and is not measured).
+
+    python scripts/kernel_startup.py [--arch sm_90]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from gpuconv.cuda import loader, registry
+
+
+def seconds(fn, repeats=3) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="sm_90")
+    args = parser.parse_args()
+    f32 = np.dtype(np.float32)
+    first_calls = {  # what each first call needs: (per-variant units, the files that held them before)
+        "conv2d fprop, dense (fixed rule: im2col + cuBLAS)": (["im2col_nchw"], ["im2col.cu"]),
+        "conv2d fprop, depthwise (fixed rule: implicit GEMM)": (["fprop_simt_256x4x16_1stage"], ["conv2d_fprop.cu"]),
+        "conv2d wgrad, implicit GEMM": (["wgrad_simt_64x64x16_1stage_splitk", "wgrad_splitk_reduce"],
+                                        ["conv2d_wgrad.cu"]),
+        "conv2d fprop, auto with the autotuner (every candidate)": (
+            ["im2col_nchw", "fprop_simt_256x4x16_1stage", "fprop_simt_64x64x16_1stage"],
+            ["im2col.cu", "conv2d_fprop.cu"]),
+    }
+    nvrtc = loader._nvrtc()
+    empty = seconds(lambda: loader._nvrtc_compile(nvrtc, "", "empty.cu", [f"-arch={args.arch}"]))
+    print(f"NVRTC {'.'.join(map(str, loader.nvrtc_version()))}, {args.arch}, float32; median of 3 compiles each")
+    print(f"warm cache: CuPy's once-per-process NVRTC preprocessing of an empty file: {empty * 1e3:.0f} ms "
+          f"(+ reading and loading the cubins: not measurable without a GPU)")
+    for what, (variants, files) in first_calls.items():
+        now = sum(seconds(lambda v=v: loader.compile_variant(v, f32, args.arch)) for v in variants)
+        before = sum(seconds(lambda f=f: loader.compile_file(f, args.arch)) for f in files)
+        print(f"{what}: empty cache {now:.2f} s now ({len(variants)} unit(s)); "
+              f"{before:.2f} s with one module per kernel file ({len(files)} file(s), every tile and dtype)")
+
+
+if __name__ == "__main__":
+    main()
