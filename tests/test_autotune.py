@@ -52,6 +52,10 @@ class FakeGPU:
     def device_identity(self):
         return self.identity
 
+    def compute_capability(self):
+        major, minor = self.identity[1].split(".")
+        return int(major) * 10 + int(minor)
+
 
 class FakeTimer:
     """Seconds per candidate, told by the first kernel the run launched (im2col: the im2col kernel)."""

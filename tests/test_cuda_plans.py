@@ -57,8 +57,9 @@ def test_every_kernel_file_and_instantiation_comes_from_the_registry():
 
 
 def test_algo_choices_per_pass():
-    assert registry.algo_choices("fprop") == ("auto", "im2col", "implicit_gemm", "fprop_simt_256x4x16_1stage",
-                                              "fprop_simt_64x64x16_1stage")
+    choices = registry.algo_choices("fprop")
+    assert choices[:3] == ("auto", "im2col", "implicit_gemm") and "fprop_simt_64x64x16_1stage" in choices
+    assert all(registry.get(name).op == "fprop" for name in choices[3:])
     plan.check_algo("wgrad", "wgrad_simt_16x16x32_1stage_splitk")
     with pytest.raises(ValueError, match="is a fprop kernel variant; the dgrad pass takes one of"):
         plan.check_algo("dgrad", "fprop_simt_64x64x16_1stage")
@@ -93,8 +94,21 @@ def test_a_requested_variant_and_the_tuners_pick_are_planned_as_given():
 
 
 def test_candidates_are_im2col_and_every_applicable_variant():
-    assert plan.candidates("wgrad", DENSE, np.float32) == ("im2col", "wgrad_simt_16x16x32_1stage_splitk",
-                                                          "wgrad_simt_64x64x16_1stage_splitk")
+    assert plan.candidates("wgrad", DENSE, np.float32) == ("im2col", *(v.name for v in
+                                                                      registry.conv_variants("wgrad")))
+    assert "wgrad_simt_16x16x32_1stage_splitk" in plan.candidates("wgrad", DENSE, np.float32)
+
+
+def test_variants_needing_a_newer_gpu_are_not_candidates(monkeypatch):
+    newer = registry.Variant("fprop_test_sm80", "fprop", "conv2d_fprop.cu", "GPUCONV_FPROP_KERNEL", 256,
+                             tile=registry.GENERAL_TILE, family="implicit_gemm", min_compute_capability=80)
+    monkeypatch.setattr(registry, "VARIANTS", registry.VARIANTS + (newer,))
+    monkeypatch.setitem(registry.BY_NAME, newer.name, newer)
+    assert newer.name in plan.candidates("fprop", DENSE, np.float32, compute_capability=90)
+    assert newer.name not in plan.candidates("fprop", DENSE, np.float32, compute_capability=75)
+    assert newer.name in plan.candidates("fprop", DENSE, np.float32)  # unknown device: no filter
+    with pytest.raises(ValueError, match="needs compute capability 8.0"):
+        plan.plan_conv("fprop", DENSE, np.float32, newer.name, compute_capability=75)
 
 
 def test_plans_list_their_launches():

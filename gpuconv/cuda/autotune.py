@@ -194,9 +194,10 @@ def tune(pass_name: str, g: ConvGeometry, dtype, backend, operands, free_bytes=N
     from .plan import candidates, plan_conv
 
     plans, skipped = {}, {}
-    for name in candidates(pass_name, g, dtype):
+    cc = backend.compute_capability()
+    for name in candidates(pass_name, g, dtype, cc):
         try:
-            plan = plan_conv(pass_name, g, dtype, name, free_bytes)
+            plan = plan_conv(pass_name, g, dtype, name, free_bytes, compute_capability=cc)
         except GPUOutOfMemoryError as exc:
             skipped[name] = str(exc)
             continue
@@ -222,7 +223,7 @@ def choose(pass_name: str, g: ConvGeometry, dtype, backend, operands, free_bytes
     device, cc = backend.device_identity()
     entry_key = key(device, cc, pass_name, g, dtype)
     entry = lookup(entry_key)
-    if entry is not None and entry.get("choice") in candidates(pass_name, g, dtype):
+    if entry is not None and entry.get("choice") in candidates(pass_name, g, dtype, backend.compute_capability()):
         return entry["choice"]
     entry = tune(pass_name, g, dtype, backend, operands, free_bytes)
     store(entry_key, {**entry, "device": device, "compute_capability": cc})

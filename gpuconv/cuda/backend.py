@@ -54,6 +54,10 @@ class CupyBackend:
     def free_bytes(self) -> int:
         return available_device_bytes(self.xp)
 
+    def compute_capability(self) -> int:
+        """The current device's, as 90 for 9.0 (what Variant.min_compute_capability is compared with)."""
+        return int(self.xp.cuda.Device().compute_capability)
+
     def device_identity(self) -> tuple[str, str]:
         """(device name, compute capability "9.0") of the current device: part of the autotuner's key."""
         device = self.xp.cuda.Device()

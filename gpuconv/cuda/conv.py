@@ -47,11 +47,11 @@ def _backend(backend):
 def make_plan(pass_name: str, g: ConvGeometry, dtype, algo: str = "auto", backend=None, operands=None) -> ConvPlan:
     """The plan ``conv2d_forward`` & co. run: ``auto`` is autotuned when the backend allows it."""
     backend = _backend(backend)
-    free = backend.free_bytes()
+    free, cc = backend.free_bytes(), backend.compute_capability()
     tuned = None
-    if algo == "auto" and autotune.enabled() and getattr(backend, "autotunable", False):
+    if algo == "auto" and autotune.enabled() and backend.autotunable:
         tuned = autotune.choose(pass_name, g, dtype, backend, operands, free)
-    return plan_conv(pass_name, g, dtype, algo, free, tuned)
+    return plan_conv(pass_name, g, dtype, algo, free, tuned, cc)
 
 
 def _run_pass(pass_name: str, g: ConvGeometry, algo: str, backend, **arrays):

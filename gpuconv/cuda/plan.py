@@ -163,25 +163,27 @@ def im2col_budget(g: ConvGeometry, itemsize: int, free_bytes: int | None) -> int
 
 # ------------------------------------------------------------------------------------- choosing ---
 
-def fixed_rule(pass_name: str, g: ConvGeometry, dtype) -> str:
+def fixed_rule(pass_name: str, g: ConvGeometry, dtype, compute_capability: int | None = None) -> str:
     """What ``auto`` runs without the autotuner: im2col for dense convolutions (their GEMMs are large and
     cuBLAS multiplies faster than our SIMT tiles), the rule's implicit-GEMM variant for grouped and
     depthwise ones (their per-group GEMMs are too small for cuBLAS, and the column matrix would be
     mostly wasted memory traffic)."""
-    return IM2COL if g.groups == 1 else rule_variant(pass_name, g, dtype).name
+    return IM2COL if g.groups == 1 else rule_variant(pass_name, g, dtype, compute_capability).name
 
 
-def rule_variant(pass_name: str, g: ConvGeometry, dtype) -> Variant:
+def rule_variant(pass_name: str, g: ConvGeometry, dtype, compute_capability: int | None = None) -> Variant:
     """The first applicable GEMM variant of the pass that prefers this geometry (registry order)."""
-    usable = [v for v in registry.conv_variants(pass_name) if v.can_run(g, dtype)]
+    usable = [v for v in registry.conv_variants(pass_name) if v.can_run(g, dtype, compute_capability)]
     if not usable:
         raise ValueError(f"no implicit-GEMM {pass_name} kernel exists for {np.dtype(dtype)} and this geometry")
     return next((v for v in usable if v.preferred(g)), usable[-1])
 
 
-def candidates(pass_name: str, g: ConvGeometry, dtype) -> tuple[str, ...]:
-    """Everything ``auto`` may choose among for this pass: im2col + cuBLAS and every applicable variant."""
-    return (IM2COL, *(v.name for v in registry.conv_variants(pass_name) if v.can_run(g, dtype)))
+def candidates(pass_name: str, g: ConvGeometry, dtype, compute_capability: int | None = None) -> tuple[str, ...]:
+    """Everything ``auto`` may choose among for this pass: im2col + cuBLAS and every applicable variant
+    (on a device of ``compute_capability``, e.g. 90; None: any)."""
+    return (IM2COL, *(v.name for v in registry.conv_variants(pass_name)
+                      if v.can_run(g, dtype, compute_capability)))
 
 
 def check_algo(pass_name: str, algo) -> None:
@@ -212,12 +214,13 @@ def _memory_error(what: str, needed: int, free_bytes: int | None) -> GPUOutOfMem
 # ------------------------------------------------------------------------------------- planning ---
 
 def plan_conv(pass_name: str, g: ConvGeometry, dtype, algo: str = "auto", free_bytes: int | None = None,
-              tuned: str | None = None) -> ConvPlan:
+              tuned: str | None = None, compute_capability: int | None = None) -> ConvPlan:
     """The plan for one convolution pass. Pure: no CuPy, no GPU.
 
     ``algo``: "auto", a family ("im2col", "implicit_gemm") or a registry name of one of this pass's
     variants. ``free_bytes``: GPU memory a new allocation can get (None: unlimited). ``tuned``: for
     ``auto``, the autotuner's pick (a candidate name); None applies the fixed rule.
+    ``compute_capability``: the device's, as 90 for 9.0 (None: any), which variants need at least.
     Raises GPUOutOfMemoryError when an explicit im2col request cannot fit even one image.
     """
     check_algo(pass_name, algo)
@@ -226,19 +229,24 @@ def plan_conv(pass_name: str, g: ConvGeometry, dtype, algo: str = "auto", free_b
     registry.dtype_suffix(dtype)  # refuses dtypes without kernels
     if algo == "auto":
         if tuned is not None:
-            if tuned not in candidates(pass_name, g, dtype):
+            if tuned not in candidates(pass_name, g, dtype, compute_capability):
                 raise ValueError(f"the autotuner's choice {tuned!r} cannot run {pass_name} for this geometry")
             choice, reason = tuned, "autotuned: fastest candidate measured on this GPU"
         else:
-            choice = fixed_rule(pass_name, g, dtype)
+            choice = fixed_rule(pass_name, g, dtype, compute_capability)
             reason = "fixed rule: " + ("dense convolution, im2col + cuBLAS" if choice == IM2COL
                                        else "grouped convolution, implicit GEMM")
     elif algo == IM2COL:
         choice, reason = IM2COL, "requested"
     elif algo == "implicit_gemm":
-        choice, reason = rule_variant(pass_name, g, dtype).name, "requested family; the rule's tile"
+        choice = rule_variant(pass_name, g, dtype, compute_capability).name
+        reason = "requested family; the rule's tile"
     else:
         variant = registry.get(algo)
+        if compute_capability is not None and compute_capability < variant.min_compute_capability:
+            cc = variant.min_compute_capability
+            raise ValueError(f"kernel variant {algo} needs compute capability {cc // 10}.{cc % 10}; this GPU "
+                             f"has {compute_capability // 10}.{compute_capability % 10}")
         if not variant.can_run(g, dtype):
             raise ValueError(f"kernel variant {algo} does not apply to this {pass_name} ({np.dtype(dtype)}, "
                              f"{g})")
@@ -255,7 +263,7 @@ def plan_conv(pass_name: str, g: ConvGeometry, dtype, algo: str = "auto", free_b
                                 f"for headroom)", needed, free_after_result)
         fallback = (f"im2col needs {needed:,} bytes for one image's workspace (twice for headroom), "
                     f"{free_after_result:,} free after the result: implicit GEMM instead")
-        variant = rule_variant(pass_name, g, dtype)
+        variant = rule_variant(pass_name, g, dtype, compute_capability)
         return replace(_plan_gemm(pass_name, g, dtype, algo, variant, reason), fallback=fallback)
     return _plan_gemm(pass_name, g, dtype, algo, registry.get(choice), reason)
 

@@ -127,7 +127,11 @@ class Variant:
     def static_shared_bytes(self, dtype) -> int:
         return self.tile.shared_bytes(accumulation_dtype(dtype).itemsize) if self.tile else 0
 
-    def can_run(self, g: ConvGeometry, dtype) -> bool:
+    def can_run(self, g: ConvGeometry, dtype, compute_capability: int | None = None) -> bool:
+        """Whether it computes this convolution for ``dtype`` (on a device of ``compute_capability``, as
+        75 for 7.5; None: any)."""
+        if compute_capability is not None and compute_capability < self.min_compute_capability:
+            return False
         return np.dtype(dtype) in self.dtypes and self.applies(g, np.dtype(dtype))
 
 

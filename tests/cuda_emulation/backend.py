@@ -73,6 +73,9 @@ class EmulatorBackend:
     def free_bytes(self) -> int:
         return self._free
 
+    def compute_capability(self):
+        return None  # emulates any GPU: no variant is excluded
+
     def device_identity(self):
         return "CPU emulator", "0.0"
 
