@@ -21,11 +21,11 @@ import numpy as np
 
 import gpuconv
 from gpuconv._backend import cupy_module, normalize_device, require_cuda
+from gpuconv.suites import load_suite
 
 from . import telemetry
 from .flops import PASSES, check_pass, pass_metrics, roofline_tflops
 from .impls import BASELINE, IMPLS, Case, conv_reference, make_host_inputs, max_rel_err, resolve_impls, tolerance
-from gpuconv.suites import load_suite
 from .peaks import cpu_peaks, device_peaks, peak_kind
 from .timing import make_timer
 

@@ -179,6 +179,16 @@ class ConvGeometry:
     def is_depthwise(self) -> bool:
         return self.groups == self.C and self.groups > 1
 
+    @property
+    def channels_per_group(self) -> int:
+        """Input channels of one group (the weight's second dimension): Cg = C / groups."""
+        return self.C // self.groups
+
+    @property
+    def filters_per_group(self) -> int:
+        """Output channels of one group: Kg = K / groups."""
+        return self.K // self.groups
+
     def flops(self) -> int:
         """Multiply-adds counted as 2 FLOPs; the same count for fprop, dgrad and wgrad."""
         return 2 * self.N * self.K * self.P * self.Q * (self.C // self.groups) * self.R * self.S

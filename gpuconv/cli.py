@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("tune", help="autotune every layer of a suite on this GPU and fill the autotuner's cache",
                        description="Times every candidate kernel (im2col + cuBLAS and each implicit-GEMM variant) "
                                    "for each layer and pass of a suite, stores the fastest in the autotuner's cache "
-                                   "($GPUCONV_CACHE_DIR, else ~/.cache/gpuconv) and prints what it chose. Needs a GPU.")
+                                   "($GPUCONV_CACHE_DIR, else $XDG_CACHE_HOME/gpuconv, else ~/.cache/gpuconv) and "
+                                   "prints what it chose. Needs a GPU.")
     u.add_argument("--suite", default="resnet50", help="suite name(s), comma-separated, or a suite JSON file "
                                                       "(default: resnet50)")
     u.add_argument("--batch", type=int, default=32, help="batch size (default: 32)")

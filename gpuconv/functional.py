@@ -14,8 +14,8 @@ from ._shapes import ConvGeometry, PoolGeometry, accumulation_dtype, check_float
 from .cuda import plan, registry
 
 #: Algorithms each device accepts. On the CPU "auto" is the fast path and
-#: "reference" (alias "im2col") the textbook ground truth. On the GPU, besides these families, a pass
-#: takes the registry name of one of its kernel variants (``gpuconv.cuda.registry``).
+#: "reference" (alias "im2col") the textbook ground truth. On the GPU, besides "auto" and the families,
+#: a pass takes the registry name of one of its kernel variants (``gpuconv.cuda.registry``).
 CPU_ALGOS = ("auto", "fast", "reference", "im2col")
 GPU_ALGOS = ("auto", *registry.FAMILIES)
 
@@ -27,20 +27,14 @@ def _cpu_module(algo: str):
     return cpu_fast
 
 
-def _check_algo(xp, algo, pass_name: str | None = None) -> None:
+def _check_algo(xp, algo, pass_name: str) -> None:
     if not isinstance(algo, str):
         raise TypeError(f"algo must be a string, got {algo!r}")
-    if xp is np:
-        if algo not in CPU_ALGOS:
-            kind = " names a GPU kernel variant and" if algo in registry.BY_NAME else ""
-            raise ValueError(f"algo={algo!r}{kind} is not available for NumPy (CPU) arrays; choose one of "
-                             f"{CPU_ALGOS}")
-    elif pass_name is None:
-        if algo not in GPU_ALGOS:
-            raise ValueError(f"algo={algo!r} is not available for CuPy (GPU) arrays here; choose one of "
-                             f"{GPU_ALGOS}")
-    else:
+    if xp is not np:
         plan.check_algo(pass_name, algo)
+    elif algo not in CPU_ALGOS:
+        kind = " names a GPU kernel variant and" if algo in registry.BY_NAME else ""
+        raise ValueError(f"algo={algo!r}{kind} is not available for NumPy (CPU) arrays; choose one of {CPU_ALGOS}")
 
 
 def _run_conv(pass_name: str, xp, algo: str, *args):

@@ -16,7 +16,8 @@ import time
 
 import numpy as np
 
-from gpuconv.cuda import loader, registry
+from gpuconv import ConvGeometry
+from gpuconv.cuda import loader, plan, registry
 
 
 def seconds(fn, repeats=3) -> float:
@@ -33,21 +34,26 @@ def main() -> None:
     parser.add_argument("--arch", default="sm_90")
     args = parser.parse_args()
     f32 = np.dtype(np.float32)
-    first_calls = {  # what each first call needs: (per-variant units, the files that held them before)
-        "conv2d fprop, dense (fixed rule: im2col + cuBLAS)": (["im2col_nchw"], ["im2col.cu"]),
-        "conv2d fprop, depthwise (fixed rule: implicit GEMM)": (["fprop_simt_256x4x16_1stage"], ["conv2d_fprop.cu"]),
-        "conv2d wgrad, implicit GEMM": (["wgrad_simt_64x64x16_1stage_splitk", "wgrad_splitk_reduce"],
-                                        ["conv2d_wgrad.cu"]),
-        "conv2d fprop, auto with the autotuner (every candidate)": (
-            ["im2col_nchw", "fprop_simt_256x4x16_1stage", "fprop_simt_64x64x16_1stage"],
-            ["im2col.cu", "conv2d_fprop.cu"]),
+    dense = ConvGeometry.create((32, 64, 56, 56), (64, 64, 3, 3), padding=1)
+    depthwise = ConvGeometry.create((32, 64, 56, 56), (64, 1, 3, 3), padding=1, groups=64)
+
+    def kernels_of(*plans):  # the variants the plans launch
+        return list(dict.fromkeys(k.variant.name for p in plans for k in p.launches))
+
+    first_calls = {  # what each first call compiles, taken from the planner
+        "conv2d fprop, dense (fixed rule: im2col + cuBLAS)": kernels_of(plan.plan_conv("fprop", dense, f32)),
+        "conv2d fprop, depthwise (fixed rule: implicit GEMM)": kernels_of(plan.plan_conv("fprop", depthwise, f32)),
+        "conv2d wgrad, implicit GEMM": kernels_of(plan.plan_conv("wgrad", dense, f32, "implicit_gemm")),
+        "conv2d fprop, auto with the autotuner (every candidate)": kernels_of(
+            *(plan.plan_conv("fprop", dense, f32, c) for c in plan.candidates("fprop", dense, f32))),
     }
     nvrtc = loader._nvrtc()
     empty = seconds(lambda: loader._nvrtc_compile(nvrtc, "", "empty.cu", [f"-arch={args.arch}"]))
     print(f"NVRTC {'.'.join(map(str, loader.nvrtc_version()))}, {args.arch}, float32; median of 3 compiles each")
     print(f"warm cache: CuPy's once-per-process NVRTC preprocessing of an empty file: {empty * 1e3:.0f} ms "
           f"(+ reading and loading the cubins: not measurable without a GPU)")
-    for what, (variants, files) in first_calls.items():
+    for what, variants in first_calls.items():
+        files = list(dict.fromkeys(registry.get(v).source for v in variants))
         now = sum(seconds(lambda v=v: loader.compile_variant(v, f32, args.arch)) for v in variants)
         before = sum(seconds(lambda f=f: loader.compile_file(f, args.arch)) for f in files)
         print(f"{what}: empty cache {now:.2f} s now ({len(variants)} unit(s)); "

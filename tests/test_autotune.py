@@ -56,6 +56,9 @@ class FakeGPU:
         major, minor = self.identity[1].split(".")
         return int(major) * 10 + int(minor)
 
+    def capturing(self):
+        return False
+
 
 class FakeTimer:
     """Seconds per candidate, told by the first kernel the run launched (im2col: the im2col kernel)."""
@@ -78,7 +81,7 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.delenv("GPUCONV_AUTOTUNE", raising=False)
     autotune.set_enabled(None)
     autotune.forget_memory()
-    yield tmp_path / "autotune.json"
+    yield tmp_path / "autotune-v1.json"
     autotune.forget_memory()
 
 
@@ -167,21 +170,31 @@ def test_explicit_algorithms_are_never_tuned(cache, monkeypatch):
     assert timer.calls == []
 
 
-def test_budget_gives_each_candidate_a_share_and_at_least_its_warm_up():
+def test_budget_gives_each_candidate_a_share_warm_up_excluded():
     timer_calls = []
 
     def timer(fn):
         name = fn()
         timer_calls.append(name)
-        return {"fast": 0.01, "slow": 0.3, "huge": 2.0}[name]
+        return {"fast": 0.01, "slow": 0.2, "huge": 2.0}[name]
 
     plans = {"fast": "fast", "slow": "slow", "huge": "huge"}
     samples = autotune.measure(plans, lambda p: p, timer, budget=0.9, repeats=5)
-    # share 0.3 s each: fast = warm-up + 5 timed; slow: warm-up 0.3 >= share, so it is the one sample;
-    # huge: its warm-up alone (2 s) exceeds the share: one sample, no more launches.
-    assert samples == {"fast": [0.01] * 5, "slow": [0.3], "huge": [2.0]}
-    assert timer_calls.count("huge") == 1 and timer_calls.count("fast") == 6
-    assert sum(t for name, ts in samples.items() for t in ts if name == "fast") <= 0.3
+    # share 0.3 s each. fast: warm-up + 5 timed (0.06 s). slow: warm-up 0.2 + one timed 0.2 = 0.4: a third
+    # would exceed the share. huge: a single launch exceeds the share: warm-up + the one timed launch.
+    assert samples == {"fast": [0.01] * 5, "slow": [0.2], "huge": [2.0]}
+    assert [timer_calls.count(n) for n in ("fast", "slow", "huge")] == [6, 2, 2]
+
+
+def test_a_failing_candidate_is_left_out_with_its_error():
+    def run(name):
+        if name == "broken":
+            raise RuntimeError("CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES")
+        return name
+
+    failures = {}
+    samples = autotune.measure({"ok": "ok", "broken": "broken"}, run, lambda fn: (fn(), 0.01)[1], failures=failures)
+    assert list(samples) == ["ok"] and "OUT_OF_RESOURCES" in str(failures["broken"])
 
 
 def test_candidates_that_do_not_fit_are_skipped(cache, monkeypatch):
@@ -204,7 +217,7 @@ def test_out_of_memory_while_timing_skips_that_candidate(cache, monkeypatch):
     gpu.launch = launch
     entry = autotune.tune("fprop", DENSE, np.float32, gpu, _operands(), timer=timer)
     assert entry["choice"] == "im2col"
-    assert "out of memory" in entry["skipped"]["fprop_simt_64x64x16_1stage"]
+    assert entry["skipped"]["fprop_simt_64x64x16_1stage"].startswith("GPUOutOfMemoryError")
 
 
 def test_unreadable_cache_file_is_replaced(cache, monkeypatch):
@@ -229,16 +242,16 @@ def test_several_processes_writing_at_once_lose_nothing(cache):
         assert sorted(pool.map(_store_many, [(str(cache.parent), w) for w in range(4)])) == [0, 1, 2, 3]
     entries = json.loads(cache.read_text())["entries"]
     assert set(entries) == {f"worker{w}-entry{i}" for w in range(4) for i in range(20)}
-    assert not [p for p in cache.parent.iterdir() if p.name.startswith(".autotune.json.")], "temporary files left"
+    assert not [p for p in cache.parent.iterdir() if p.name.startswith(".autotune-v1.json.")], "temporary files left"
 
 
 def test_cache_directory_defaults(monkeypatch, tmp_path):
     monkeypatch.delenv("GPUCONV_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert autotune.cache_path() == tmp_path / "gpuconv" / "autotune.json"
+    assert autotune.cache_path() == tmp_path / "gpuconv" / "autotune-v1.json"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert autotune.cache_path() == tmp_path / "home" / ".cache" / "gpuconv" / "autotune.json"
+    assert autotune.cache_path() == tmp_path / "home" / ".cache" / "gpuconv" / "autotune-v1.json"
 
 
 def test_tune_suite_fills_the_cache_and_says_what_it_chose(cache, monkeypatch):
@@ -268,8 +281,59 @@ def test_gpuconv_tune_without_a_gpu_says_so(capsys):
     assert "--passes" in capsys.readouterr().err
 
 
-def test_no_candidate_fitting_is_an_out_of_memory_error(cache, monkeypatch):
+def test_when_no_candidate_runs_the_error_is_the_one_the_fixed_rule_gives(cache, monkeypatch):
     gpu, timer = _fake(monkeypatch, FPROP_TIMES)
     gpu.launch = lambda launch, args: (_ for _ in ()).throw(MemoryError("out of memory"))
-    with pytest.raises(GPUOutOfMemoryError, match="no fprop candidate fits"):
+    with pytest.raises(GPUOutOfMemoryError, match=r"conv2d fprop \(forward, im2col\) needs [\d,]+ bytes"):
         autotune.tune("fprop", DENSE, np.float32, gpu, _operands(), timer=timer)
+
+
+def test_a_choice_made_under_memory_pressure_is_not_written_for_others(cache, monkeypatch):
+    output = int(np.prod(DENSE.output_shape)) * 4
+    gpu, timer = _fake(monkeypatch, {**FPROP_TIMES, "im2col": 1e-5},
+                       free=output + plan.im2col_bytes_per_image(DENSE, 4))
+    assert conv.make_plan("fprop", DENSE, np.float32, "auto", gpu, _operands()).variant == \
+        "fprop_simt_64x64x16_1stage"
+    assert not cache.exists()
+    autotune.forget_memory()  # another process, with memory to spare: tunes again, and im2col wins
+    gpu.free = 1 << 40
+    assert conv.make_plan("fprop", DENSE, np.float32, "auto", gpu, _operands()).variant == "im2col"
+    assert json.loads(cache.read_text())["entries"]
+
+
+def test_an_unwritable_cache_directory_costs_a_warning_not_the_call(cache, monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("GPUCONV_CACHE_DIR", str(blocker / "cache"))  # a directory inside a file: cannot exist
+    gpu, timer = _fake(monkeypatch, FPROP_TIMES)
+    monkeypatch.setattr(autotune, "_warned_unwritable", False)
+    with pytest.warns(RuntimeWarning, match="cannot write its cache"):
+        assert conv.make_plan("fprop", DENSE, np.float32, "auto", gpu, _operands()).variant == \
+            "fprop_simt_64x64x16_1stage"
+    timed = len(timer.calls)
+    assert conv.make_plan("fprop", DENSE, np.float32, "auto", gpu, _operands()).variant == \
+        "fprop_simt_64x64x16_1stage"
+    assert len(timer.calls) == timed  # remembered in this process
+
+
+def test_without_operands_or_while_capturing_auto_times_nothing(cache, monkeypatch):
+    gpu, timer = _fake(monkeypatch, FPROP_TIMES)
+    assert conv.make_plan("fprop", DENSE, np.float32, "auto", gpu).variant == "im2col"  # the fixed rule
+    gpu.capturing = lambda: True
+    assert conv.make_plan("fprop", DENSE, np.float32, "auto", gpu, _operands()).variant == "im2col"
+    assert timer.calls == []
+    gpu.capturing = lambda: False
+    conv.make_plan("fprop", DENSE, np.float32, "auto", gpu, _operands())  # tunes
+    gpu.capturing = lambda: True
+    assert conv.make_plan("fprop", DENSE, np.float32, "auto", gpu).variant == "fprop_simt_64x64x16_1stage"
+
+
+def test_tuning_leaves_the_operands_untouched(cache, monkeypatch):
+    gpu, _ = _fake(monkeypatch, FPROP_TIMES)
+    operands = [np.random.default_rng(0).standard_normal(s).astype(np.float32)
+                for s in (DENSE.input_shape, DENSE.weight_shape)]
+    before = [a.copy() for a in operands]
+    for a in operands:
+        a.flags.writeable = False  # a write would raise
+    conv.make_plan("fprop", DENSE, np.float32, "auto", gpu, operands)
+    assert all(np.array_equal(a, b) for a, b in zip(operands, before))

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 import gpuconv
+from gpuconv.suites import Layer, load_suite, parse_suite, suite_names
 
 # bench/ is not an installed package: pytest's pythonpath setting puts the repository root on sys.path.
 from bench import compare, flops, impls, peaks, report, telemetry, timing
 from bench.__main__ import main as bench_main
-from gpuconv.suites import Layer, load_suite, parse_suite, suite_names
 from bench.run import RunConfig, derive_metrics, record_key, run_benchmark
 
 try:

@@ -61,9 +61,9 @@ def test_algo_choices_per_pass():
     assert choices[:3] == ("auto", "im2col", "implicit_gemm") and "fprop_simt_64x64x16_1stage" in choices
     assert all(registry.get(name).op == "fprop" for name in choices[3:])
     plan.check_algo("wgrad", "wgrad_simt_16x16x32_1stage_splitk")
-    with pytest.raises(ValueError, match="is a fprop kernel variant; the dgrad pass takes one of"):
+    with pytest.raises(ValueError, match=r"is a fprop kernel variant; the dgrad pass \(grad_input\) on CuPy \(GPU\) arrays takes one of"):
         plan.check_algo("dgrad", "fprop_simt_64x64x16_1stage")
-    with pytest.raises(ValueError, match="not a GPU convolution algorithm"):
+    with pytest.raises(ValueError, match="not available for CuPy \\(GPU\\) arrays \\(fprop\\)"):
         plan.check_algo("fprop", "winograd")
     with pytest.raises(TypeError):
         plan.check_algo("fprop", 3)
@@ -270,3 +270,45 @@ def test_available_memory_counts_the_pools_cached_blocks_and_respects_its_limit(
     assert backend.available_device_bytes(_FakeCuPy(device_free=1000, cached=200)) == 1200
     assert backend.available_device_bytes(_FakeCuPy(device_free=1000, cached=200, used=700, limit=1000)) == 300
     assert backend.available_device_bytes(_FakeCuPy(device_free=0, used=900, limit=800)) == 0
+
+
+class _FakeDeviceCuPy:
+    """The part of CuPy that CupyBackend reads: the device, its properties, the stream."""
+
+    def __init__(self, cc: str, name=b"NVIDIA H100 80GB HBM3"):
+        device = types.SimpleNamespace(id=0, compute_capability=cc)
+        self.cuda = types.SimpleNamespace(
+            Device=lambda *_: device,
+            runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": name}),
+            memory=types.SimpleNamespace(OutOfMemoryError=MemoryError),
+            get_current_stream=lambda: types.SimpleNamespace(is_capturing=lambda: False))
+
+
+@pytest.mark.parametrize("cc, number, text", [("75", 75, "7.5"), ("90", 90, "9.0"), ("100", 100, "10.0")])
+def test_cupy_backend_reads_the_device(monkeypatch, cc, number, text):
+    monkeypatch.setattr(backend, "require_cuda", lambda: _FakeDeviceCuPy(cc))
+    b = backend.CupyBackend()
+    assert b.compute_capability() == number
+    assert b.device_identity() == ("NVIDIA H100 80GB HBM3", text)
+    assert b.capturing() is False
+
+
+def test_cupy_backend_launches_as_a_raw_kernel_is_called(monkeypatch):
+    calls = []
+
+    class Kernel:
+        max_dynamic_shared_size_bytes = 0
+
+        def __call__(self, grid, block, args, shared_mem=0):
+            calls.append((grid, block, args, shared_mem, self.max_dynamic_shared_size_bytes))
+
+    kernel = Kernel()
+    monkeypatch.setattr(backend, "require_cuda", lambda: _FakeDeviceCuPy("90"))
+    monkeypatch.setattr(backend.loader, "get_kernel", lambda variant, dtype: kernel)
+    b = backend.CupyBackend()
+    launch = plan.plan_conv("fprop", DENSE, np.float32, "implicit_gemm").launches[0]
+    b.launch(launch, [1, 2])
+    big = plan.KernelLaunch(launch.variant, launch.dtype, launch.grid, launch.block, 100 * 1024)
+    b.launch(big, [3])
+    assert calls == [(launch.grid, (256, 1, 1), (1, 2), 0, 0),
+                     (launch.grid, (256, 1, 1), (3,), 100 * 1024, 100 * 1024)]  # opted in above 48 KiB

@@ -138,12 +138,12 @@ def test_parse_cuobjdump_resource_usage():
 Resource usage:
  Common:
   GLOBAL:64 CONSTANT[4]:128
- Function gpuconv_conv2d_wgrad_reduce_f64:
+ Function gpuconv_wgrad_splitk_reduce_f64:
   REG:32 STACK:0 SHARED:0 LOCAL:0 CONSTANT[0]:556 TEXTURE:0 SURFACE:0 SAMPLER:0
- Function gpuconv_conv2d_wgrad_tile16x16_f32:
+ Function gpuconv_wgrad_simt_16x16x32_1stage_splitk_f32:
   REG:55 STACK:16 SHARED:5376 LOCAL:0 CONSTANT[0]:632 TEXTURE:0 SURFACE:0 SAMPLER:0
 """
     assert loader.parse_cuobjdump_resource_usage(text) == {
-        "gpuconv_conv2d_wgrad_reduce_f64": loader.KernelResources(32, None, None, 0, 0),
-        "gpuconv_conv2d_wgrad_tile16x16_f32": loader.KernelResources(55, None, None, 16, 5376),
+        "gpuconv_wgrad_splitk_reduce_f64": loader.KernelResources(32, None, None, 0, 0),
+        "gpuconv_wgrad_simt_16x16x32_1stage_splitk_f32": loader.KernelResources(55, None, None, 16, 5376),
     }

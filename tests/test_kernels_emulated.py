@@ -111,14 +111,20 @@ PASSES = {
     "dgrad": (lambda x, w, dy: (dy, w), lambda g, x, w, dy: reference.conv2d_grad_input(dy, w, g)),
     "wgrad": (lambda x, w, dy: (x, dy), lambda g, x, w, dy: reference.conv2d_grad_weight(x, dy, g)),
 }
-GEMM_VARIANTS = [v for p in registry.CONV_PASSES for v in registry.conv_variants(p)]
+GEMM_VARIANTS = [v for p in registry.CONV_PASSES for v in registry.conv_variants(p) if v.emulatable]
 
 
 def run_pass(pass_name, algo, case, dtype, backend, **plan_options):
+    """Plan and run one pass on the emulator; the kernels must not have written their operands."""
     g, x, w, dy = conv_case(case, dtype)
     operands, expected = PASSES[pass_name]
+    inputs = operands(x, w, dy)
+    before = [a.copy() for a in inputs]
     the_plan = plan.plan_conv(pass_name, g, dtype, algo, **plan_options)
-    return the_plan, conv.run_conv(the_plan, backend, *operands(x, w, dy)), expected(g, x, w, dy)
+    got = conv.run_conv(the_plan, backend, *inputs)
+    for name, a, b in zip(registry.PASS_OPERANDS[pass_name], inputs, before):
+        np.testing.assert_array_equal(a, b, err_msg=f"{the_plan.describe()} wrote its operand {name}")
+    return the_plan, got, expected(g, x, w, dy)
 
 
 def test_split_wgrad_cases_really_split():

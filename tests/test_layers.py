@@ -468,3 +468,12 @@ def test_dropout_statistics_match_torch_semantics(torch):
     theirs = torch.nn.Dropout(0.4)(torch.from_numpy(x)).numpy()
     assert set(np.unique(ours)) == set(np.unique(theirs)) == {0.0, 1 / 0.6}
     assert abs((ours == 0).mean() - (theirs == 0).mean()) < 0.01
+
+
+def test_conv2d_layer_refuses_one_pass_kernel_variants():
+    """A layer runs fprop, dgrad and wgrad with its one algo: a variant of one pass would fail at backward."""
+    with pytest.raises(ValueError, match="one fprop kernel variant, but a Conv2d layer runs fprop, dgrad and wgrad"):
+        nn.Conv2d(3, 4, 3, algo="fprop_simt_64x64x16_1stage")
+    with pytest.raises(TypeError, match="algo must be a string"):
+        nn.Conv2d(3, 4, 3, algo=None)
+    assert nn.Conv2d(3, 4, 3, algo="implicit_gemm").algo == "implicit_gemm"

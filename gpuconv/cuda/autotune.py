@@ -1,23 +1,27 @@
 """The autotuner behind ``algo="auto"`` on a GPU: time the candidates once per shape, remember the winner.
 
-The first time a process sees a (device name, compute capability, pass, geometry, dtype, gpuconv
-version) that is not in the on-disk cache, it times every candidate the planner allows for it (im2col +
-cuBLAS and each applicable implicit-GEMM variant; those that do not fit in free memory are skipped), on
-the call's own arrays: one warm-up launch, then repeated launches, the median of each. Kernels are
-compiled before the clock starts; the timed launches of one shape stay within ``BUDGET_SECONDS``
-(each candidate gets an equal share, and at least its warm-up, which counts as its one sample when it
-alone exceeds that share). The winner is stored in ``autotune.json`` in the cache directory and reused
-by every later call and process.
+When a call meets a (device name, compute capability, pass, geometry, dtype, gpuconv version) that the
+cache does not know, it times every candidate the planner allows for it (im2col + cuBLAS and each
+applicable implicit-GEMM variant; those that do not fit in free memory, or fail, are skipped with the
+reason), on the call's own arrays (the passes only read their operands): kernels are compiled first,
+then each candidate gets an equal share of ``BUDGET_SECONDS``: one warm-up launch (never a sample),
+one timed launch always, and more (up to ``REPEATS``) while the next would still fit its share; the
+median of each decides. So one new shape costs at most about one second of launches, or two launches
+per candidate where a single launch takes longer than its share. The winner is stored in the cache file
+and reused by every later call and process. A choice made while some candidate did not fit in memory is
+kept for this process only: with more memory free another one may win.
 
-Cache directory: ``$GPUCONV_CACHE_DIR``, else ``$XDG_CACHE_HOME/gpuconv``, else ``~/.cache/gpuconv``.
-The file is rewritten atomically (temporary file + rename) under an exclusive ``flock``, merging what
-other processes wrote meanwhile, so several processes may tune at once. Its format::
+Cache file: ``autotune-v1.json`` in ``$GPUCONV_CACHE_DIR``, else ``$XDG_CACHE_HOME/gpuconv``, else
+``~/.cache/gpuconv``. It is rewritten atomically (temporary file + rename) under an exclusive ``flock``,
+merging what other processes wrote meanwhile, so several processes may tune at once; a cache directory
+that cannot be written costs a warning, not the call. Its format::
 
     {"format": 1,
      "entries": {"<key>": {"choice": "fprop_simt_64x64x16_1stage",
                            "median_ms": {"im2col": 0.41, "fprop_simt_64x64x16_1stage": 0.23, ...},
                            "samples": {"im2col": 5, ...}, "skipped": {"name": "why", ...},
-                           "budget_s": 1.0, "tuned_at": "2026-12-01T21:00:00Z"}}}
+                           "budget_s": 1.0, "tuned_at": "2026-12-01T21:00:00Z",
+                           "device": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}}}
 
 with ``<key>`` = ``device|cc|pass|geometry|dtype|gpuconv version`` (``key(...)`` builds it).
 
@@ -33,16 +37,17 @@ import os
 import statistics
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
-from .._backend import GPUOutOfMemoryError
 from .._shapes import ConvGeometry
+from .registry import CONV_PASSES, PASS_OPERANDS
 
 FORMAT = 1
-CACHE_FILE = "autotune.json"
+CACHE_FILE = f"autotune-v{FORMAT}.json"  # versioned: another format never overwrites this one
 #: Seconds of timed launches one new shape may take (compilation excluded).
 BUDGET_SECONDS = 1.0
 #: Timed launches per candidate, at most (after one warm-up).
@@ -118,10 +123,10 @@ def _file_lock(directory: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def store(entry_key: str, entry: dict, path: Path | None = None) -> None:
+def store(entry_key: str, entry: dict) -> None:
     """Add one entry to the cache file: lock, re-read (other processes may have added entries), write a
-    temporary file beside it and rename it over the old one."""
-    path = cache_path() if path is None else path
+    temporary file beside it and rename it over the old one. Raises OSError when it cannot."""
+    path = cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(path.parent):
         entries = _read_file(path)
@@ -140,14 +145,21 @@ def store(entry_key: str, entry: dict, path: Path | None = None) -> None:
         _memory.update(entries)
 
 
-def lookup(entry_key: str, path: Path | None = None) -> dict | None:
+def remember(entry_key: str, entry: dict) -> None:
+    """Keep an entry for this process only."""
+    with _lock:
+        _memory[entry_key] = entry
+
+
+def lookup(entry_key: str) -> dict | None:
     """A cached entry: from this process's memory, else from the file (another process may have tuned it)."""
     with _lock:
         if entry_key in _memory:
             return _memory[entry_key]
-    entries = _read_file(cache_path() if path is None else path)
+    entries = _read_file(cache_path())
     with _lock:
-        _memory.update(entries)
+        for k, v in entries.items():
+            _memory.setdefault(k, v)
         return _memory.get(entry_key)
 
 
@@ -157,58 +169,72 @@ def forget_memory() -> None:
         _memory.clear()
 
 
+_warned_unwritable = False
+
+
+def _store_or_warn(entry_key: str, entry: dict) -> None:
+    global _warned_unwritable
+    try:
+        store(entry_key, entry)
+    except OSError as exc:
+        remember(entry_key, entry)
+        if not _warned_unwritable:
+            _warned_unwritable = True
+            warnings.warn(f"gpuconv: the autotuner cannot write its cache {cache_path()} ({exc}); its choices "
+                          f"last only as long as this process (set GPUCONV_CACHE_DIR to a writable directory)",
+                          RuntimeWarning, stacklevel=3)
+
+
 # -------------------------------------------------------------------------------------- measuring ---
 
 def measure(plans: dict, run, timer, budget: float = BUDGET_SECONDS, repeats: int = REPEATS,
-            skipped: dict | None = None) -> dict:
+            failures: dict | None = None) -> dict:
     """Time each plan: {name: [seconds, ...]}. ``run(plan)`` executes one; ``timer(fn)`` returns the
     seconds ``fn()`` took on the device. Each plan gets ``budget / len(plans)`` seconds: a warm-up
-    launch (its time is kept as the only sample when it alone exceeds the share), then up to ``repeats``
-    timed launches while the share lasts. A plan that runs out of memory is left out (its reason goes
-    to ``skipped``)."""
+    launch (not a sample: first launches pay one-time costs), one timed launch, then more, up to
+    ``repeats``, while the next one (as long as the last) still fits the share. A plan that fails --
+    out of memory, a launch error -- is left out, its exception in ``failures``."""
     share = budget / max(1, len(plans))
     samples = {}
     for name, plan in plans.items():
         try:
-            warm = timer(lambda: run(plan))
-        except GPUOutOfMemoryError as exc:
-            if skipped is not None:
-                skipped[name] = str(exc)
+            spent = timer(lambda: run(plan))  # warm-up
+            times = [timer(lambda: run(plan))]
+            spent += times[-1]
+            while len(times) < repeats and spent + times[-1] <= share:
+                times.append(timer(lambda: run(plan)))
+                spent += times[-1]
+        except Exception as exc:  # noqa: BLE001 -- a failing candidate must not fail the user's call
+            if failures is not None:
+                failures[name] = exc
             continue
-        if warm >= share:
-            samples[name] = [warm]
-            continue
-        spent, times = warm, []
-        while len(times) < repeats and spent < share:
-            t = timer(lambda: run(plan))
-            times.append(t)
-            spent += t
         samples[name] = times
     return samples
 
 
 def tune(pass_name: str, g: ConvGeometry, dtype, backend, operands, free_bytes=None, budget=BUDGET_SECONDS,
          timer=None) -> dict:
-    """Time every candidate for one shape now (no cache involved); returns the cache entry."""
+    """Time every candidate for one shape now (no cache involved); returns the cache entry. When none
+    can run, raises the error of the one the fixed rule would have run."""
     from .conv import run_conv
-    from .plan import candidates, plan_conv
+    from .plan import candidates, fixed_rule, plan_conv
 
-    plans, skipped = {}, {}
+    plans, failures = {}, {}
     cc = backend.compute_capability()
     for name in candidates(pass_name, g, dtype, cc):
         try:
             plan = plan_conv(pass_name, g, dtype, name, free_bytes, compute_capability=cc)
-        except GPUOutOfMemoryError as exc:
-            skipped[name] = str(exc)
+            for launch in plan.launches:
+                backend.prepare(launch)  # compile before the clock starts
+        except Exception as exc:  # noqa: BLE001 -- out of memory, or a kernel that does not compile here
+            failures[name] = exc
             continue
         plans[name] = plan
-        for launch in plan.launches:
-            backend.prepare(launch)  # compile before the clock starts
     timer = backend.timer() if timer is None else timer
-    samples = measure(plans, lambda plan: run_conv(plan, backend, *operands), timer, budget, skipped=skipped)
-    if not samples:
-        raise GPUOutOfMemoryError(f"no {pass_name} candidate fits in free GPU memory: " +
-                                  "; ".join(f"{name}: {why}" for name, why in skipped.items()))
+    samples = measure(plans, lambda plan: run_conv(plan, backend, *operands), timer, budget, failures=failures)
+    if not samples:  # the error a user without the autotuner would have seen
+        raise failures.get(fixed_rule(pass_name, g, dtype, cc), next(iter(failures.values())))
+    skipped = {name: f"{type(exc).__name__}: {exc}" for name, exc in failures.items()}
     medians = {name: statistics.median(times) for name, times in samples.items()}
     choice = min(medians, key=lambda name: (medians[name], name))
     return {"choice": choice, "median_ms": {n: round(t * 1e3, 6) for n, t in medians.items()},
@@ -216,28 +242,44 @@ def tune(pass_name: str, g: ConvGeometry, dtype, backend, operands, free_bytes=N
             "tuned_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
-def choose(pass_name: str, g: ConvGeometry, dtype, backend, operands, free_bytes=None) -> str:
-    """The cached winner for this shape on this device, tuning it first when it is new."""
+def _key_of(pass_name, g, dtype, backend) -> tuple[str, str, str]:
+    device, cc = backend.device_identity()
+    return key(device, cc, pass_name, g, dtype), device, cc
+
+
+def cached_choice(pass_name: str, g: ConvGeometry, dtype, backend) -> str | None:
+    """The cached winner for this shape on this device, or None (nothing is timed)."""
     from .plan import candidates
 
-    device, cc = backend.device_identity()
-    entry_key = key(device, cc, pass_name, g, dtype)
-    entry = lookup(entry_key)
+    entry = lookup(_key_of(pass_name, g, dtype, backend)[0])
     if entry is not None and entry.get("choice") in candidates(pass_name, g, dtype, backend.compute_capability()):
         return entry["choice"]
-    entry = tune(pass_name, g, dtype, backend, operands, free_bytes)
-    store(entry_key, {**entry, "device": device, "compute_capability": cc})
+    return None
+
+
+def choose(pass_name: str, g: ConvGeometry, dtype, backend, operands, free_bytes=None) -> str:
+    """The cached winner for this shape on this device, tuning it first when it is new."""
+    choice = cached_choice(pass_name, g, dtype, backend)
+    if choice is not None:
+        return choice
+    entry_key, device, cc = _key_of(pass_name, g, dtype, backend)
+    entry = {**tune(pass_name, g, dtype, backend, operands, free_bytes), "device": device,
+             "compute_capability": cc}
+    if any(isinstance(why, str) and why.startswith("GPUOutOfMemoryError") for why in entry["skipped"].values()):
+        remember(entry_key, entry)  # decided under memory pressure: not for other processes to inherit
+    else:
+        _store_or_warn(entry_key, entry)
     return entry["choice"]
 
 
-def tune_suite(suite, batch: int, dtype, passes=("fprop", "dgrad", "wgrad"), backend=None, report=print) -> list:
+def tune_suite(suite, batch: int, dtype, passes=CONV_PASSES, backend=None, report=print) -> list:
     """Fill the cache for every layer of a suite (``gpuconv.suites.load_suite``) at batch size ``batch``;
     ``report(line)`` gets one line per (layer, pass): the choice, each candidate's median and whether it
     was measured now or found in the cache. Returns [(layer name, pass, entry, was_cached)]."""
-    from .backend import default_backend
+    from .backend import resolve_backend
     from .plan import check_geometry
 
-    backend = default_backend() if backend is None else backend
+    backend = resolve_backend(backend)
     device, cc = backend.device_identity()
     report(f"autotuning suite {suite.name} (batch {batch}, {np.dtype(dtype)}) on {device} (compute capability "
            f"{cc}); cache {cache_path()}")
@@ -249,7 +291,7 @@ def tune_suite(suite, batch: int, dtype, passes=("fprop", "dgrad", "wgrad"), bac
         data = {name: backend.xp.asarray(rng.standard_normal(shape).astype(dtype))
                 for name, shape in (("x", g.input_shape), ("w", g.weight_shape), ("dy", g.output_shape))}
         for pass_name in passes:
-            operands = {"fprop": ("x", "w"), "dgrad": ("dy", "w"), "wgrad": ("x", "dy")}[pass_name]
+            operands = PASS_OPERANDS[pass_name]
             entry_key = key(device, cc, pass_name, g, dtype)
             cached = lookup(entry_key) is not None
             choose(pass_name, g, dtype, backend, [data[o] for o in operands], backend.free_bytes())
@@ -263,4 +305,5 @@ def tune_suite(suite, batch: int, dtype, passes=("fprop", "dgrad", "wgrad"), bac
 
 
 __all__ = ["BUDGET_SECONDS", "REPEATS", "set_enabled", "enabled", "cache_dir", "cache_path", "key",
-           "geometry_key", "store", "lookup", "forget_memory", "measure", "tune", "choose", "tune_suite"]
+           "geometry_key", "store", "remember", "lookup", "forget_memory", "measure", "tune", "cached_choice",
+           "choose", "tune_suite"]

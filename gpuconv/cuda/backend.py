@@ -28,6 +28,15 @@ def available_device_bytes(cupy) -> int:
     return max(0, int(available))
 
 
+@functools.lru_cache(maxsize=None)
+def _identity(cupy, device_id: int) -> tuple[str, str]:
+    """Cached per device: getDeviceProperties is slow, and a device's name does not change."""
+    name = cupy.cuda.runtime.getDeviceProperties(device_id)["name"]
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    cc = str(cupy.cuda.Device(device_id).compute_capability)
+    return name, f"{cc[:-1]}.{cc[-1]}"
+
+
 class CupyBackend:
     """The current CUDA device, through CuPy."""
 
@@ -60,11 +69,11 @@ class CupyBackend:
 
     def device_identity(self) -> tuple[str, str]:
         """(device name, compute capability "9.0") of the current device: part of the autotuner's key."""
-        device = self.xp.cuda.Device()
-        name = self.xp.cuda.runtime.getDeviceProperties(device.id)["name"]
-        name = name.decode() if isinstance(name, bytes) else str(name)
-        cc = str(device.compute_capability)
-        return name, f"{cc[:-1]}.{cc[-1]}"
+        return _identity(self.xp, self.xp.cuda.Device().id)
+
+    def capturing(self) -> bool:
+        """Whether the current stream is being captured into a CUDA graph (no timing, no sync then)."""
+        return bool(self.xp.cuda.get_current_stream().is_capturing())
 
     def timer(self):
         """A function timing ``fn()`` on the current stream with CUDA events, in seconds."""
@@ -81,12 +90,14 @@ class CupyBackend:
 
 
 @functools.lru_cache(maxsize=None)
-def _default() -> CupyBackend:
+def default_backend() -> CupyBackend:
     return CupyBackend()
 
 
-def default_backend() -> CupyBackend:
-    return _default()
+def resolve_backend(backend=None):
+    """``backend``, or the GPU's when None."""
+    return default_backend() if backend is None else backend
 
 
-__all__ = ["CupyBackend", "default_backend", "available_device_bytes", "DEFAULT_DYNAMIC_SHARED_LIMIT"]
+__all__ = ["CupyBackend", "default_backend", "resolve_backend", "available_device_bytes",
+           "DEFAULT_DYNAMIC_SHARED_LIMIT"]

@@ -25,7 +25,9 @@ from __future__ import annotations
 from .._backend import GPUOutOfMemoryError
 from .._shapes import ConvGeometry, accumulation_dtype
 from . import _launch, autotune
-from .plan import PASS_NAMES, ConvPlan, IM2COL, plan_conv, result_bytes
+from .backend import resolve_backend
+from .plan import PASS_NAMES, ConvPlan, check_algo, check_geometry, elementwise_launch, plan_conv, result_bytes
+from .registry import IM2COL, IMPLICIT_GEMM, PASS_OPERANDS
 
 
 def conv_shape_args(g: ConvGeometry, batch: int | None = None) -> tuple:
@@ -35,27 +37,30 @@ def conv_shape_args(g: ConvGeometry, batch: int | None = None) -> tuple:
                          sh, sw, dh, dw, pt, pl, g.groups)
 
 
-def _backend(backend):
-    if backend is not None:
-        return backend
-    from .backend import default_backend
-    return default_backend()
-
-
 # ------------------------------------------------------------------------ entry points ---
 
 def make_plan(pass_name: str, g: ConvGeometry, dtype, algo: str = "auto", backend=None, operands=None) -> ConvPlan:
-    """The plan ``conv2d_forward`` & co. run: ``auto`` is autotuned when the backend allows it."""
-    backend = _backend(backend)
+    """The plan ``conv2d_forward`` & co. run for these arguments on ``backend`` (default: the GPU).
+
+    ``auto`` is autotuned when the backend allows it: a shape the cache does not know is timed on
+    ``operands`` (the pass's arrays). Without operands, or while the stream is being captured into a
+    CUDA graph (timing synchronises), ``auto`` takes the cached choice if there is one, else the fixed rule.
+    """
+    backend = resolve_backend(backend)
     free, cc = backend.free_bytes(), backend.compute_capability()
     tuned = None
     if algo == "auto" and autotune.enabled() and backend.autotunable:
-        tuned = autotune.choose(pass_name, g, dtype, backend, operands, free)
+        if operands is None or backend.capturing():
+            tuned = autotune.cached_choice(pass_name, g, dtype, backend)
+        else:
+            tuned = autotune.choose(pass_name, g, dtype, backend, operands, free)
     return plan_conv(pass_name, g, dtype, algo, free, tuned, cc)
 
 
 def _run_pass(pass_name: str, g: ConvGeometry, algo: str, backend, **arrays):
-    backend = _backend(backend)
+    check_algo(pass_name, algo)  # bad arguments are refused before anything is timed or allocated
+    check_geometry(g)
+    backend = resolve_backend(backend)
     operands = _launch.kernel_operands(backend.xp, **arrays)
     plan = make_plan(pass_name, g, operands[0].dtype, algo, backend, operands)
     return run_conv(plan, backend, *operands)
@@ -82,6 +87,7 @@ def run_conv(plan: ConvPlan, backend, a, b):
     """Execute a plan. Operands, C-contiguous and of the plan's dtype: fprop (x, w), dgrad (dy, w),
     wgrad (x, dy). Returns the result; CuPy's out-of-memory error is restated as GPUOutOfMemoryError."""
     run = _RUNNERS[(plan.algorithm, plan.pass_name)]
+    _check_operands(plan, a, b)
     try:
         return run(plan, backend, a, b)
     except backend.out_of_memory_errors as exc:
@@ -91,8 +97,21 @@ def run_conv(plan: ConvPlan, backend, a, b):
                                   f"free ({exc})") from None
 
 
-def _groups(g: ConvGeometry) -> tuple[int, int, int]:
-    return g.groups, g.C // g.groups, g.K // g.groups
+def _check_operands(plan: ConvPlan, a, b) -> None:
+    """The kernels trust their arguments (CuPy checks none): the operands must be the plan's."""
+    g = plan.geometry
+    shapes = {"x": g.input_shape, "w": g.weight_shape, "dy": g.output_shape}
+    for name, array in zip(PASS_OPERANDS[plan.pass_name], (a, b)):
+        problem = None
+        if tuple(array.shape) != shapes[name]:
+            problem = f"has shape {tuple(array.shape)}, the plan's geometry needs {shapes[name]}"
+        elif array.dtype != plan.dtype:
+            problem = f"is {array.dtype}, the plan is for {plan.dtype}"
+        elif not array.flags.c_contiguous:
+            problem = "is not C-contiguous"
+        if problem:
+            raise ValueError(f"run_conv({plan.pass_name}): operand {name} {problem} (operands: "
+                             f"{', '.join(PASS_OPERANDS[plan.pass_name])})")
 
 
 def _fprop_gemm(plan, backend, x, w):
@@ -123,7 +142,7 @@ def _wgrad_gemm(plan, backend, x, dy):
 
 def im2col_columns(backend, launch, x, g: ConvGeometry):
     """The column matrix of the images in x (n, C, H, W), as (groups, Cg*R*S, n*P*Q)."""
-    G, Cg, _ = _groups(g)
+    G, Cg, _ = (g.groups, g.channels_per_group, g.filters_per_group)
     n = x.shape[0]
     col = backend.xp.empty((G, Cg * g.R * g.S, n * g.P * g.Q), dtype=x.dtype)
     backend.launch(launch, (x, col, *conv_shape_args(g, n)))
@@ -132,14 +151,14 @@ def im2col_columns(backend, launch, x, g: ConvGeometry):
 
 def _output_grad_by_group(xp, dy, g: ConvGeometry):
     """dy (n, K, P, Q) as (groups, Kg, n*P*Q), contiguous: the layout the GEMMs with col need."""
-    G, _, Kg = _groups(g)
+    G, _, Kg = (g.groups, g.channels_per_group, g.filters_per_group)
     n = dy.shape[0]
     return xp.ascontiguousarray(dy.reshape(n, g.K, g.P * g.Q).transpose(1, 0, 2)).reshape(G, Kg, n * g.P * g.Q)
 
 
 def _fprop_im2col(plan, backend, x, w):
     g, xp = plan.geometry, backend.xp
-    G, Cg, Kg = _groups(g)
+    G, Cg, Kg = (g.groups, g.channels_per_group, g.filters_per_group)
     if plan.pointwise:
         y = backend.matmul(w.reshape(G, Kg, Cg), x.reshape(g.N, G, Cg, g.H * g.W))  # (N, G, Kg, H*W)
         return y.reshape(g.output_shape)
@@ -155,7 +174,7 @@ def _fprop_im2col(plan, backend, x, w):
 
 def _dgrad_im2col(plan, backend, dy, w):
     g, xp = plan.geometry, backend.xp
-    G, Cg, Kg = _groups(g)
+    G, Cg, Kg = (g.groups, g.channels_per_group, g.filters_per_group)
     if plan.pointwise:
         w_t = w.reshape(G, Kg, Cg).transpose(0, 2, 1)  # (G, Cg, Kg)
         return backend.matmul(w_t, dy.reshape(g.N, G, Kg, g.P * g.Q)).reshape(g.input_shape)
@@ -182,8 +201,8 @@ def _wgrad_im2col(plan, backend, x, dy):
 
 
 _RUNNERS = {
-    ("implicit_gemm", "fprop"): _fprop_gemm, ("implicit_gemm", "dgrad"): _dgrad_gemm,
-    ("implicit_gemm", "wgrad"): _wgrad_gemm,
+    (IMPLICIT_GEMM, "fprop"): _fprop_gemm, (IMPLICIT_GEMM, "dgrad"): _dgrad_gemm,
+    (IMPLICIT_GEMM, "wgrad"): _wgrad_gemm,
     (IM2COL, "fprop"): _fprop_im2col, (IM2COL, "dgrad"): _dgrad_im2col, (IM2COL, "wgrad"): _wgrad_im2col,
 }
 
@@ -195,29 +214,23 @@ def im2col(x, g: ConvGeometry, backend=None):
 
     The transpose of ``gpuconv.reference.im2col``'s (N*P*Q, C*R*S) matrix.
     """
-    from .plan import check_geometry, elementwise_grid, _launch_of
-    from . import registry
-
-    backend = _backend(backend)
+    backend = resolve_backend(backend)
     check_geometry(g)
     (x,) = _launch.kernel_operands(backend.xp, x=x)
-    launch = _launch_of(registry.get("im2col_nchw"), x.dtype, elementwise_grid(g.C * g.R * g.S * g.N * g.P * g.Q))
+    launch = elementwise_launch("im2col_nchw", x.dtype, g.C * g.R * g.S * g.N * g.P * g.Q)
     return im2col_columns(backend, launch, x, g).reshape(g.C * g.R * g.S, g.N * g.P * g.Q)
 
 
 def col2im(col, g: ConvGeometry, backend=None):
     """The adjoint of ``im2col``: x (N, C, H, W) whose every pixel sums the entries of col copied from it."""
-    from .plan import check_geometry, elementwise_grid, _launch_of
-    from . import registry
-
-    backend = _backend(backend)
+    backend = resolve_backend(backend)
     check_geometry(g)
     (col,) = _launch.kernel_operands(backend.xp, col=col)
     expected = (g.C * g.R * g.S, g.N * g.P * g.Q)
     if tuple(col.shape) != expected:
         raise ValueError(f"col must have shape {expected} for this convolution, got {tuple(col.shape)}")
     x = backend.xp.empty(g.input_shape, dtype=col.dtype)
-    launch = _launch_of(registry.get("col2im_nchw"), col.dtype, elementwise_grid(x.size))
+    launch = elementwise_launch("col2im_nchw", col.dtype, x.size)
     backend.launch(launch, (col, x, *conv_shape_args(g)))
     return x
 

@@ -97,9 +97,6 @@ def kernel_source(file: str) -> str:
     return expand(file)
 
 
-Instantiation = "tuple[registry.Variant, np.dtype]"
-
-
 def unit_source(instantiations) -> str:
     """The compilable text of one compilation unit: the kernel file of the given (variant, dtype) pairs
     (all from one file), headers inlined, then their generated ``extern "C"`` export lines."""
@@ -110,10 +107,6 @@ def unit_source(instantiations) -> str:
     exports = "\n".join(v.export_line(d) for v, d in instantiations)
     return (f"{kernel_source(files.pop())}\n\n// ---- instantiations generated from gpuconv/cuda/registry.py ----\n"
             f"{exports}\n")
-
-
-def unit_kernel_names(instantiations) -> tuple[str, ...]:
-    return tuple(v.kernel_name(d) for v, d in instantiations)
 
 
 # ------------------------------------------------------------- CuPy (on a GPU) ---
@@ -319,5 +312,5 @@ def compile_file(file: str, arch: str = "sm_90") -> CompiledFile:
 
 
 __all__ = ["COMPILE_OPTIONS", "CUPY_IMPLIED_OPTIONS", "KernelCompileError", "KernelResources", "CompiledFile",
-           "kernel_source", "unit_source", "unit_kernel_names", "get_kernel", "nvrtc_version", "parse_ptxas_log",
+           "kernel_source", "unit_source", "get_kernel", "nvrtc_version", "parse_ptxas_log",
            "parse_cuobjdump_resource_usage", "find_cuda_tool", "compile_unit", "compile_variant", "compile_file"]

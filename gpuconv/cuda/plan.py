@@ -17,7 +17,7 @@ import numpy as np
 from .._backend import GPUOutOfMemoryError
 from .._shapes import ConvGeometry, PoolGeometry, accumulation_dtype, ceil_div
 from . import _launch, registry
-from .registry import CONV_PASSES, Variant
+from .registry import CONV_PASSES, IM2COL, IMPLICIT_GEMM, Variant
 
 #: Upper bound on the im2col column matrix; the batch is chunked to stay below it.
 IM2COL_WORKSPACE_BYTES = 1 << 30
@@ -35,8 +35,6 @@ MAX_ELEMENTWISE_BLOCKS = 1 << 16
 #: The functional API's name of each pass, for messages.
 PASS_NAMES = {"fprop": "forward", "dgrad": "grad_input", "wgrad": "grad_weight"}
 
-#: The candidate name of the im2col family (im2col kernel + cuBLAS GEMM (+ col2im)).
-IM2COL = "im2col"
 
 
 @dataclass(frozen=True)
@@ -92,14 +90,9 @@ def elementwise_grid(total: int) -> tuple[int, int, int]:
     return (max(1, min(ceil_div(total, registry.ELEMENTWISE_THREADS), MAX_ELEMENTWISE_BLOCKS)), 1, 1)
 
 
-def _groups(g: ConvGeometry) -> tuple[int, int, int]:
-    """(groups, input channels per group, output channels per group)."""
-    return g.groups, g.C // g.groups, g.K // g.groups
-
-
 def check_geometry(g: ConvGeometry) -> None:
     """Refuse shapes the kernels' 32-bit indexing or CUDA's grid limits cannot handle."""
-    G, Cg, Kg = _groups(g)
+    G, Cg, Kg = (g.groups, g.channels_per_group, g.filters_per_group)
     _launch.check_extents("conv2d", H_times_W=g.H * g.W, P_times_Q=g.P * g.Q,
                           Cg_R_S=Cg * g.R * g.S, Kg_R_S=Kg * g.R * g.S)
     if G > _launch.GRID_YZ_MAX:
@@ -108,7 +101,7 @@ def check_geometry(g: ConvGeometry) -> None:
 
 def gemm_grid(pass_name: str, g: ConvGeometry, variant: Variant, splits: int = 1) -> tuple[int, int, int]:
     """The implicit-GEMM grid: (GEMM rows / BLOCK_M, GEMM columns / BLOCK_N, groups [* splits])."""
-    G, Cg, Kg = _groups(g)
+    G, Cg, Kg = (g.groups, g.channels_per_group, g.filters_per_group)
     t = variant.tile
     if pass_name == "fprop":    # rows: output pixels, columns: output channels of a group
         return ceil_div(g.N * g.P * g.Q, t.block_m), ceil_div(Kg, t.block_n), G
@@ -120,7 +113,7 @@ def gemm_grid(pass_name: str, g: ConvGeometry, variant: Variant, splits: int = 1
 
 def wgrad_split(g: ConvGeometry, variant: Variant) -> tuple[int, int]:
     """(splits, pixels per split) of the wgrad reduction over the N*P*Q output pixels."""
-    G, Cg, Kg = _groups(g)
+    G, Cg, Kg = (g.groups, g.channels_per_group, g.filters_per_group)
     tile = variant.tile
     pixels = g.N * g.P * g.Q
     tiles = ceil_div(Kg, tile.block_m) * ceil_div(Cg * g.R * g.S, tile.block_n) * G
@@ -173,17 +166,24 @@ def fixed_rule(pass_name: str, g: ConvGeometry, dtype, compute_capability: int |
 
 def rule_variant(pass_name: str, g: ConvGeometry, dtype, compute_capability: int | None = None) -> Variant:
     """The first applicable GEMM variant of the pass that prefers this geometry (registry order)."""
-    usable = [v for v in registry.conv_variants(pass_name) if v.can_run(g, dtype, compute_capability)]
+    usable = [v for v in registry.conv_variants(pass_name)
+              if v.deterministic and v.can_run(g, dtype, compute_capability)]
     if not usable:
-        raise ValueError(f"no implicit-GEMM {pass_name} kernel exists for {np.dtype(dtype)} and this geometry")
+        on = "" if compute_capability is None else f" on compute capability {_cc_text(compute_capability)}"
+        raise ValueError(f"no implicit-GEMM {pass_name} kernel exists for {np.dtype(dtype)} and this geometry{on}")
     return next((v for v in usable if v.preferred(g)), usable[-1])
 
 
+def _cc_text(compute_capability: int) -> str:
+    return f"{compute_capability // 10}.{compute_capability % 10}"
+
+
 def candidates(pass_name: str, g: ConvGeometry, dtype, compute_capability: int | None = None) -> tuple[str, ...]:
-    """Everything ``auto`` may choose among for this pass: im2col + cuBLAS and every applicable variant
-    (on a device of ``compute_capability``, e.g. 90; None: any)."""
+    """Everything ``auto`` may choose among for this pass: im2col + cuBLAS and every applicable
+    deterministic variant (on a device of ``compute_capability``, e.g. 90; None: any). A
+    non-deterministic variant runs only when named."""
     return (IM2COL, *(v.name for v in registry.conv_variants(pass_name)
-                      if v.can_run(g, dtype, compute_capability)))
+                      if v.deterministic and v.can_run(g, dtype, compute_capability)))
 
 
 def check_algo(pass_name: str, algo) -> None:
@@ -195,9 +195,9 @@ def check_algo(pass_name: str, algo) -> None:
         return
     other = registry.BY_NAME.get(algo)
     if other is not None and other.op in CONV_PASSES:
-        raise ValueError(f"algo={algo!r} is a {other.op} kernel variant; the {pass_name} pass takes "
-                         f"one of {choices}")
-    raise ValueError(f"algo={algo!r} is not a GPU convolution algorithm for {pass_name}; choose one of {choices}")
+        raise ValueError(f"algo={algo!r} is a {other.op} kernel variant; the {pass_name} pass "
+                         f"({PASS_NAMES[pass_name]}) on CuPy (GPU) arrays takes one of {choices}")
+    raise ValueError(f"algo={algo!r} is not available for CuPy (GPU) arrays ({pass_name}); choose one of {choices}")
 
 
 def result_bytes(pass_name: str, g: ConvGeometry, dtype) -> int:
@@ -238,29 +238,30 @@ def plan_conv(pass_name: str, g: ConvGeometry, dtype, algo: str = "auto", free_b
                                        else "grouped convolution, implicit GEMM")
     elif algo == IM2COL:
         choice, reason = IM2COL, "requested"
-    elif algo == "implicit_gemm":
+    elif algo == IMPLICIT_GEMM:
         choice = rule_variant(pass_name, g, dtype, compute_capability).name
         reason = "requested family; the rule's tile"
     else:
         variant = registry.get(algo)
         if compute_capability is not None and compute_capability < variant.min_compute_capability:
-            cc = variant.min_compute_capability
-            raise ValueError(f"kernel variant {algo} needs compute capability {cc // 10}.{cc % 10}; this GPU "
-                             f"has {compute_capability // 10}.{compute_capability % 10}")
+            raise ValueError(f"kernel variant {algo} needs compute capability "
+                             f"{_cc_text(variant.min_compute_capability)}; this GPU has {_cc_text(compute_capability)}")
         if not variant.can_run(g, dtype):
             raise ValueError(f"kernel variant {algo} does not apply to this {pass_name} ({np.dtype(dtype)}, "
                              f"{g})")
         choice, reason = algo, "requested variant"
 
     if choice == IM2COL:
-        plan = _plan_im2col(pass_name, g, dtype, algo, reason, free_bytes)
+        # The result is allocated before the workspace: what is left after it may hold the column matrix.
+        free_after_result = None if free_bytes is None else max(0, int(free_bytes) - result_bytes(pass_name, g,
+                                                                                                     dtype))
+        plan = _plan_im2col(pass_name, g, dtype, algo, reason, free_after_result)
         if plan is not None:
             return plan
         needed = 2 * im2col_bytes_per_image(g, dtype.itemsize)
-        free_after_result = max(0, int(free_bytes) - result_bytes(pass_name, g, dtype))
         if algo == IM2COL:
-            raise _memory_error(f"conv2d {pass_name} ({PASS_NAMES[pass_name]}) with algo='im2col' (the workspace of one image, twice "
-                                f"for headroom)", needed, free_after_result)
+            raise _memory_error(f"conv2d {pass_name} ({PASS_NAMES[pass_name]}) with algo='im2col' (the workspace "
+                                f"of one image, twice for headroom)", needed, free_after_result)
         fallback = (f"im2col needs {needed:,} bytes for one image's workspace (twice for headroom), "
                     f"{free_after_result:,} free after the result: implicit GEMM instead")
         variant = rule_variant(pass_name, g, dtype, compute_capability)
@@ -274,50 +275,49 @@ def _launch_of(variant: Variant, dtype, grid) -> KernelLaunch:
     return KernelLaunch(variant, np.dtype(dtype), grid, (variant.threads, 1, 1), variant.dynamic_shared_bytes)
 
 
+def elementwise_launch(name: str, dtype, total: int) -> KernelLaunch:
+    """A grid-stride variant's launch over ``total`` elements."""
+    return _launch_of(registry.get(name), dtype, elementwise_grid(total))
+
+
 def _plan_gemm(pass_name, g, dtype, algo, variant: Variant, reason: str) -> ConvPlan:
-    common = dict(pass_name=pass_name, geometry=g, dtype=dtype, requested=algo, algorithm="implicit_gemm",
+    common = dict(pass_name=pass_name, geometry=g, dtype=dtype, requested=algo, algorithm=IMPLICIT_GEMM,
                   variant=variant.name, reason=reason)
     if pass_name != "wgrad":
         return ConvPlan(launches=(_launch_of(variant, dtype, gemm_grid(pass_name, g, variant)),), **common)
     splits, per_split = wgrad_split(g, variant)
     weights = int(np.prod(g.weight_shape))
-    reduce = registry.get("wgrad_splitk_reduce")
     launches = (_launch_of(variant, dtype, gemm_grid("wgrad", g, variant, splits)),
-                _launch_of(reduce, dtype, elementwise_grid(weights)))
+                elementwise_launch("wgrad_splitk_reduce", dtype, weights))
     return ConvPlan(launches=launches, wgrad_splits=splits, wgrad_pixels_per_split=per_split,
                     workspace_bytes=splits * weights * accumulation_dtype(dtype).itemsize, **common)
 
 
-def _plan_im2col(pass_name, g, dtype, algo, reason, free_bytes) -> ConvPlan | None:
+def _plan_im2col(pass_name, g, dtype, algo, reason, free_after_result) -> ConvPlan | None:
     common = dict(pass_name=pass_name, geometry=g, dtype=dtype, requested=algo, algorithm=IM2COL,
                   variant=IM2COL, reason=reason)
     if g.is_pointwise and pass_name != "wgrad":  # x[n] already is the column matrix of image n
         return ConvPlan(launches=(), pointwise=True, batch_chunks=((0, g.N),), **common)
-    # The result is allocated before the workspace: what is left after it may hold the column matrix.
-    free_after_result = None if free_bytes is None else free_bytes - result_bytes(pass_name, g, dtype)
     budget = im2col_budget(g, dtype.itemsize, free_after_result)
     if budget is None:
         return None
     chunk = im2col_batch_chunk(g, dtype.itemsize, budget)
-    G, Cg, _ = _groups(g)
+    G, Cg, _ = (g.groups, g.channels_per_group, g.filters_per_group)
     columns = Cg * g.R * g.S * chunk * g.P * g.Q * G
-    launches = [_launch_of(registry.get("im2col_nchw"), dtype, elementwise_grid(columns))]
+    launches = [elementwise_launch("im2col_nchw", dtype, columns)]
     if pass_name == "dgrad":  # the column gradient is folded back; im2col is not needed
-        launches = [_launch_of(registry.get("col2im_nchw"), dtype, elementwise_grid(chunk * g.C * g.H * g.W))]
+        launches = [elementwise_launch("col2im_nchw", dtype, chunk * g.C * g.H * g.W)]
     return ConvPlan(launches=tuple(launches), batch_chunks=batch_chunks(g, chunk),
                     workspace_bytes=chunk * im2col_bytes_per_image(g, dtype.itemsize), **common)
 
 
-POOL_OPS = ("maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward")
-
-
 def plan_pool(op: str, g: PoolGeometry, dtype) -> PoolPlan:
     """The one grid-stride launch of a pooling pass, over its output (forward) or its input (backward)."""
-    if op not in POOL_OPS:
-        raise ValueError(f"unknown pooling op {op!r}; expected one of {POOL_OPS}")
+    if op not in registry.pool_ops():
+        raise ValueError(f"unknown pooling op {op!r}; expected one of {registry.pool_ops()}")
     _launch.check_extents("pool2d", H_times_W=g.H * g.W, P_times_Q=g.P * g.Q)
     shape = g.output_shape if op.endswith("forward") else g.input_shape
-    return PoolPlan(_launch_of(registry.get(op), dtype, elementwise_grid(int(np.prod(shape)))), g)
+    return PoolPlan(elementwise_launch(op, dtype, int(np.prod(shape))), g)
 
 
 def with_grid(plan, index: int, grid) -> "ConvPlan | PoolPlan":
@@ -338,6 +338,6 @@ def with_grid(plan, index: int, grid) -> "ConvPlan | PoolPlan":
 
 
 __all__ = ["PASS_NAMES", "IM2COL_WORKSPACE_BYTES", "WGRAD_TARGET_BLOCKS", "WGRAD_MIN_PIXELS_PER_SPLIT", "IM2COL",
-           "KernelLaunch", "ConvPlan", "PoolPlan", "POOL_OPS", "elementwise_grid", "check_geometry", "gemm_grid",
+           "KernelLaunch", "ConvPlan", "PoolPlan", "elementwise_grid", "check_geometry", "gemm_grid",
            "wgrad_split", "im2col_bytes_per_image", "im2col_batch_chunk", "batch_chunks", "im2col_budget",
-           "result_bytes", "fixed_rule", "rule_variant", "candidates", "check_algo", "plan_conv", "plan_pool", "with_grid"]
+           "result_bytes", "fixed_rule", "rule_variant", "candidates", "check_algo", "plan_conv", "plan_pool", "with_grid", "elementwise_launch"]

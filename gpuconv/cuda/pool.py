@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .._shapes import PoolGeometry
 from . import _launch
+from .backend import resolve_backend
 from .plan import PoolPlan, plan_pool
 
 
@@ -19,16 +20,19 @@ def pool_shape_args(g: PoolGeometry) -> tuple:
     return _launch.int32(g.N, g.C, g.H, g.W, g.P, g.Q, kh, kw, sh, sw, ph, pw)
 
 
-def _backend(backend):
-    if backend is not None:
-        return backend
-    from .backend import default_backend
-    return default_backend()
-
-
 def run_pool(plan: PoolPlan, backend, *operands, count_include_pad: bool | None = None):
-    """Execute a pooling plan: forward (x), max backward (dy, x), avg backward (dy)."""
+    """Execute a pooling plan: forward (x), max backward (dy, x), avg backward (dy); average pooling
+    needs ``count_include_pad``, max pooling takes none."""
     g, op = plan.geometry, plan.launch.variant.op
+    expected = {"maxpool2d_forward": (g.input_shape,), "maxpool2d_backward": (g.output_shape, g.input_shape),
+                "avgpool2d_forward": (g.input_shape,), "avgpool2d_backward": (g.output_shape,)}[op]
+    shapes = tuple(tuple(a.shape) for a in operands)
+    if shapes != expected or any(a.dtype != plan.launch.dtype or not a.flags.c_contiguous for a in operands):
+        raise ValueError(f"run_pool({op}): operands of shapes {shapes} ({', '.join(str(a.dtype) for a in operands)}); "
+                         f"the plan needs C-contiguous {plan.launch.dtype} arrays of shapes {expected}")
+    if (count_include_pad is None) != op.startswith("max"):
+        raise ValueError(f"run_pool({op}): count_include_pad is " +
+                         ("needed for average pooling" if count_include_pad is None else "for average pooling only"))
     out = backend.xp.empty(g.output_shape if op.endswith("forward") else g.input_shape, dtype=plan.launch.dtype)
     extra = () if count_include_pad is None else _launch.int32(bool(count_include_pad))
     backend.launch(plan.launch, (*operands, out, *pool_shape_args(g), *extra))
@@ -36,7 +40,7 @@ def run_pool(plan: PoolPlan, backend, *operands, count_include_pad: bool | None 
 
 
 def _pool(op: str, g: PoolGeometry, backend, count_include_pad=None, **arrays):
-    backend = _backend(backend)
+    backend = resolve_backend(backend)
     operands = _launch.kernel_operands(backend.xp, **arrays)
     plan = plan_pool(op, g, operands[0].dtype)
     return run_pool(plan, backend, *operands, count_include_pad=count_include_pad)

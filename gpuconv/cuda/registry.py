@@ -31,8 +31,11 @@ SIMT_DTYPES = tuple(DTYPE_INFO)
 
 #: The convolution passes: forward, gradient of the input, gradient of the weight.
 CONV_PASSES = ("fprop", "dgrad", "wgrad")
+#: What each pass computes from: y from (x, w), dx from (dy, w), dw from (x, dy).
+PASS_OPERANDS = {"fprop": ("x", "w"), "dgrad": ("dy", "w"), "wgrad": ("x", "dy")}
 #: Algorithm families ``algo=`` accepts besides registry names; "auto" picks among all of them.
-FAMILIES = ("im2col", "implicit_gemm")
+IM2COL, IMPLICIT_GEMM = "im2col", "implicit_gemm"
+FAMILIES = (IM2COL, IMPLICIT_GEMM)
 
 #: Threads per block of the grid-stride kernels (im2col, col2im, pooling, the wgrad reduction).
 ELEMENTWISE_THREADS = 256
@@ -65,6 +68,8 @@ class GemmTile:
     stages: int = 1  # shared-memory buffers in flight (1: load, barrier, multiply, barrier)
 
     def __post_init__(self):
+        if self.stages != 1:  # TileShape has no stage count yet: a name and smem size would lie
+            raise ValueError(f"kernels/implicit_gemm.cuh has only a single-stage main loop, got stages={self.stages}")
         if self.block_m % self.thread_m or self.block_n % self.thread_n:
             raise ValueError(f"thread tile {self.thread_m}x{self.thread_n} does not divide "
                              f"{self.block_m}x{self.block_n}")
@@ -137,11 +142,6 @@ class Variant:
 
 # ------------------------------------------------------------------------------------ the variants ---
 
-def _groups(g: ConvGeometry) -> tuple[int, int]:
-    """(input channels per group, output channels per group)."""
-    return g.C // g.groups, g.K // g.groups
-
-
 _GEMM_SOURCES = {"fprop": ("conv2d_fprop.cu", "GPUCONV_FPROP_KERNEL"),
                  "dgrad": ("conv2d_dgrad.cu", "GPUCONV_DGRAD_KERNEL"),
                  "wgrad": ("conv2d_wgrad.cu", "GPUCONV_WGRAD_KERNEL")}
@@ -150,7 +150,7 @@ _GEMM_SOURCES = {"fprop": ("conv2d_fprop.cu", "GPUCONV_FPROP_KERNEL"),
 def _gemm(op: str, tile: GemmTile, preferred=_always, description: str = "") -> Variant:
     source, macro = _GEMM_SOURCES[op]
     name = f"{op}_simt_{tile.label}" + ("_splitk" if op == "wgrad" else "")
-    return Variant(name, op, source, macro, tile.threads, tile=tile, family="implicit_gemm",
+    return Variant(name, op, source, macro, tile.threads, tile=tile, family=IMPLICIT_GEMM,
                    preferred=preferred, description=description)
 
 
@@ -164,13 +164,13 @@ SMALL_TILE = GemmTile(16, 16, 32, 1, 1)      # small weight gradients
 
 #: Every variant, in the order the fixed rule tries them within a pass (most specialised first).
 VARIANTS: tuple[Variant, ...] = (
-    _gemm("fprop", NARROW_TILE, lambda g: _groups(g)[1] <= 4,
+    _gemm("fprop", NARROW_TILE, lambda g: g.filters_per_group <= 4,
           "few output channels per group (depthwise): 256 pixels x 4 channels"),
     _gemm("fprop", GENERAL_TILE, description="the general tile"),
-    _gemm("dgrad", NARROW_TILE, lambda g: _groups(g)[0] <= 4,
+    _gemm("dgrad", NARROW_TILE, lambda g: g.channels_per_group <= 4,
           "few input channels per group (depthwise): 256 pixels x 4 channels"),
     _gemm("dgrad", GENERAL_TILE, description="the general tile"),
-    _gemm("wgrad", SMALL_TILE, lambda g: min(_groups(g)[1], _groups(g)[0] * g.R * g.S) <= 16,
+    _gemm("wgrad", SMALL_TILE, lambda g: min(g.filters_per_group, g.channels_per_group * g.R * g.S) <= 16,
           "weight gradients at most 16 wide in one direction (depthwise)"),
     _gemm("wgrad", GENERAL_TILE, description="the general tile"),
     _elementwise("wgrad_splitk_reduce", "conv2d_wgrad.cu", "GPUCONV_WGRAD_REDUCE_KERNEL",
@@ -213,6 +213,11 @@ def algo_choices(pass_name: str) -> tuple[str, ...]:
     return ("auto", *FAMILIES, *(v.name for v in conv_variants(pass_name)))
 
 
+def pool_ops() -> tuple[str, ...]:
+    """The pooling kernels (each is its own op)."""
+    return tuple(v.op for v in VARIANTS if v.source == "pooling.cu")
+
+
 def sources() -> tuple[str, ...]:
     """The kernel files, in registry order."""
     return tuple(dict.fromkeys(v.source for v in VARIANTS))
@@ -223,6 +228,6 @@ def instantiations(source: str | None = None) -> tuple[tuple[Variant, np.dtype],
     return tuple((v, d) for v in VARIANTS if source in (None, v.source) for d in v.dtypes)
 
 
-__all__ = ["DTYPE_INFO", "SIMT_DTYPES", "CONV_PASSES", "FAMILIES", "ELEMENTWISE_THREADS", "GemmTile", "Variant",
-           "VARIANTS", "BY_NAME", "get", "variants", "conv_variants", "algo_choices", "sources",
+__all__ = ["DTYPE_INFO", "SIMT_DTYPES", "CONV_PASSES", "PASS_OPERANDS", "IM2COL", "IMPLICIT_GEMM", "FAMILIES", "ELEMENTWISE_THREADS", "GemmTile", "Variant",
+           "VARIANTS", "BY_NAME", "get", "variants", "conv_variants", "algo_choices", "pool_ops", "sources",
            "instantiations", "dtype_suffix", "c_types"]

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._shapes import ceil_div
+
 # --------------------------------------------------------------------------------- architectures ---
 
 
@@ -120,7 +122,7 @@ class Occupancy:
 
 
 def _round_up(value: int, unit: int) -> int:
-    return -(-value // unit) * unit
+    return ceil_div(value, unit) * unit
 
 
 def occupancy(arch: str, registers: int, threads: int, static_smem: int = 0, dynamic_smem: int = 0) -> Occupancy:
@@ -140,7 +142,7 @@ def occupancy(arch: str, registers: int, threads: int, static_smem: int = 0, dyn
     gets 0 blocks, limited by that resource.
     """
     limits = arch_limits(arch)
-    warps_per_block = -(-threads // limits.warp_size)
+    warps_per_block = ceil_div(threads, limits.warp_size)
     registers_per_warp = _round_up(registers * limits.warp_size, limits.register_granularity)
     smem = static_smem + dynamic_smem
     smem_allocated = _round_up(smem + limits.smem_reserved_per_block, limits.smem_granularity) if smem else 0

@@ -14,6 +14,7 @@ import numpy as np
 from .. import functional as F
 from .._backend import array_module
 from .._shapes import check_float_dtype, check_same_dtype, pair, resolve_padding
+from ..cuda import registry
 from . import init
 from .module import Module, Parameter
 
@@ -29,6 +30,17 @@ def _check_input(x, ndim: int, layer: str, layout: str):
 def _require_forward(layer, saved):
     if saved is None:
         raise RuntimeError(f"{type(layer).__name__}.backward called before forward")
+
+
+def _layer_algo(algo):
+    """A layer runs fprop, dgrad and wgrad with one ``algo``: a family or "auto", not one pass's variant."""
+    if not isinstance(algo, str):
+        raise TypeError(f"algo must be a string, got {algo!r}")
+    if algo in registry.BY_NAME:
+        raise ValueError(f"algo={algo!r} is one {registry.BY_NAME[algo].op} kernel variant, but a Conv2d layer runs "
+                         f"fprop, dgrad and wgrad with its algo: give 'auto' or a family "
+                         f"({', '.join(registry.FAMILIES)}), or call gpuconv.conv2d & co. with variant names")
+    return algo
 
 
 class Conv2d(Module):
@@ -48,7 +60,7 @@ class Conv2d(Module):
         resolve_padding(padding, self.kernel_size, self.kernel_size, pair(stride, "stride"),
                         pair(dilation, "dilation"))
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
-        self.algo = algo
+        self.algo = _layer_algo(algo)
         fan_in = (in_channels // groups) * self.kernel_size[0] * self.kernel_size[1]
         self.weight = Parameter(init.kaiming_uniform(
             (out_channels, in_channels // groups) + self.kernel_size, fan_in, dtype))

@@ -3,8 +3,10 @@
 It has what ``gpuconv.cuda.backend.CupyBackend`` has: ``xp`` (NumPy standing in for CuPy, every new buffer
 NaN-filled between guard zones), ``launch`` (the emulated kernel of a planned launch), ``matmul`` (float16
 multiplied with float32 accumulation, as cuBLAS does under CuPy's default compute type), ``free_bytes``
-and ``prepare``. The kernels are compiled by g++ from exactly the text NVRTC gets (``loader.unit_source``),
-one emulated module per kernel file holding all of that file's registered instantiations.
+and ``prepare``. The kernels are compiled by g++ from the text the loader assembles for NVRTC
+(``loader.unit_source``): the same file, headers and generated export lines, but one emulated module per
+kernel file holding all of that file's registered instantiations (NVRTC on a GPU gets one per variant),
+so that g++ runs five times, not forty.
 
 Every launch is recorded in ``launches``, so a test can say which kernels a plan really ran.
 """
@@ -75,6 +77,9 @@ class EmulatorBackend:
 
     def compute_capability(self):
         return None  # emulates any GPU: no variant is excluded
+
+    def capturing(self) -> bool:
+        return False
 
     def device_identity(self):
         return "CPU emulator", "0.0"
