@@ -87,6 +87,9 @@ CONV_CASES = [
     # 1152 output pixels: the wgrad reduction is split in two (plan.wgrad_split), for one group and for two.
     ("wgrad-split", (2, 1, 24, 24), (2, 1, 3, 3), dict(padding=1)),
     ("groups2-wgrad-split", (2, 4, 24, 24), (6, 2, 3, 3), dict(groups=2, padding=1)),
+    # 3 groups, 2 splits whose boundary (pixel 608) lies inside the second of three images: a swapped
+    # (group, split) decomposition of blockIdx.z, or a split assumed to start an image, shows here.
+    ("groups3-wgrad-split-mid-image", (3, 6, 20, 20), (6, 2, 3, 3), dict(groups=3, padding=1)),
     # 1080 weights and 1944 input pixels: more work than three blocks of 256 threads, for the grid-stride loops.
     ("wide-weights", (2, 12, 9, 9), (10, 12, 3, 3), dict(padding=1)),
     # batch of 3 with M = N*P*Q = 3*7*5 = 105: not a multiple of any tile.
@@ -128,10 +131,14 @@ def run_pass(pass_name, algo, case, dtype, backend, **plan_options):
 
 
 def test_split_wgrad_cases_really_split():
-    for name, groups in (("wgrad-split", 1), ("groups2-wgrad-split", 2)):
+    for name, groups in (("wgrad-split", 1), ("groups2-wgrad-split", 2), ("groups3-wgrad-split-mid-image", 3)):
         g = ConvGeometry.create(*CASES[name][1:3], **CASES[name][3])
         assert g.groups == groups
         assert all(plan.wgrad_split(g, v)[0] > 1 for v in registry.conv_variants("wgrad"))
+    g = ConvGeometry.create(*CASES["groups3-wgrad-split-mid-image"][1:3], padding=1, groups=3)
+    for v in registry.conv_variants("wgrad"):
+        splits, per_split = plan.wgrad_split(g, v)
+        assert splits != g.groups and per_split % (g.P * g.Q) != 0, (v.name, splits, per_split)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -365,7 +372,8 @@ def test_emulator_finds_exactly_the_registered_kernels(source):
 @pytest.mark.parametrize("source", registry.sources())
 def test_kernels_compile_without_gxx_warnings(source):
     """g++ -Wall -Wconversion on the kernels (sign-compare, maybe-uninitialized, 64-to-32-bit narrowing...)."""
-    assert emulated_module(source).compiler_warnings == "", source
+    warnings = emulated_module(source).compiler_warnings
+    assert warnings == "", f"g++ warns about {source}:\n{warnings}"
 
 
 @pytest.mark.parametrize("source", registry.sources())
