@@ -16,6 +16,7 @@
 //
 // Launch: grid (ceil(N*H*W / BLOCK_M), ceil(Cg / BLOCK_N), groups), Tile::THREADS threads.
 #include "implicit_gemm.cuh"
+#include "warp_gemm.cuh"
 
 namespace gpuconv {
 
@@ -97,4 +98,23 @@ __device__ __forceinline__ void conv2d_dgrad(const T* __restrict__ dy, const T* 
     extern "C" __global__ void NAME(const T* __restrict__ dy, const T* __restrict__ w,        \
                                     T* __restrict__ dx, GPUCONV_CONV_SHAPE_PARAMS) {         \
         gpuconv::conv2d_dgrad<T, __VA_ARGS__>(dy, w, dx, GPUCONV_CONV_SHAPE);                 \
+    }
+
+// The warp-tiled variants, stride 1 only (warp_gemm.cuh): at stride 1 the input gradient is a forward
+// convolution of dy with the filter transposed (c <-> k) and turned by 180 degrees, padded by
+// dilation*(R-1) - pad_top on top (and likewise on the left):
+//     dx[n, c, h, w] = sum over k, r', s' of dy[n, k, h - pad' + r'*dil_h, ...] * w[k, c, R-1-r', S-1-s'].
+// So its B column c strides R*S through w, its reduction channel k strides Cg*R*S, and taps run backwards.
+#define GPUCONV_DGRAD_WARP_KERNEL(NAME, T, ACC, THREADS, ...)                                 \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                     \
+        NAME(const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx,           \
+             GPUCONV_CONV_SHAPE_PARAMS) {                                                     \
+        const int Cg = C / groups, Kg = K / groups;                                          \
+        (void)stride_h;                                                                       \
+        (void)stride_w;                                                                       \
+        gpuconv::tap_major_conv<T, __VA_ARGS__>(                                              \
+            dy, w, dx,                                                                        \
+            gpuconv::TapMajorConv{N, K, Kg, P, Q, C, Cg, H, W, R, S, 1, 1, dilation_h, dilation_w, \
+                                  dilation_h * (R - 1) - pad_top, dilation_w * (S - 1) - pad_left, \
+                                  R * S, Cg * R * S, true});                                  \
     }

@@ -12,6 +12,7 @@
 //
 // Launch: grid (ceil(N*P*Q / BLOCK_M), ceil(Kg / BLOCK_N), groups), Tile::THREADS threads.
 #include "implicit_gemm.cuh"
+#include "warp_gemm.cuh"
 
 namespace gpuconv {
 
@@ -85,4 +86,17 @@ __device__ __forceinline__ void conv2d_fprop(const T* __restrict__ x, const T* _
     extern "C" __global__ void NAME(const T* __restrict__ x, const T* __restrict__ w,         \
                                     T* __restrict__ y, GPUCONV_CONV_SHAPE_PARAMS) {          \
         gpuconv::conv2d_fprop<T, __VA_ARGS__>(x, w, y, GPUCONV_CONV_SHAPE);                   \
+    }
+
+// The warp-tiled variants (warp_gemm.cuh): the same convolution, reduction in (r, s, c) order. THREADS is the
+// tile's block size, for __launch_bounds__.
+#define GPUCONV_FPROP_WARP_KERNEL(NAME, T, ACC, THREADS, ...)                                 \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                     \
+        NAME(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,             \
+             GPUCONV_CONV_SHAPE_PARAMS) {                                                     \
+        const int Cg = C / groups, Kg = K / groups;                                          \
+        gpuconv::tap_major_conv<T, __VA_ARGS__>(                                              \
+            x, w, y,                                                                          \
+            gpuconv::TapMajorConv{N, C, Cg, H, W, K, Kg, P, Q, R, S, stride_h, stride_w,       \
+                                  dilation_h, dilation_w, pad_top, pad_left, Cg * R * S, R * S, false}); \
     }

@@ -27,13 +27,34 @@ def test_names_are_derived_from_the_parameters():
         assert v.kernel_name(np.float32) == f"gpuconv_{v.name}_f32"
         if v.tile is not None:
             t = v.tile
-            assert v.name.startswith(f"{v.op}_simt_{t.block_m}x{t.block_n}x{t.block_k}_{t.stages}stage")
+            warp = "" if t.warp_m is None else f"_warp{t.warp_m}x{t.warp_n}"
+            assert v.name.startswith(f"{v.op}_simt_{t.block_m}x{t.block_n}x{t.block_k}{warp}_{t.stages}stage")
             assert v.threads == t.threads <= 256 and v.family == "implicit_gemm"
-            assert f"TileShape<{t.block_m}, {t.block_n}, {t.block_k}, {t.thread_m}, {t.thread_n}>" in \
-                v.export_line(np.float32)
+            template = (f"TileShape<{t.block_m}, {t.block_n}, {t.block_k}, {t.thread_m}, {t.thread_n}>"
+                        if t.warp_m is None else
+                        f"{v.threads}, gpuconv::WarpTile<{t.block_m}, {t.block_n}, {t.block_k}, {t.warp_m}, {t.warp_n}>")
+            assert template in v.export_line(np.float32)
     assert registry.get("fprop_simt_64x64x16_1stage").export_line(np.float16) == (
         "GPUCONV_FPROP_KERNEL(gpuconv_fprop_simt_64x64x16_1stage_f16, gpuconv_half, float, "
         "gpuconv::TileShape<64, 64, 16, 4, 4>)")
+
+
+def test_tiles_refuse_what_their_kernels_do_not_do():
+    with pytest.raises(ValueError, match="1-stage main loop"):
+        registry.GemmTile(64, 64, 16, 4, 4, stages=2)
+    with pytest.raises(ValueError, match="2-stage main loop"):
+        registry.GemmTile(128, 128, 8, 8, 8, stages=1, warp_m=32, warp_n=64)
+    with pytest.raises(ValueError, match="8x8 outputs per thread"):
+        registry.GemmTile(128, 128, 8, 4, 4, stages=2, warp_m=32, warp_n=64)
+    assert registry.WARP_TILE_128.threads == 256
+
+
+def test_the_stride_1_dgrad_variants_refuse_strided_layers():
+    strided = ConvGeometry.create((8, 64, 32, 32), (64, 64, 3, 3), padding=1, stride=2)
+    fast = registry.get("dgrad_simt_128x128x8_warp32x64_2stage")
+    assert not fast.can_run(strided, np.float32) and fast.can_run(DENSE, np.float32)
+    assert fast.name not in plan.candidates("dgrad", strided, np.float32)
+    assert plan.plan_conv("dgrad", strided, np.float32, "implicit_gemm").variant == "dgrad_simt_64x64x16_1stage"
 
 
 def test_a_variant_exists_only_for_its_dtypes():
@@ -233,7 +254,8 @@ def test_im2col_chunks_shrink_to_free_memory_after_the_result():
 def test_memory_fallback_is_a_visible_field_of_the_plan():
     starved = OUTPUT + PER_IMAGE
     p = plan.plan_conv("fprop", G_BIG, np.float32, "auto", free_bytes=starved)
-    assert p.algorithm == "implicit_gemm" and p.variant == "fprop_simt_64x64x16_1stage"
+    assert p.algorithm == "implicit_gemm" and p.variant == plan.rule_variant("fprop", G_BIG, np.float32).name
+    assert p.variant == "fprop_simt_128x128x8_warp32x64_2stage"  # 64 output channels: the large tile
     assert p.fallback == (f"im2col needs {2 * PER_IMAGE:,} bytes for one image's workspace (twice for "
                           f"headroom), {PER_IMAGE:,} free after the result: implicit GEMM instead")
     assert "fallback" in p.describe()

@@ -66,29 +66,47 @@ class GemmTile:
     thread_m: int
     thread_n: int
     stages: int = 1  # shared-memory buffers in flight (1: load, barrier, multiply, barrier)
+    #: Warp tile of the warp-tiled kernels (kernels/warp_gemm.cuh: 8x8 per thread, double-buffered);
+    #: None for the strided-thread tiles of kernels/implicit_gemm.cuh.
+    warp_m: int | None = None
+    warp_n: int | None = None
 
     def __post_init__(self):
-        if self.stages != 1:  # TileShape has no stage count yet: a name and smem size would lie
-            raise ValueError(f"kernels/implicit_gemm.cuh has only a single-stage main loop, got stages={self.stages}")
+        # Each kernel family has one pipeline depth: a name and shared-memory size must not claim another.
+        expected = 1 if self.warp_m is None else 2
+        if self.stages != expected:
+            raise ValueError(f"the {'strided' if self.warp_m is None else 'warp'}-tile kernels have a "
+                             f"{expected}-stage main loop, got stages={self.stages}")
         if self.block_m % self.thread_m or self.block_n % self.thread_n:
             raise ValueError(f"thread tile {self.thread_m}x{self.thread_n} does not divide "
                              f"{self.block_m}x{self.block_n}")
+        if self.warp_m is not None and (self.thread_m, self.thread_n) != (8, 8):
+            raise ValueError("warp tiles hold 8x8 outputs per thread")
 
     @property
     def threads(self) -> int:
+        if self.warp_m is not None:
+            return (self.block_m // self.warp_m) * (self.block_n // self.warp_n) * 32
         return (self.block_m // self.thread_m) * (self.block_n // self.thread_n)
 
     @property
     def label(self) -> str:
-        return f"{self.block_m}x{self.block_n}x{self.block_k}_{self.stages}stage"
+        warp = "" if self.warp_m is None else f"_warp{self.warp_m}x{self.warp_n}"
+        return f"{self.block_m}x{self.block_n}x{self.block_k}{warp}_{self.stages}stage"
 
     @property
     def cpp(self) -> str:
+        if self.warp_m is not None:
+            return (f"gpuconv::WarpTile<{self.block_m}, {self.block_n}, {self.block_k}, {self.warp_m}, "
+                    f"{self.warp_n}>")
         return (f"gpuconv::TileShape<{self.block_m}, {self.block_n}, {self.block_k}, "
                 f"{self.thread_m}, {self.thread_n}>")
 
     def shared_bytes(self, acc_itemsize: int) -> int:
-        """SharedTiles: BLOCK_K rows of A (BLOCK_M + 1 wide) and of B (BLOCK_N + 1 wide)."""
+        """SharedTiles: BLOCK_K rows of A (BLOCK_M + 1 wide) and of B (BLOCK_N + 1 wide); WarpSharedTiles:
+        two buffers of BLOCK_K rows of A (BLOCK_M wide) and B (BLOCK_N wide)."""
+        if self.warp_m is not None:
+            return self.stages * self.block_k * (self.block_m + self.block_n) * acc_itemsize
         return self.stages * self.block_k * (self.block_m + 1 + self.block_n + 1) * acc_itemsize
 
 
@@ -125,8 +143,11 @@ class Variant:
         return f"gpuconv_{self.name}_{dtype_suffix(dtype)}"
 
     def export_line(self, dtype) -> str:
-        """The instantiation the loader appends to the source: ``MACRO(NAME, T, ACC[, TILE])``."""
-        args = [self.kernel_name(dtype), *c_types(dtype)] + ([self.tile.cpp] if self.tile else [])
+        """The instantiation the loader appends to the source: ``MACRO(NAME, T, ACC[, THREADS], TILE)``
+        (THREADS, for ``__launch_bounds__``, with warp tiles)."""
+        args = [self.kernel_name(dtype), *c_types(dtype)]
+        if self.tile is not None:
+            args += ([str(self.threads)] if self.tile.warp_m is not None else []) + [self.tile.cpp]
         return f"{self.export_macro}({', '.join(args)})"
 
     def static_shared_bytes(self, dtype) -> int:
@@ -142,22 +163,28 @@ class Variant:
 
 # ------------------------------------------------------------------------------------ the variants ---
 
-_GEMM_SOURCES = {"fprop": ("conv2d_fprop.cu", "GPUCONV_FPROP_KERNEL"),
-                 "dgrad": ("conv2d_dgrad.cu", "GPUCONV_DGRAD_KERNEL"),
-                 "wgrad": ("conv2d_wgrad.cu", "GPUCONV_WGRAD_KERNEL")}
+def _int32_rows(tile: GemmTile, plane: int, weight_channel_stride: int) -> bool:
+    """The warp-tile kernels address a slice's rows with 32-bit offsets: BLOCK_K input planes and BLOCK_K
+    weight channels must fit in an int."""
+    return tile.block_k * max(plane, weight_channel_stride) < 2**31
 
 
-def _gemm(op: str, tile: GemmTile, preferred=_always, description: str = "") -> Variant:
-    source, macro = _GEMM_SOURCES[op]
+_GEMM_SOURCES = {"fprop": "conv2d_fprop.cu", "dgrad": "conv2d_dgrad.cu", "wgrad": "conv2d_wgrad.cu"}
+
+
+def _gemm(op: str, tile: GemmTile, preferred=_always, description: str = "", applies=_always,
+          dtypes=SIMT_DTYPES) -> Variant:
+    macro = f"GPUCONV_{op.upper()}_{'WARP_' if tile.warp_m is not None else ''}KERNEL"
     name = f"{op}_simt_{tile.label}" + ("_splitk" if op == "wgrad" else "")
-    return Variant(name, op, source, macro, tile.threads, tile=tile, family=IMPLICIT_GEMM,
-                   preferred=preferred, description=description)
+    return Variant(name, op, _GEMM_SOURCES[op], macro, tile.threads, tile=tile, family=IMPLICIT_GEMM,
+                   preferred=preferred, description=description, applies=applies, dtypes=dtypes)
 
 
 def _elementwise(name: str, source: str, macro: str, description: str) -> Variant:
     return Variant(name, name, source, macro, ELEMENTWISE_THREADS, grid_stride=True, description=description)
 
 
+WARP_TILE_128 = GemmTile(128, 128, 8, 8, 8, stages=2, warp_m=32, warp_n=64)  # 8 warps of 32x64
 GENERAL_TILE = GemmTile(64, 64, 16, 4, 4)
 NARROW_TILE = GemmTile(256, 4, 16, 4, 1)     # at most 4 GEMM columns per group (depthwise)
 SMALL_TILE = GemmTile(16, 16, 32, 1, 1)      # small weight gradients
@@ -166,9 +193,16 @@ SMALL_TILE = GemmTile(16, 16, 32, 1, 1)      # small weight gradients
 VARIANTS: tuple[Variant, ...] = (
     _gemm("fprop", NARROW_TILE, lambda g: g.filters_per_group <= 4,
           "few output channels per group (depthwise): 256 pixels x 4 channels"),
+    _gemm("fprop", WARP_TILE_128, lambda g: g.filters_per_group >= 64,
+          "large layers: warp-tiled 8x8 per thread, 128-bit shared loads, double-buffered, no division in "
+          "the main loop", applies=lambda g, dtype: _int32_rows(WARP_TILE_128, g.H * g.W, g.R * g.S)),
     _gemm("fprop", GENERAL_TILE, description="the general tile"),
     _gemm("dgrad", NARROW_TILE, lambda g: g.channels_per_group <= 4,
           "few input channels per group (depthwise): 256 pixels x 4 channels"),
+    _gemm("dgrad", WARP_TILE_128, lambda g: g.channels_per_group >= 64,
+          "large layers at stride 1: a forward convolution of dy with the turned filter, warp-tiled",
+          applies=lambda g, dtype: g.stride == (1, 1) and _int32_rows(WARP_TILE_128, g.P * g.Q,
+                                                                      g.channels_per_group * g.R * g.S)),
     _gemm("dgrad", GENERAL_TILE, description="the general tile"),
     _gemm("wgrad", SMALL_TILE, lambda g: min(g.filters_per_group, g.channels_per_group * g.R * g.S) <= 16,
           "weight gradients at most 16 wide in one direction (depthwise)"),

@@ -1,0 +1,237 @@
+// warp_gemm.cuh -- the warp-tiled, double-buffered SIMT implicit GEMM of the fast fprop and
+// stride-1 dgrad kernels (conv2d_fprop.cu, conv2d_dgrad.cu).
+//
+// Both passes are the same "tap-major" convolution GEMM
+//     out[m, col] = sum over (tap, ch) of A[m, (tap, ch)] * B[(tap, ch), col]
+// over  m    an output pixel (n, p, q)           (N*P*Q rows)
+//       col  an output channel of the group      (Co columns)
+//       tap  a filter position (r, s), ch an input channel of the group (the reduction, R*S*Ci)
+// with  A = in[n, ch, p*stride_h - pad_top + r*dil_h, q*stride_w - pad_left + s*dil_w]  (zero outside)
+//       B = w[col * col_stride + ch * channel_stride + (flip ? R*S-1-tap : tap)].
+// fprop is it with (x, w, y); dgrad at stride 1 is it with (dy, w flipped and transposed, dx) and
+// padding dil*(R-1) - pad (see conv2d_dgrad.cu). The reduction runs tap by tap, BLOCK_K channels at a time,
+// so one slice shares a tap: the pixel's bounds check and base address change once per tap, and within a
+// tap each thread's addresses only advance by a constant. No division in the main loop.
+//
+// Block tile BLOCK_M x BLOCK_N, warp tile WARP_M x WARP_N, thread tile 8 x 8 held as two 4-wide vectors in
+// each direction (rows lane_m*4 + {0..3} and WARP_M/2 + lane_m*4 + {0..3}, the same for columns), so every
+// shared-memory read is a 128-bit vector: 4 vector loads feed 64 FMAs per reduction step, and the lanes of
+// a warp read 4 (A) and 8 (B) distinct vectors: no bank conflicts. The next slice is fetched into
+// registers while the current one is multiplied (two shared buffers, one barrier per slice).
+//
+// The loader pastes this file in place of its `#include` line, like common.cuh.
+#ifndef GPUCONV_WARP_GEMM_CUH
+#define GPUCONV_WARP_GEMM_CUH
+
+#include "common.cuh"
+
+namespace gpuconv {
+
+template <int BM, int BN, int BK, int WM, int WN>
+struct WarpTile {
+    static constexpr int BLOCK_M = BM, BLOCK_N = BN, BLOCK_K = BK, WARP_M = WM, WARP_N = WN;
+    static constexpr int THREAD_M = 8, THREAD_N = 8;
+    static constexpr int LANES_M = WM / 8, LANES_N = WN / 8;
+    static constexpr int WARPS_N = BN / WN;
+    static constexpr int THREADS = (BM / WM) * (BN / WN) * 32;
+    // Each thread gathers one A column (a pixel) and one B column (an output channel), A_ROWS and B_ROWS
+    // rows of each slice, ROW_STEP apart.
+    static constexpr int A_ROWS = BK * BM / THREADS, B_ROWS = BK * BN / THREADS;
+    static_assert(LANES_M * LANES_N == 32, "a warp tile holds 32 lanes of 8x8");
+    static_assert(BM % WM == 0 && BN % WN == 0 && WM % 8 == 0 && WN % 8 == 0, "tiles must nest");
+    static_assert(THREADS % BM == 0 && THREADS % BN == 0 && A_ROWS >= 1 && B_ROWS >= 1,
+                  "every thread gathers whole rows of one column");
+    static_assert(THREADS <= 256, "gpuconv kernels use at most 256 threads per block");
+};
+
+// 128-bit shared-memory vectors (CUDA's float4/double2 without its headers: NVRTC on CI has none).
+struct __align__(16) SharedFloat4 { float x, y, z, w; };
+struct __align__(16) SharedDouble2 { double x, y; };
+
+__device__ __forceinline__ void load_vector4(const float* p, float (&out)[8], int at) {
+    const SharedFloat4 v = *reinterpret_cast<const SharedFloat4*>(p);
+    out[at] = v.x; out[at + 1] = v.y; out[at + 2] = v.z; out[at + 3] = v.w;
+}
+
+__device__ __forceinline__ void load_vector4(const double* p, double (&out)[8], int at) {
+    const SharedDouble2 lo = *reinterpret_cast<const SharedDouble2*>(p);
+    const SharedDouble2 hi = *reinterpret_cast<const SharedDouble2*>(p + 2);
+    out[at] = lo.x; out[at + 1] = lo.y; out[at + 2] = hi.x; out[at + 3] = hi.y;
+}
+
+// An optimisation barrier: after it the compiler knows nothing of v's value (on the CPU emulator: nothing).
+__device__ __forceinline__ void keep_in_register(int& v) {
+#ifdef __CUDA_ARCH__
+    asm volatile("" : "+r"(v));
+#else
+    (void)v;
+#endif
+}
+
+// One tap-major convolution GEMM, as the kernels' wrappers describe it.
+struct TapMajorConv {
+    int N;                          // images
+    int in_channels, Ci, H, W;      // input: channels in all, of this GEMM's group, plane
+    int out_channels, Co, P, Q;     // output: channels in all, columns of the GEMM per group, plane
+    int R, S, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left;
+    int col_stride, channel_stride; // B's strides (in elements of w) per output column and per input channel
+    bool flip;                      // B's taps in reverse order
+};
+
+template <typename Acc, class Tile>
+struct __align__(16) WarpSharedTiles {
+    Acc a[2][Tile::BLOCK_K][Tile::BLOCK_M];
+    Acc b[2][Tile::BLOCK_K][Tile::BLOCK_N];
+};
+
+template <typename T, class Tile>
+__device__ __forceinline__ void tap_major_conv(const T* __restrict__ in, const T* __restrict__ w,
+                                               T* __restrict__ out, const TapMajorConv cv) {
+    typedef typename AccT<T>::type Acc;
+    constexpr int BM = Tile::BLOCK_M, BN = Tile::BLOCK_N, BK = Tile::BLOCK_K;
+    __shared__ WarpSharedTiles<Acc, Tile> smem;
+
+    const int tid = (int)threadIdx.x;
+    const int group = (int)blockIdx.z;
+    const long long HW = (long long)cv.H * cv.W;
+    const long long PQ = (long long)cv.P * cv.Q;
+    const long long pixels = cv.N * PQ;
+    const long long m_first = (long long)blockIdx.x * BM;
+    const int col_first = (int)blockIdx.y * BN;
+    const int taps = cv.R * cv.S;
+
+    // A: this thread's pixel (the same in every slice) and its rows.
+    const int a_column = tid % BM, a_row = tid / BM;
+    const bool pixel_valid = m_first + a_column < pixels;
+    const long long m = pixel_valid ? m_first + a_column : 0;
+    const long long image = m / PQ;
+    const int pq = (int)(m - image * PQ);
+    const int h_origin = (pq / cv.Q) * cv.stride_h - cv.pad_top;
+    const int w_origin = (pq % cv.Q) * cv.stride_w - cv.pad_left;
+    const T* in_image = in + (image * cv.in_channels + (long long)group * cv.Ci) * HW;
+
+    // B: this thread's output column and its rows.
+    const int b_column = tid % BN, b_row = tid / BN;
+    const bool column_valid = col_first + b_column < cv.Co;
+    const T* w_column = w + (long long)group * cv.Co * cv.Ci * taps +
+                        (long long)(column_valid ? col_first + b_column : 0) * cv.col_stride;
+
+    // Per-row offsets from a slice's first channel, constant for the whole kernel; 32-bit, so that an
+    // address is one multiply-add (the planner runs these variants only where BLOCK_K planes fit an int).
+    int a_offset[Tile::A_ROWS], b_offset[Tile::B_ROWS];
+#pragma unroll
+    for (int i = 0; i < Tile::A_ROWS; ++i) a_offset[i] = (a_row + i * (Tile::THREADS / BM)) * (int)HW;
+#pragma unroll
+    for (int i = 0; i < Tile::B_ROWS; ++i) b_offset[i] = (b_row + i * (Tile::THREADS / BN)) * cv.channel_stride;
+    // Opaque to the compiler from here on: kept in registers rather than recomputed from the kernel's
+    // parameters before every load of the main loop (which ptxas otherwise prefers).
+#pragma unroll
+    for (int i = 0; i < Tile::A_ROWS; ++i) keep_in_register(a_offset[i]);
+#pragma unroll
+    for (int i = 0; i < Tile::B_ROWS; ++i) keep_in_register(b_offset[i]);
+
+    // Where one tap's slices start: the input pixel under filter tap (r, s) (valid: inside the input) and
+    // the tap's weights of this thread's column.
+    struct Tap {
+        bool valid;
+        const T* a;
+        const T* b;
+    };
+    auto tap_at = [&](int tap) {
+        const int r = tap / cv.S, s = tap - r * cv.S;  // once per tap, outside the slice loop
+        const int h = h_origin + r * cv.dil_h, wi = w_origin + s * cv.dil_w;
+        const bool valid = pixel_valid && h >= 0 && h < cv.H && wi >= 0 && wi < cv.W;
+        return Tap{valid, in_image + (valid ? (long long)h * cv.W + wi : 0),
+                   w_column + (cv.flip ? taps - 1 - tap : tap)};
+    };
+
+    Acc a_next[Tile::A_ROWS], b_next[Tile::B_ROWS];
+    // Gather one slice: rows [0, a_rows) of A and [0, b_rows) of B hold data (none outside the input or past
+    // the last column, fewer in the last slice of a tap when BLOCK_K does not divide the channels).
+    auto fetch = [&](const T* a_slice, const T* b_slice, int a_rows, int b_rows) {
+#pragma unroll
+        for (int i = 0; i < Tile::A_ROWS; ++i)
+            a_next[i] = a_row + i * (Tile::THREADS / BM) < a_rows ? to_acc(a_slice[a_offset[i]]) : Acc(0);
+#pragma unroll
+        for (int i = 0; i < Tile::B_ROWS; ++i)
+            b_next[i] = b_row + i * (Tile::THREADS / BN) < b_rows ? to_acc(b_slice[b_offset[i]]) : Acc(0);
+    };
+    auto stage = [&](int buffer) {
+#pragma unroll
+        for (int i = 0; i < Tile::A_ROWS; ++i) smem.a[buffer][a_row + i * (Tile::THREADS / BM)][a_column] = a_next[i];
+#pragma unroll
+        for (int i = 0; i < Tile::B_ROWS; ++i) smem.b[buffer][b_row + i * (Tile::THREADS / BN)][b_column] = b_next[i];
+    };
+
+    // This thread's 8x8 outputs within the block tile.
+    const int warp = tid / 32, lane = tid % 32;
+    const int row0 = (warp / Tile::WARPS_N) * Tile::WARP_M + (lane / Tile::LANES_N) * 4;
+    const int col0 = (warp % Tile::WARPS_N) * Tile::WARP_N + (lane % Tile::LANES_N) * 4;
+
+    Acc acc[8][8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = Acc(0);
+
+    const long long a_step = BK * HW, b_step = (long long)BK * cv.channel_stride;
+    const int b_all = column_valid ? cv.Ci : 0;
+    Tap current = tap_at(0);
+    fetch(current.a, current.b, current.valid ? cv.Ci : 0, b_all);
+    stage(0);
+    __syncthreads();
+    int buffer = 0;
+    // Taps outside, channels inside: the inner loop -- the main loop -- never changes tap. While it
+    // multiplies a slice it fetches the next one: the next BLOCK_K channels, or the next tap's first.
+    for (int tap = 0; tap < taps; ++tap) {
+        const bool last_tap = tap + 1 == taps;
+        const Tap next = tap_at(last_tap ? tap : tap + 1);
+        const T* a_ahead = current.a + a_step;
+        const T* b_ahead = current.b + b_step;
+        for (int channel = 0; channel < cv.Ci; channel += BK) {
+            const bool within_tap = channel + BK < cv.Ci;
+            if (within_tap || !last_tap) {
+                const int rows_left = within_tap ? cv.Ci - channel - BK : cv.Ci;
+                fetch(within_tap ? a_ahead : next.a, within_tap ? b_ahead : next.b,
+                      (within_tap ? current.valid : next.valid) ? rows_left : 0, column_valid ? rows_left : 0);
+            }
+            a_ahead += a_step;
+            b_ahead += b_step;
+#pragma unroll
+            for (int k = 0; k < BK; ++k) {
+                Acc a[8], b[8];
+                load_vector4(&smem.a[buffer][k][row0], a, 0);
+                load_vector4(&smem.a[buffer][k][row0 + Tile::WARP_M / 2], a, 4);
+                load_vector4(&smem.b[buffer][k][col0], b, 0);
+                load_vector4(&smem.b[buffer][k][col0 + Tile::WARP_N / 2], b, 4);
+#pragma unroll
+                for (int i = 0; i < 8; ++i)
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) acc[i][j] += a[i] * b[j];
+            }
+            // The other buffer: everyone finished reading it before the last barrier.
+            if (within_tap || !last_tap) stage(buffer ^ 1);
+            __syncthreads();
+            buffer ^= 1;
+        }
+        current = next;
+    }
+
+    // out[n, group*Co + col, p, q]
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const long long mo = m_first + row0 + (i < 4 ? i : Tile::WARP_M / 2 + i - 4);
+        if (mo >= pixels) continue;
+        const long long n = mo / PQ;
+        T* out_pixel = out + (n * cv.out_channels + (long long)group * cv.Co) * PQ + (mo - n * PQ);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int col = col_first + col0 + (j < 4 ? j : Tile::WARP_N / 2 + j - 4);
+            if (col < cv.Co) out_pixel[(long long)col * PQ] = from_acc<T>(acc[i][j]);
+        }
+    }
+}
+
+}  // namespace gpuconv
+
+#endif  // GPUCONV_WARP_GEMM_CUH
