@@ -19,6 +19,7 @@
 // Launch: grid (ceil(Kg / BLOCK_M), ceil(Cg*R*S / BLOCK_N), groups * splits), Tile::THREADS threads;
 // partial holds splits * K * Cg*R*S accumulator values.
 #include "implicit_gemm.cuh"
+#include "warp_gemm.cuh"
 
 namespace gpuconv {
 
@@ -130,4 +131,13 @@ __device__ __forceinline__ void conv2d_wgrad_reduce(const typename AccT<T>::type
     extern "C" __global__ void NAME(const ACC* __restrict__ partial, T* __restrict__ dw,      \
                                     long long weights, int splits) {                          \
         gpuconv::conv2d_wgrad_reduce<T>(partial, dw, weights, splits);                        \
+    }
+
+// The warp-tiled variants (warp_gemm.cuh): the same partial sums, a split being whole output rows.
+#define GPUCONV_WGRAD_WARP_KERNEL(NAME, T, ACC, THREADS, ...)                                 \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                     \
+        NAME(const T* __restrict__ x, const T* __restrict__ dy, ACC* __restrict__ partial,    \
+             GPUCONV_CONV_SHAPE_PARAMS, int splits, long long k_per_split) {                  \
+        gpuconv::row_major_wgrad<T, __VA_ARGS__>(x, dy, partial, GPUCONV_CONV_SHAPE, splits,  \
+                                                 k_per_split);                                \
     }

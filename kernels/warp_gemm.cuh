@@ -1,5 +1,5 @@
-// warp_gemm.cuh -- the warp-tiled, double-buffered SIMT implicit GEMM of the fast fprop and
-// stride-1 dgrad kernels (conv2d_fprop.cu, conv2d_dgrad.cu).
+// warp_gemm.cuh -- the warp-tiled, double-buffered SIMT implicit GEMMs of the fast fprop, stride-1
+// dgrad (conv2d_fprop.cu, conv2d_dgrad.cu) and wgrad (conv2d_wgrad.cu) kernels.
 //
 // Both passes are the same "tap-major" convolution GEMM
 //     out[m, col] = sum over (tap, ch) of A[m, (tap, ch)] * B[(tap, ch), col]
@@ -84,6 +84,42 @@ struct __align__(16) WarpSharedTiles {
     Acc b[2][Tile::BLOCK_K][Tile::BLOCK_N];
 };
 
+// Where this thread's 8x8 outputs lie in the block tile: rows row0 + {0..3} and row0 + WARP_M/2 + {0..3},
+// columns col0 + {0..3} and col0 + WARP_N/2 + {0..3}.
+template <class Tile> __device__ __forceinline__ int thread_row0() {
+    const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+    return (warp / Tile::WARPS_N) * Tile::WARP_M + (lane / Tile::LANES_N) * 4;
+}
+template <class Tile> __device__ __forceinline__ int thread_col0() {
+    const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+    return (warp % Tile::WARPS_N) * Tile::WARP_N + (lane % Tile::LANES_N) * 4;
+}
+// Tile row (column) of this thread's i-th output row (column), i in 0..7.
+template <class Tile> __device__ __forceinline__ int owned_row8(int row0, int i) {
+    return row0 + (i < 4 ? i : Tile::WARP_M / 2 + i - 4);
+}
+template <class Tile> __device__ __forceinline__ int owned_col8(int col0, int j) {
+    return col0 + (j < 4 ? j : Tile::WARP_N / 2 + j - 4);
+}
+
+// acc += the staged slice in `buffer`: per reduction step 4 vector loads and 64 FMAs, in a fixed order.
+template <class Tile, typename Acc>
+__device__ __forceinline__ void multiply_slice(const WarpSharedTiles<Acc, Tile>& smem, int buffer, int row0,
+                                               int col0, Acc (&acc)[8][8]) {
+#pragma unroll
+    for (int k = 0; k < Tile::BLOCK_K; ++k) {
+        Acc a[8], b[8];
+        load_vector4(&smem.a[buffer][k][row0], a, 0);
+        load_vector4(&smem.a[buffer][k][row0 + Tile::WARP_M / 2], a, 4);
+        load_vector4(&smem.b[buffer][k][col0], b, 0);
+        load_vector4(&smem.b[buffer][k][col0 + Tile::WARP_N / 2], b, 4);
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[i][j] += a[i] * b[j];
+    }
+}
+
 template <typename T, class Tile>
 __device__ __forceinline__ void tap_major_conv(const T* __restrict__ in, const T* __restrict__ w,
                                                T* __restrict__ out, const TapMajorConv cv) {
@@ -163,10 +199,7 @@ __device__ __forceinline__ void tap_major_conv(const T* __restrict__ in, const T
         for (int i = 0; i < Tile::B_ROWS; ++i) smem.b[buffer][b_row + i * (Tile::THREADS / BN)][b_column] = b_next[i];
     };
 
-    // This thread's 8x8 outputs within the block tile.
-    const int warp = tid / 32, lane = tid % 32;
-    const int row0 = (warp / Tile::WARPS_N) * Tile::WARP_M + (lane / Tile::LANES_N) * 4;
-    const int col0 = (warp % Tile::WARPS_N) * Tile::WARP_N + (lane % Tile::LANES_N) * 4;
+    const int row0 = thread_row0<Tile>(), col0 = thread_col0<Tile>();
 
     Acc acc[8][8];
 #pragma unroll
@@ -197,18 +230,7 @@ __device__ __forceinline__ void tap_major_conv(const T* __restrict__ in, const T
             }
             a_ahead += a_step;
             b_ahead += b_step;
-#pragma unroll
-            for (int k = 0; k < BK; ++k) {
-                Acc a[8], b[8];
-                load_vector4(&smem.a[buffer][k][row0], a, 0);
-                load_vector4(&smem.a[buffer][k][row0 + Tile::WARP_M / 2], a, 4);
-                load_vector4(&smem.b[buffer][k][col0], b, 0);
-                load_vector4(&smem.b[buffer][k][col0 + Tile::WARP_N / 2], b, 4);
-#pragma unroll
-                for (int i = 0; i < 8; ++i)
-#pragma unroll
-                    for (int j = 0; j < 8; ++j) acc[i][j] += a[i] * b[j];
-            }
+            multiply_slice<Tile>(smem, buffer, row0, col0, acc);
             // The other buffer: everyone finished reading it before the last barrier.
             if (within_tap || !last_tap) stage(buffer ^ 1);
             __syncthreads();
@@ -220,14 +242,142 @@ __device__ __forceinline__ void tap_major_conv(const T* __restrict__ in, const T
     // out[n, group*Co + col, p, q]
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-        const long long mo = m_first + row0 + (i < 4 ? i : Tile::WARP_M / 2 + i - 4);
+        const long long mo = m_first + owned_row8<Tile>(row0, i);
         if (mo >= pixels) continue;
         const long long n = mo / PQ;
         T* out_pixel = out + (n * cv.out_channels + (long long)group * cv.Co) * PQ + (mo - n * PQ);
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
-            const int col = col_first + col0 + (j < 4 ? j : Tile::WARP_N / 2 + j - 4);
+            const int col = col_first + owned_col8<Tile>(col0, j);
             if (col < cv.Co) out_pixel[(long long)col * PQ] = from_acc<T>(acc[i][j]);
+        }
+    }
+}
+
+// The weight gradient of one split of the output pixels, warp-tiled (conv2d_wgrad.cu):
+//     partial[split, g*Kg + k, j] = sum over the split's pixels i of dy[n, g*Kg + k, p, q] * X[i, j]
+// with rows k (an output channel), columns j = (c, r, s) and X[i, j] = x[n, g*Cg + c, p*stride_h - pad_top +
+// r*dil_h, q*stride_w - pad_left + s*dil_w] (zero outside). The reduction walks output rows (n, p) and, in
+// the main loop, BLOCK_K consecutive q of one row at a time: a slice shares n and p, so each thread's
+// gather needs no division -- its input row is fixed for the row, its column offset advances with q. A
+// split is a range of whole output rows (k_per_split is a multiple of Q).
+template <typename T, class Tile>
+__device__ __forceinline__ void row_major_wgrad(const T* __restrict__ x, const T* __restrict__ dy,
+                                                typename AccT<T>::type* __restrict__ partial, const ConvShape sh,
+                                                int splits, long long k_per_split) {
+    typedef typename AccT<T>::type Acc;
+    constexpr int BM = Tile::BLOCK_M, BN = Tile::BLOCK_N, BK = Tile::BLOCK_K;
+    __shared__ WarpSharedTiles<Acc, Tile> smem;
+
+    const int tid = (int)threadIdx.x;
+    const int group = (int)blockIdx.z / splits, split = (int)blockIdx.z % splits;
+    const int Cg = sh.channels_per_group(), Kg = sh.filters_per_group();
+    const int taps = sh.R * sh.S, columns = Cg * taps;
+    const long long HW = (long long)sh.H * sh.W, PQ = (long long)sh.P * sh.Q;
+    const int k_first = (int)blockIdx.x * BM, j_first = (int)blockIdx.y * BN;
+    const long long rows_per_split = k_per_split / sh.Q;
+    const long long row_begin = split * rows_per_split;
+    const long long row_end = min_of((long long)sh.N * sh.P, row_begin + rows_per_split);
+
+    // A: dy of this thread's output channel, contiguous along q.
+    const int a_column = tid % BM, a_row = tid / BM;
+    const bool k_valid = k_first + a_column < Kg;
+    const T* dy_channel = dy + ((long long)group * Kg + (k_valid ? k_first + a_column : 0)) * PQ;
+    // B: this thread's column j = (c, r, s) of the input, the same in every slice.
+    const int b_column = tid % BN, b_row = tid / BN;
+    const bool j_valid = j_first + b_column < columns;
+    const int j = j_valid ? j_first + b_column : 0;
+    const int c = j / taps, tap = j - c * taps;
+    const int h_offset = (tap / sh.S) * sh.dilation_h - sh.pad_top;
+    const int w_offset = (tap % sh.S) * sh.dilation_w - sh.pad_left;
+    const T* x_channel = x + ((long long)group * Cg + c) * HW;
+
+    // Per-row offsets within a slice: q advances by one per row.
+    int b_w_step[Tile::B_ROWS];
+#pragma unroll
+    for (int i = 0; i < Tile::B_ROWS; ++i) b_w_step[i] = (b_row + i * (Tile::THREADS / BN)) * sh.stride_w;
+#pragma unroll
+    for (int i = 0; i < Tile::B_ROWS; ++i) keep_in_register(b_w_step[i]);
+
+    // One output row (n, p): where its slices read.
+    struct Row {
+        const T* a;     // dy[n, k, p, 0]
+        const T* b;     // x[n, c, h, 0], h = p*stride_h + h_offset
+        bool b_valid;   // h inside the input and j a real column
+    };
+    auto row_at = [&](long long row) {
+        const long long n = row / sh.P;  // once per output row, outside the main loop
+        const int p = (int)(row - n * sh.P);
+        const int h = p * sh.stride_h + h_offset;
+        const bool valid = j_valid && h >= 0 && h < sh.H;
+        return Row{dy_channel + n * sh.K * PQ + (long long)p * sh.Q,
+                   x_channel + n * sh.C * HW + (valid ? (long long)h * sh.W : 0), valid};
+    };
+
+    Acc a_next[Tile::A_ROWS], b_next[Tile::B_ROWS];
+    // Gather the slice of pixels q0 .. q0 + BLOCK_K - 1 of a row.
+    auto fetch = [&](const Row& row, int q0) {
+        const int q_rows = sh.Q - q0;  // pixels of this slice inside the row
+        const int w0 = q0 * sh.stride_w + w_offset;
+#pragma unroll
+        for (int i = 0; i < Tile::A_ROWS; ++i) {
+            const int q = a_row + i * (Tile::THREADS / BM);
+            a_next[i] = k_valid && q < q_rows ? to_acc(row.a[q0 + q]) : Acc(0);
+        }
+#pragma unroll
+        for (int i = 0; i < Tile::B_ROWS; ++i) {
+            const int w = w0 + b_w_step[i];
+            const bool ok = row.b_valid && b_row + i * (Tile::THREADS / BN) < q_rows && w >= 0 && w < sh.W;
+            b_next[i] = ok ? to_acc(row.b[w]) : Acc(0);
+        }
+    };
+    auto stage = [&](int buffer) {
+#pragma unroll
+        for (int i = 0; i < Tile::A_ROWS; ++i) smem.a[buffer][a_row + i * (Tile::THREADS / BM)][a_column] = a_next[i];
+#pragma unroll
+        for (int i = 0; i < Tile::B_ROWS; ++i) smem.b[buffer][b_row + i * (Tile::THREADS / BN)][b_column] = b_next[i];
+    };
+
+    const int row0 = thread_row0<Tile>(), col0 = thread_col0<Tile>();
+    Acc acc[8][8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int jj = 0; jj < 8; ++jj) acc[i][jj] = Acc(0);
+
+    if (row_begin < row_end) {  // every split holds rows (the planner leaves none empty)
+        Row current = row_at(row_begin);
+        fetch(current, 0);
+        stage(0);
+        __syncthreads();
+        int buffer = 0;
+        // Output rows outside, q inside: while the main loop multiplies a slice it fetches the next one,
+        // the next BLOCK_K pixels of the row or the next row's first.
+        for (long long row = row_begin; row < row_end; ++row) {
+            const bool last_row = row + 1 == row_end;
+            const Row next = row_at(last_row ? row : row + 1);
+            for (int q0 = 0; q0 < sh.Q; q0 += BK) {
+                const bool within_row = q0 + BK < sh.Q;
+                if (within_row || !last_row) fetch(within_row ? current : next, within_row ? q0 + BK : 0);
+                multiply_slice<Tile>(smem, buffer, row0, col0, acc);
+                if (within_row || !last_row) stage(buffer ^ 1);
+                __syncthreads();
+                buffer ^= 1;
+            }
+            current = next;
+        }
+    }
+
+    // partial[split, g*Kg + k, j]
+    Acc* partial_group = partial + ((long long)split * sh.K + (long long)group * Kg) * columns;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const int k = k_first + owned_row8<Tile>(row0, i);
+        if (k >= Kg) continue;
+#pragma unroll
+        for (int jj = 0; jj < 8; ++jj) {
+            const int jo = j_first + owned_col8<Tile>(col0, jj);
+            if (jo < columns) partial_group[(long long)k * columns + jo] = acc[i][jj];
         }
     }
 }

@@ -212,12 +212,13 @@ def test_wgrad_split_covers_the_reduction_without_empty_splits(g):
     for v in registry.conv_variants("wgrad"):
         splits, per_split = plan.wgrad_split(g, v)
         pixels = g.N * g.P * g.Q
-        assert per_split % v.tile.block_k == 0
+        unit = g.Q if v.tile.warp_m is not None else v.tile.block_k  # whole output rows, or whole slices
+        assert per_split % unit == 0
         assert (splits - 1) * per_split < pixels <= splits * per_split
         gx, gy, gz = plan.gemm_grid("wgrad", g, v, splits)
         assert gz == g.groups * splits <= _launch.GRID_YZ_MAX
         if splits > 1:
-            assert per_split >= plan.WGRAD_MIN_PIXELS_PER_SPLIT - v.tile.block_k
+            assert per_split >= plan.WGRAD_MIN_PIXELS_PER_SPLIT - unit
 
 
 def test_wgrad_split_is_independent_of_the_gpu_and_splits_long_reductions():

@@ -112,7 +112,8 @@ def gemm_grid(pass_name: str, g: ConvGeometry, variant: Variant, splits: int = 1
 
 
 def wgrad_split(g: ConvGeometry, variant: Variant) -> tuple[int, int]:
-    """(splits, pixels per split) of the wgrad reduction over the N*P*Q output pixels."""
+    """(splits, pixels per split) of the wgrad reduction over the N*P*Q output pixels: a multiple of the
+    tile's BLOCK_K (strided tiles) or of Q (warp tiles, which walk whole output rows)."""
     G, Cg, Kg = (g.groups, g.channels_per_group, g.filters_per_group)
     tile = variant.tile
     pixels = g.N * g.P * g.Q
@@ -121,6 +122,10 @@ def wgrad_split(g: ConvGeometry, variant: Variant) -> tuple[int, int]:
                  max(1, pixels // WGRAD_MIN_PIXELS_PER_SPLIT),
                  _launch.GRID_YZ_MAX // G)
     splits = max(1, splits)
+    if tile.warp_m is not None:  # the warp-tile kernel walks whole output rows: a split is rows of Q pixels
+        rows = g.N * g.P
+        rows_per_split = ceil_div(rows, min(splits, rows))
+        return ceil_div(rows, rows_per_split), rows_per_split * g.Q
     per_split = ceil_div(ceil_div(pixels, splits), tile.block_k) * tile.block_k
     return ceil_div(pixels, per_split), per_split  # no split is left empty
 

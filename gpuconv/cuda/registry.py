@@ -206,6 +206,8 @@ VARIANTS: tuple[Variant, ...] = (
     _gemm("dgrad", GENERAL_TILE, description="the general tile"),
     _gemm("wgrad", SMALL_TILE, lambda g: min(g.filters_per_group, g.channels_per_group * g.R * g.S) <= 16,
           "weight gradients at most 16 wide in one direction (depthwise)"),
+    _gemm("wgrad", WARP_TILE_128, lambda g: g.filters_per_group >= 64 and g.channels_per_group * g.R * g.S >= 64,
+          "large layers: warp-tiled, the reduction walking output rows (no division in the main loop)"),
     _gemm("wgrad", GENERAL_TILE, description="the general tile"),
     _elementwise("wgrad_splitk_reduce", "conv2d_wgrad.cu", "GPUCONV_WGRAD_REDUCE_KERNEL",
                  "sums the split-K partial weight gradients in split order"),
