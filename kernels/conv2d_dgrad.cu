@@ -100,21 +100,46 @@ __device__ __forceinline__ void conv2d_dgrad(const T* __restrict__ dy, const T* 
         gpuconv::conv2d_dgrad<T, __VA_ARGS__>(dy, w, dx, GPUCONV_CONV_SHAPE);                 \
     }
 
-// The warp-tiled variants, stride 1 only (warp_gemm.cuh): at stride 1 the input gradient is a forward
-// convolution of dy with the filter transposed (c <-> k) and turned by 180 degrees, padded by
-// dilation*(R-1) - pad_top on top (and likewise on the left):
-//     dx[n, c, h, w] = sum over k, r', s' of dy[n, k, h - pad' + r'*dil_h, ...] * w[k, c, R-1-r', S-1-s'].
-// So its B column c strides R*S through w, its reduction channel k strides Cg*R*S, and taps run backwards.
+// The warp-tiled variants (warp_gemm.cuh), one launch per stride phase (phase_h, phase_w): the input pixels
+// h = phase_h + t*stride_h receive dy only from the filter rows r with (h + pad_top - r*dil_h) divisible by
+// stride_h, which depends on the phase alone: r = r_first, r_first + r_step, ... and then
+//     p = t + (phase_h + pad_top - r*dil_h) / stride_h,
+// a stride-1 gather with a per-tap offset. So each phase is a tap-major GEMM over its own pixel grid with
+// its own taps; taps that only ever meet zero-inserted positions are never visited. The same for columns.
+namespace gpuconv {
+
+// The filter rows reaching phase `phase` of a strided dimension: the first, the step between them, how
+// many, and the input offset of the first. Loops over at most `taps` and `stride` values: no division
+// by a runtime value but the exact one at the end.
+struct PhaseTaps {
+    int first, step, count, origin, origin_step;
+};
+
+__device__ __forceinline__ PhaseTaps phase_taps(int phase, int stride, int dilation, int pad, int taps) {
+    int first = 0;
+    while (first < taps && ((phase + pad - first * dilation) % stride + stride) % stride != 0) ++first;
+    int step = 1;
+    while ((step * dilation) % stride != 0) ++step;
+    const int count = first < taps ? (taps - 1 - first) / step + 1 : 0;
+    return PhaseTaps{first, step, count, (phase + pad - first * dilation) / stride, -(step * dilation) / stride};
+}
+
+}  // namespace gpuconv
+
 #define GPUCONV_DGRAD_WARP_KERNEL(NAME, T, ACC, THREADS, ...)                                 \
     extern "C" __global__ void __launch_bounds__(THREADS)                                     \
         NAME(const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx,           \
-             GPUCONV_CONV_SHAPE_PARAMS) {                                                     \
+             GPUCONV_CONV_SHAPE_PARAMS, int phase_h, int phase_w) {                           \
         const int Cg = C / groups, Kg = K / groups;                                          \
-        (void)stride_h;                                                                       \
-        (void)stride_w;                                                                       \
+        const gpuconv::PhaseTaps rows = gpuconv::phase_taps(phase_h, stride_h, dilation_h, pad_top, R);  \
+        const gpuconv::PhaseTaps cols = gpuconv::phase_taps(phase_w, stride_w, dilation_w, pad_left, S); \
         gpuconv::tap_major_conv<T, __VA_ARGS__>(                                              \
             dy, w, dx,                                                                        \
-            gpuconv::TapMajorConv{N, K, Kg, P, Q, C, Cg, H, W, R, S, 1, 1, dilation_h, dilation_w, \
-                                  dilation_h * (R - 1) - pad_top, dilation_w * (S - 1) - pad_left, \
-                                  R * S, Cg * R * S, true});                                  \
+            gpuconv::TapMajorConv{N, K, Kg, P, Q, C, Cg,                                      \
+                                  (H - phase_h + stride_h - 1) / stride_h,                    \
+                                  (W - phase_w + stride_w - 1) / stride_w,                    \
+                                  H, W, phase_h, stride_h, phase_w, stride_w, 1, 1,           \
+                                  rows.origin, cols.origin, rows.origin_step, cols.origin_step, \
+                                  rows.count, cols.count, R, S, rows.first, rows.step,        \
+                                  cols.first, cols.step, R * S, Cg * R * S});                 \
     }

@@ -97,6 +97,7 @@ __device__ __forceinline__ void conv2d_fprop(const T* __restrict__ x, const T* _
         const int Cg = C / groups, Kg = K / groups;                                          \
         gpuconv::tap_major_conv<T, __VA_ARGS__>(                                              \
             x, w, y,                                                                          \
-            gpuconv::TapMajorConv{N, C, Cg, H, W, K, Kg, P, Q, R, S, stride_h, stride_w,       \
-                                  dilation_h, dilation_w, pad_top, pad_left, Cg * R * S, R * S, false}); \
+            gpuconv::TapMajorConv{N, C, Cg, H, W, K, Kg, P, Q, P, Q, 0, 1, 0, 1, stride_h, stride_w, \
+                                  -pad_top, -pad_left, dilation_h, dilation_w, R, S, R, S, 0, 1, 0, 1,   \
+                                  Cg * R * S, R * S});                                        \
     }

@@ -1,15 +1,15 @@
 // warp_gemm.cuh -- the warp-tiled, double-buffered SIMT implicit GEMMs of the fast fprop, stride-1
 // dgrad (conv2d_fprop.cu, conv2d_dgrad.cu) and wgrad (conv2d_wgrad.cu) kernels.
 //
-// Both passes are the same "tap-major" convolution GEMM
+// fprop and dgrad are the same "tap-major" convolution GEMM (TapMajorConv below)
 //     out[m, col] = sum over (tap, ch) of A[m, (tap, ch)] * B[(tap, ch), col]
 // over  m    an output pixel (n, p, q)           (N*P*Q rows)
 //       col  an output channel of the group      (Co columns)
-//       tap  a filter position (r, s), ch an input channel of the group (the reduction, R*S*Ci)
-// with  A = in[n, ch, p*stride_h - pad_top + r*dil_h, q*stride_w - pad_left + s*dil_w]  (zero outside)
-//       B = w[col * col_stride + ch * channel_stride + (flip ? R*S-1-tap : tap)].
-// fprop is it with (x, w, y); dgrad at stride 1 is it with (dy, w flipped and transposed, dx) and
-// padding dil*(R-1) - pad (see conv2d_dgrad.cu). The reduction runs tap by tap, BLOCK_K channels at a time,
+//       tap  a filter position (r, s), ch an input channel of the group (the reduction, taps*Ci)
+// with  A = in[n, ch, input row and column of (p, q) under the tap]  (zero outside)
+//       B = w[col * col_stride + ch * channel_stride + the tap's filter position].
+// fprop is it with (x, w, y); dgrad is it with (dy, w transposed, dx) once per stride phase, each phase
+// using only the taps that reach its pixels (see conv2d_dgrad.cu): no work on zero-inserted positions. The reduction runs tap by tap, BLOCK_K channels at a time,
 // so one slice shares a tap: the pixel's bounds check and base address change once per tap, and within a
 // tap each thread's addresses only advance by a constant. No division in the main loop.
 //
@@ -68,16 +68,29 @@ __device__ __forceinline__ void keep_in_register(int& v) {
 #endif
 }
 
-// One tap-major convolution GEMM, as the kernels' wrappers describe it.
+template <typename P>
+__device__ __forceinline__ void keep_in_register(const P*& pointer) {
+#ifdef __CUDA_ARCH__
+    asm volatile("" : "+l"(pointer));
+#else
+    (void)pointer;
+#endif
+}
+
+// One tap-major convolution GEMM, as the kernels' wrappers describe it. Its rows are the pixels (p, q) of
+// an N x P x Q grid; pixel (p, q) reads input row  p*in_stride_h + in_origin_h + i*in_step_h  under tap row
+// i (of taps_h) and writes output pixel  (out_row0 + p*out_row_step, out_col0 + q*out_col_step)  of an
+// out_H x out_W plane; tap (i, j) uses filter position (r_first + i*r_step, s_first + j*s_step) of an R x S
+// filter. fprop: the identity of all this. The strided dgrad: one such GEMM per stride phase.
 struct TapMajorConv {
     int N;                          // images
     int in_channels, Ci, H, W;      // input: channels in all, of this GEMM's group, plane
-    int out_channels, Co, P, Q;     // output: channels in all, columns of the GEMM per group, plane
-    int R, S, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left;
+    int out_channels, Co, P, Q;     // output: channels in all, columns of the GEMM per group, pixel grid
+    int out_H, out_W, out_row0, out_row_step, out_col0, out_col_step;
+    int in_stride_h, in_stride_w, in_origin_h, in_origin_w, in_step_h, in_step_w, taps_h, taps_w;
+    int R, S, r_first, r_step, s_first, s_step;
     int col_stride, channel_stride; // B's strides (in elements of w) per output column and per input channel
-    bool flip;                      // B's taps in reverse order
 };
-
 template <typename Acc, class Tile>
 struct __align__(16) WarpSharedTiles {
     Acc a[2][Tile::BLOCK_K][Tile::BLOCK_M];
@@ -134,7 +147,7 @@ __device__ __forceinline__ void tap_major_conv(const T* __restrict__ in, const T
     const long long pixels = cv.N * PQ;
     const long long m_first = (long long)blockIdx.x * BM;
     const int col_first = (int)blockIdx.y * BN;
-    const int taps = cv.R * cv.S;
+    const int taps = cv.taps_h * cv.taps_w;
 
     // A: this thread's pixel (the same in every slice) and its rows.
     const int a_column = tid % BM, a_row = tid / BM;
@@ -142,14 +155,14 @@ __device__ __forceinline__ void tap_major_conv(const T* __restrict__ in, const T
     const long long m = pixel_valid ? m_first + a_column : 0;
     const long long image = m / PQ;
     const int pq = (int)(m - image * PQ);
-    const int h_origin = (pq / cv.Q) * cv.stride_h - cv.pad_top;
-    const int w_origin = (pq % cv.Q) * cv.stride_w - cv.pad_left;
+    const int h_origin = (pq / cv.Q) * cv.in_stride_h + cv.in_origin_h;
+    const int w_origin = (pq % cv.Q) * cv.in_stride_w + cv.in_origin_w;
     const T* in_image = in + (image * cv.in_channels + (long long)group * cv.Ci) * HW;
 
     // B: this thread's output column and its rows.
     const int b_column = tid % BN, b_row = tid / BN;
     const bool column_valid = col_first + b_column < cv.Co;
-    const T* w_column = w + (long long)group * cv.Co * cv.Ci * taps +
+    const T* w_column = w + (long long)group * cv.Co * cv.Ci * cv.R * cv.S +
                         (long long)(column_valid ? col_first + b_column : 0) * cv.col_stride;
 
     // Per-row offsets from a slice's first channel, constant for the whole kernel; 32-bit, so that an
@@ -165,32 +178,35 @@ __device__ __forceinline__ void tap_major_conv(const T* __restrict__ in, const T
     for (int i = 0; i < Tile::A_ROWS; ++i) keep_in_register(a_offset[i]);
 #pragma unroll
     for (int i = 0; i < Tile::B_ROWS; ++i) keep_in_register(b_offset[i]);
+    keep_in_register(in_image);
+    keep_in_register(w_column);
 
     // Where one tap's slices start: the input pixel under filter tap (r, s) (valid: inside the input) and
     // the tap's weights of this thread's column.
+    // Offsets are 32-bit, from in_image and w_column (the planner runs these variants only where an image
+    // and a group's weights fit an int): one slice's addresses then cost an int add and a widening each.
     struct Tap {
         bool valid;
-        const T* a;
-        const T* b;
+        int a;  // in_image offset of the tap's pixel in channel 0
+        int b;  // w_column offset of the tap in channel 0
     };
     auto tap_at = [&](int tap) {
-        const int r = tap / cv.S, s = tap - r * cv.S;  // once per tap, outside the slice loop
-        const int h = h_origin + r * cv.dil_h, wi = w_origin + s * cv.dil_w;
+        const int i = tap / cv.taps_w, j = tap - i * cv.taps_w;  // once per tap, outside the slice loop
+        const int h = h_origin + i * cv.in_step_h, wi = w_origin + j * cv.in_step_w;
         const bool valid = pixel_valid && h >= 0 && h < cv.H && wi >= 0 && wi < cv.W;
-        return Tap{valid, in_image + (valid ? (long long)h * cv.W + wi : 0),
-                   w_column + (cv.flip ? taps - 1 - tap : tap)};
+        return Tap{valid, valid ? h * cv.W + wi : 0, (cv.r_first + i * cv.r_step) * cv.S + cv.s_first + j * cv.s_step};
     };
 
     Acc a_next[Tile::A_ROWS], b_next[Tile::B_ROWS];
     // Gather one slice: rows [0, a_rows) of A and [0, b_rows) of B hold data (none outside the input or past
     // the last column, fewer in the last slice of a tap when BLOCK_K does not divide the channels).
-    auto fetch = [&](const T* a_slice, const T* b_slice, int a_rows, int b_rows) {
+    auto fetch = [&](int a_slice, int b_slice, int a_rows, int b_rows) {
 #pragma unroll
         for (int i = 0; i < Tile::A_ROWS; ++i)
-            a_next[i] = a_row + i * (Tile::THREADS / BM) < a_rows ? to_acc(a_slice[a_offset[i]]) : Acc(0);
+            a_next[i] = a_row + i * (Tile::THREADS / BM) < a_rows ? to_acc(in_image[a_slice + a_offset[i]]) : Acc(0);
 #pragma unroll
         for (int i = 0; i < Tile::B_ROWS; ++i)
-            b_next[i] = b_row + i * (Tile::THREADS / BN) < b_rows ? to_acc(b_slice[b_offset[i]]) : Acc(0);
+            b_next[i] = b_row + i * (Tile::THREADS / BN) < b_rows ? to_acc(w_column[b_slice + b_offset[i]]) : Acc(0);
     };
     auto stage = [&](int buffer) {
 #pragma unroll
@@ -207,11 +223,12 @@ __device__ __forceinline__ void tap_major_conv(const T* __restrict__ in, const T
 #pragma unroll
         for (int j = 0; j < 8; ++j) acc[i][j] = Acc(0);
 
-    const long long a_step = BK * HW, b_step = (long long)BK * cv.channel_stride;
-    const int b_all = column_valid ? cv.Ci : 0;
-    Tap current = tap_at(0);
-    fetch(current.a, current.b, current.valid ? cv.Ci : 0, b_all);
-    stage(0);
+    const int a_step = BK * (int)HW, b_step = BK * cv.channel_stride;
+    Tap current = taps > 0 ? tap_at(0) : Tap{false, 0, 0};
+    if (taps > 0) {  // a stride phase that no tap reaches has zeros for its outputs
+        fetch(current.a, current.b, current.valid ? cv.Ci : 0, column_valid ? cv.Ci : 0);
+        stage(0);
+    }
     __syncthreads();
     int buffer = 0;
     // Taps outside, channels inside: the inner loop -- the main loop -- never changes tap. While it
@@ -219,8 +236,7 @@ __device__ __forceinline__ void tap_major_conv(const T* __restrict__ in, const T
     for (int tap = 0; tap < taps; ++tap) {
         const bool last_tap = tap + 1 == taps;
         const Tap next = tap_at(last_tap ? tap : tap + 1);
-        const T* a_ahead = current.a + a_step;
-        const T* b_ahead = current.b + b_step;
+        int a_ahead = current.a + a_step, b_ahead = current.b + b_step;
         for (int channel = 0; channel < cv.Ci; channel += BK) {
             const bool within_tap = channel + BK < cv.Ci;
             if (within_tap || !last_tap) {
@@ -245,11 +261,15 @@ __device__ __forceinline__ void tap_major_conv(const T* __restrict__ in, const T
         const long long mo = m_first + owned_row8<Tile>(row0, i);
         if (mo >= pixels) continue;
         const long long n = mo / PQ;
-        T* out_pixel = out + (n * cv.out_channels + (long long)group * cv.Co) * PQ + (mo - n * PQ);
+        const int pq_out = (int)(mo - n * PQ);
+        const long long out_plane = (long long)cv.out_H * cv.out_W;
+        T* out_pixel = out + (n * cv.out_channels + (long long)group * cv.Co) * out_plane +
+                       (long long)(cv.out_row0 + (pq_out / cv.Q) * cv.out_row_step) * cv.out_W +
+                       cv.out_col0 + (pq_out % cv.Q) * cv.out_col_step;
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
             const int col = col_first + owned_col8<Tile>(col0, j);
-            if (col < cv.Co) out_pixel[(long long)col * PQ] = from_acc<T>(acc[i][j]);
+            if (col < cv.Co) out_pixel[(long long)col * out_plane] = from_acc<T>(acc[i][j]);
         }
     }
 }

@@ -49,12 +49,19 @@ def test_tiles_refuse_what_their_kernels_do_not_do():
     assert registry.WARP_TILE_128.threads == 256
 
 
-def test_the_stride_1_dgrad_variants_refuse_strided_layers():
-    strided = ConvGeometry.create((8, 64, 32, 32), (64, 64, 3, 3), padding=1, stride=2)
-    fast = registry.get("dgrad_simt_128x128x8_warp32x64_2stage")
-    assert not fast.can_run(strided, np.float32) and fast.can_run(DENSE, np.float32)
-    assert fast.name not in plan.candidates("dgrad", strided, np.float32)
-    assert plan.plan_conv("dgrad", strided, np.float32, "implicit_gemm").variant == "dgrad_simt_64x64x16_1stage"
+@pytest.mark.parametrize("stride, H, W", [((1, 1), 9, 7), ((2, 2), 9, 7), ((2, 3), 8, 10), ((3, 1), 2, 5)])
+def test_the_warp_dgrad_runs_one_launch_per_stride_phase(stride, H, W):
+    """Each phase (phase_h, phase_w) covers the input pixels h = phase_h + t*stride_h (and the same for w):
+    together every pixel of dx exactly once; at stride 1 one launch."""
+    g = ConvGeometry.create((2, 64, H, W), (64, 64, 3, 3), padding=1, stride=stride)
+    p = plan.plan_conv("dgrad", g, np.float32, "dgrad_simt_128x128x8_warp32x64_2stage")
+    covered = np.zeros((H, W), dtype=int)
+    for launch, (a, b, rows, columns) in zip(p.launches, plan.dgrad_phases(g), strict=True):
+        assert launch.scalars == (a, b)
+        assert launch.grid == (-(-2 * rows * columns // 128), 1, 1)
+        covered[a::stride[0], b::stride[1]] += 1
+        assert covered[a::stride[0], b::stride[1]].shape == (rows, columns)
+    assert (covered == 1).all() and len(p.launches) == min(stride[0], H) * min(stride[1], W)
 
 
 def test_a_variant_exists_only_for_its_dtypes():
@@ -202,8 +209,11 @@ def test_grids_cover_every_output_once(g):
             gx, gy, gz = plan.gemm_grid(pass_name, g, v)
             assert (gx - 1) * t.block_m < rows <= gx * t.block_m
             assert (gy - 1) * t.block_n < columns <= gy * t.block_n and gz == G
-        launch = plan.plan_conv(pass_name, g, np.float32, "implicit_gemm").launches[0]
-        assert launch.grid == plan.gemm_grid(pass_name, g, launch.variant)
+        launches = plan.plan_conv(pass_name, g, np.float32, "implicit_gemm").launches
+        if pass_name == "dgrad" and launches[0].variant.tile.warp_m is not None:  # by stride phases
+            assert sum(rows * columns for *_, rows, columns in plan.dgrad_phases(g)) == g.H * g.W
+        else:
+            assert launches[0].grid == plan.gemm_grid(pass_name, g, launches[0].variant)
 
 
 @settings(max_examples=200, deadline=None)

@@ -3,8 +3,7 @@
 convolutions reach compiled the same way (the calibration in the fast-kernel issue): FFMA share, FFMAs per
 shared-memory load, integer/address share, no spills, and at least 8 resident warps per SM.
 
-Covered so far: fprop and wgrad for every 3x3 layer, dgrad for the stride-1 ones. The strided dgrad still
-runs a one-stage kernel and is listed, not asserted, by ``test_print_what_is_not_yet_fast``.
+Every pass of every 3x3 layer, strided ones included (dgrad by stride phases).
 """
 from __future__ import annotations
 
@@ -37,7 +36,7 @@ def resnet_3x3(pass_name: str):
 
 
 ASSERTED = [("fprop", name, variant) for name, g, variant in resnet_3x3("fprop")] + \
-           [("dgrad", name, variant) for name, g, variant in resnet_3x3("dgrad") if g.stride == (1, 1)] + \
+           [("dgrad", name, variant) for name, g, variant in resnet_3x3("dgrad")] + \
            [("wgrad", name, variant) for name, g, variant in resnet_3x3("wgrad")]
 
 
@@ -59,13 +58,3 @@ def test_the_chosen_variant_reaches_the_targets(pass_name, layer, variant, arch)
     assert loop.integer_share <= integer_share, f"{where}: integer share {loop.integer_share:.1%}"
     assert (r.spill_stores, r.spill_loads) == (0, 0), f"{where}: spills"
     assert r.occupancy.active_warps >= MIN_WARPS_PER_SM, f"{where}: {r.occupancy.active_warps} warps per SM"
-
-
-def test_print_what_is_not_yet_fast():
-    """The passes and layers still on the one-stage kernels (pytest -s prints them with their figures)."""
-    pending = [("dgrad", name, variant) for name, g, variant in resnet_3x3("dgrad") if g.stride != (1, 1)]
-    assert pending, "every pass is covered: move them into ASSERTED"
-    for pass_name, layer, variant in pending:
-        loop = variant_report(variant, "sm_90").main_loop
-        print(f"{pass_name} {layer}: {variant}: FFMA {loop.fma_share:.0%}, {loop.fma_per_shared_load:.1f} per "
-              f"shared load, integer {loop.integer_share:.0%} (targets {TARGETS[pass_name]})")

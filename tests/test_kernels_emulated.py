@@ -95,6 +95,8 @@ CONV_CASES = [
     # 180 pixels and 130 output channels: two 128x128 blocks each way, both partly filled; 9 input channels
     # (dgrad: 130), so a tap takes a full and a partial 8-deep slice (dgrad: 17 of them).
     ("tiles-in-both-directions", (2, 9, 10, 9), (130, 9, 3, 3), dict(padding=1)),
+    # The same at stride 2: dgrad's four stride phases each span two 128-pixel blocks.
+    ("strided-tiles", (2, 9, 21, 19), (130, 9, 3, 3), dict(stride=2, padding=1)),
     # batch of 3 with M = N*P*Q = 3*7*5 = 105: not a multiple of any tile.
     ("batch3-odd-sizes", (3, 2, 7, 5), (3, 2, 1, 1), {}),
 ]

@@ -124,7 +124,8 @@ def _fprop_gemm(plan, backend, x, w):
 def _dgrad_gemm(plan, backend, dy, w):
     g = plan.geometry
     dx = backend.xp.empty(g.input_shape, dtype=plan.dtype)
-    backend.launch(plan.launches[0], (dy, w, dx, *conv_shape_args(g)))
+    for launch in plan.launches:  # one, or one per stride phase: each writes its own pixels of dx
+        backend.launch(launch, (dy, w, dx, *conv_shape_args(g), *_launch.int32(*launch.scalars)))
     return dx
 
 

@@ -45,6 +45,7 @@ class KernelLaunch:
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
     dynamic_shared_bytes: int = 0
+    scalars: tuple[int, ...] = ()  # int arguments after the shape (the stride phase of a dgrad launch)
 
     @property
     def kernel_name(self) -> str:
@@ -109,6 +110,14 @@ def gemm_grid(pass_name: str, g: ConvGeometry, variant: Variant, splits: int = 1
         return ceil_div(g.N * g.H * g.W, t.block_m), ceil_div(Cg, t.block_n), G
     # wgrad: rows: output channels of a group, columns: (c, r, s), one z-slice per group and split
     return ceil_div(Kg, t.block_m), ceil_div(Cg * g.R * g.S, t.block_n), G * splits
+
+
+def dgrad_phases(g: ConvGeometry) -> tuple[tuple[int, int, int, int], ...]:
+    """The stride phases of dgrad's warp-tile kernels: (phase_h, phase_w, rows, columns) for every phase
+    holding input pixels (h = phase_h + t*stride_h, t < rows; the same for w). One at stride 1."""
+    (sh, sw) = g.stride
+    return tuple((a, b, ceil_div(g.H - a, sh), ceil_div(g.W - b, sw))
+                 for a in range(min(sh, g.H)) for b in range(min(sw, g.W)))
 
 
 def wgrad_split(g: ConvGeometry, variant: Variant) -> tuple[int, int]:
@@ -288,6 +297,13 @@ def elementwise_launch(name: str, dtype, total: int) -> KernelLaunch:
 def _plan_gemm(pass_name, g, dtype, algo, variant: Variant, reason: str) -> ConvPlan:
     common = dict(pass_name=pass_name, geometry=g, dtype=dtype, requested=algo, algorithm=IMPLICIT_GEMM,
                   variant=variant.name, reason=reason)
+    if pass_name == "dgrad" and variant.tile.warp_m is not None:  # one launch per stride phase
+        t = variant.tile
+        return ConvPlan(launches=tuple(
+            replace(_launch_of(variant, dtype, (ceil_div(g.N * rows * columns, t.block_m),
+                                                ceil_div(g.channels_per_group, t.block_n), g.groups)),
+                    scalars=(a, b))
+            for a, b, rows, columns in dgrad_phases(g)), **common)
     if pass_name != "wgrad":
         return ConvPlan(launches=(_launch_of(variant, dtype, gemm_grid(pass_name, g, variant)),), **common)
     splits, per_split = wgrad_split(g, variant)
@@ -345,4 +361,4 @@ def with_grid(plan, index: int, grid) -> "ConvPlan | PoolPlan":
 __all__ = ["PASS_NAMES", "IM2COL_WORKSPACE_BYTES", "WGRAD_TARGET_BLOCKS", "WGRAD_MIN_PIXELS_PER_SPLIT", "IM2COL",
            "KernelLaunch", "ConvPlan", "PoolPlan", "elementwise_grid", "check_geometry", "gemm_grid",
            "wgrad_split", "im2col_bytes_per_image", "im2col_batch_chunk", "batch_chunks", "im2col_budget",
-           "result_bytes", "fixed_rule", "rule_variant", "candidates", "check_algo", "plan_conv", "plan_pool", "with_grid", "elementwise_launch"]
+           "result_bytes", "fixed_rule", "rule_variant", "candidates", "check_algo", "plan_conv", "plan_pool", "with_grid", "elementwise_launch", "dgrad_phases"]

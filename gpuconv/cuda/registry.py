@@ -163,10 +163,12 @@ class Variant:
 
 # ------------------------------------------------------------------------------------ the variants ---
 
-def _int32_rows(tile: GemmTile, plane: int, weight_channel_stride: int) -> bool:
-    """The warp-tile kernels address a slice's rows with 32-bit offsets: BLOCK_K input planes and BLOCK_K
-    weight channels must fit in an int."""
-    return tile.block_k * max(plane, weight_channel_stride) < 2**31
+def _int32_offsets(g: ConvGeometry, image: int) -> bool:
+    """The tap-major warp-tile kernels address with 32-bit offsets within one input image (``image``
+    elements, plus a slice of BLOCK_K channels past it) and within one group's weights."""
+    weights_per_group = g.filters_per_group * g.channels_per_group * g.R * g.S
+    return max(image + WARP_TILE_128.block_k * image, weights_per_group + WARP_TILE_128.block_k * weights_per_group) \
+        < 2**31
 
 
 _GEMM_SOURCES = {"fprop": "conv2d_fprop.cu", "dgrad": "conv2d_dgrad.cu", "wgrad": "conv2d_wgrad.cu"}
@@ -195,14 +197,13 @@ VARIANTS: tuple[Variant, ...] = (
           "few output channels per group (depthwise): 256 pixels x 4 channels"),
     _gemm("fprop", WARP_TILE_128, lambda g: g.filters_per_group >= 64,
           "large layers: warp-tiled 8x8 per thread, 128-bit shared loads, double-buffered, no division in "
-          "the main loop", applies=lambda g, dtype: _int32_rows(WARP_TILE_128, g.H * g.W, g.R * g.S)),
+          "the main loop", applies=lambda g, dtype: _int32_offsets(g, g.C * g.H * g.W)),
     _gemm("fprop", GENERAL_TILE, description="the general tile"),
     _gemm("dgrad", NARROW_TILE, lambda g: g.channels_per_group <= 4,
           "few input channels per group (depthwise): 256 pixels x 4 channels"),
     _gemm("dgrad", WARP_TILE_128, lambda g: g.channels_per_group >= 64,
-          "large layers at stride 1: a forward convolution of dy with the turned filter, warp-tiled",
-          applies=lambda g, dtype: g.stride == (1, 1) and _int32_rows(WARP_TILE_128, g.P * g.Q,
-                                                                      g.channels_per_group * g.R * g.S)),
+          "large layers: per stride phase, a tap-major GEMM of dy with only the taps that reach it, warp-tiled",
+          applies=lambda g, dtype: _int32_offsets(g, g.K * g.P * g.Q)),
     _gemm("dgrad", GENERAL_TILE, description="the general tile"),
     _gemm("wgrad", SMALL_TILE, lambda g: min(g.filters_per_group, g.channels_per_group * g.R * g.S) <= 16,
           "weight gradients at most 16 wide in one direction (depthwise)"),
