@@ -11,7 +11,7 @@ import pytest
 from gpuconv import __version__
 from gpuconv._backend import GPUOutOfMemoryError
 from gpuconv._shapes import ConvGeometry
-from gpuconv.cuda import autotune, conv, plan
+from gpuconv.cuda import autotune, conv, plan, registry
 from gpuconv.suites import load_suite
 
 DENSE = ConvGeometry.create((4, 8, 12, 12), (16, 8, 3, 3), padding=1)
@@ -96,7 +96,9 @@ def _fake(monkeypatch, seconds, **kwargs):
     return gpu, timer
 
 
-FPROP_TIMES = {"im2col": 3e-4, "fprop_simt_256x4x16_1stage": 9e-4, "fprop_simt_64x64x16_1stage": 1e-4}
+WINNER = "fprop_simt_64x64x16_1stage"
+#: Every fprop candidate takes 0.9 ms but im2col (0.3 ms) and the winner (0.1 ms).
+FPROP_TIMES = {**{name: 9e-4 for name in plan.candidates("fprop", DENSE, np.float32)}, "im2col": 3e-4, WINNER: 1e-4}
 
 
 def test_first_call_times_every_candidate_and_stores_the_winner(cache, monkeypatch):
@@ -110,7 +112,7 @@ def test_first_call_times_every_candidate_and_stores_the_winner(cache, monkeypat
     (key, entry), = data["entries"].items()
     assert key == f"Fake H100|9.0|fprop|{autotune.geometry_key(DENSE)}|float32|gpuconv {__version__}"
     assert entry["choice"] == "fprop_simt_64x64x16_1stage"
-    assert entry["median_ms"] == {"im2col": 0.3, "fprop_simt_256x4x16_1stage": 0.9, "fprop_simt_64x64x16_1stage": 0.1}
+    assert entry["median_ms"] == {name: round(s * 1e3, 6) for name, s in FPROP_TIMES.items()}
     assert entry["samples"] == {name: 5 for name in FPROP_TIMES}  # warm-up, then REPEATS within the budget
     assert entry["device"] == "Fake H100" and entry["compute_capability"] == "9.0"
 
@@ -165,7 +167,8 @@ def test_switched_off_auto_applies_the_fixed_rule_without_timing(cache, monkeypa
 
 def test_explicit_algorithms_are_never_tuned(cache, monkeypatch):
     gpu, timer = _fake(monkeypatch, FPROP_TIMES)
-    assert conv.make_plan("fprop", DENSE, np.float32, "implicit_gemm", gpu).variant == "fprop_simt_64x64x16_1stage"
+    assert conv.make_plan("fprop", DENSE, np.float32, "implicit_gemm", gpu).variant == \
+        plan.rule_variant("fprop", DENSE, np.float32).name
     assert conv.make_plan("fprop", DENSE, np.float32, "im2col", gpu).variant == "im2col"
     assert timer.calls == []
 
@@ -255,9 +258,8 @@ def test_cache_directory_defaults(monkeypatch, tmp_path):
 
 
 def test_tune_suite_fills_the_cache_and_says_what_it_chose(cache, monkeypatch):
-    times = {"im2col": 2e-4, "fprop_simt_256x4x16_1stage": 5e-4, "fprop_simt_64x64x16_1stage": 1e-4,
-             "dgrad_simt_256x4x16_1stage": 1e-4, "dgrad_simt_64x64x16_1stage": 3e-4,
-             "wgrad_simt_16x16x32_1stage_splitk": 4e-4, "wgrad_simt_64x64x16_1stage_splitk": 6e-4}
+    times = {**{v.name: 6e-4 for p in ("fprop", "dgrad", "wgrad") for v in registry.conv_variants(p)},
+             "im2col": 2e-4, "fprop_simt_64x64x16_1stage": 1e-4, "dgrad_simt_256x4x16_1stage": 1e-4}
     gpu, _ = _fake(monkeypatch, times)
     lines = []
     suite = load_suite("tiny")

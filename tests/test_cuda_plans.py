@@ -104,9 +104,15 @@ def test_fixed_rule():
     assert plan.plan_conv("fprop", DEPTHWISE, np.float32).variant == "fprop_simt_256x4x16_1stage"
     assert plan.plan_conv("dgrad", DEPTHWISE, np.float32).variant == "dgrad_simt_256x4x16_1stage"
     assert plan.plan_conv("wgrad", DEPTHWISE, np.float32).variant == "wgrad_simt_16x16x32_1stage_splitk"
-    assert plan.plan_conv("fprop", DENSE, np.float32, "implicit_gemm").variant == "fprop_simt_64x64x16_1stage"
+    # 32 output channels: the 128x64 warp tile; 16: the 64x64 one; 8: the one-stage general tile.
+    assert plan.plan_conv("fprop", DENSE, np.float32, "implicit_gemm").variant == \
+        "fprop_simt_128x64x8_warp64x32_2stage"
     assert plan.plan_conv("wgrad", DENSE, np.float32, "implicit_gemm").variant == \
-        "wgrad_simt_64x64x16_1stage_splitk"
+        "wgrad_simt_128x64x8_warp64x32_2stage_splitk"
+    narrow = ConvGeometry.create((8, 16, 32, 32), (16, 16, 3, 3), padding=1)
+    assert plan.plan_conv("fprop", narrow, np.float32, "implicit_gemm").variant == "fprop_simt_64x64x8_warp32x64_2stage"
+    small = ConvGeometry.create((8, 16, 32, 32), (8, 16, 3, 3), padding=1)
+    assert plan.plan_conv("fprop", small, np.float32, "implicit_gemm").variant == "fprop_simt_64x64x16_1stage"
     for p in plan.plan_conv("fprop", DENSE, np.float32), plan.plan_conv("fprop", DEPTHWISE, np.float32):
         assert p.reason.startswith("fixed rule") and p.fallback is None and p.requested == "auto"
 
@@ -140,12 +146,14 @@ def test_variants_needing_a_newer_gpu_are_not_candidates(monkeypatch):
 
 
 def test_plans_list_their_launches():
-    p = plan.plan_conv("wgrad", DENSE, np.float32, "implicit_gemm")
+    p = plan.plan_conv("wgrad", DENSE, np.float32, "wgrad_simt_64x64x16_1stage_splitk")
     assert [k.variant.name for k in p.launches] == ["wgrad_simt_64x64x16_1stage_splitk", "wgrad_splitk_reduce"]
     weights = int(np.prod(DENSE.weight_shape))
     assert p.workspace_bytes == p.wgrad_splits * weights * 4
     assert p.launches[1].grid == plan.elementwise_grid(weights)
     assert all(k.block == (256, 1, 1) and k.dynamic_shared_bytes == 0 for k in p.launches)
+    assert plan.plan_conv("fprop", DENSE, np.float32, "fprop_simt_128x64x8_warp64x32_2stage").launches[0].block == \
+        (128, 1, 1)
     im2col = plan.plan_conv("dgrad", DENSE, np.float32, "im2col")
     assert [k.variant.name for k in im2col.launches] == ["col2im_nchw"] and im2col.batch_chunks == ((0, 8),)
     pointwise = ConvGeometry.create((2, 8, 5, 5), (4, 8, 1, 1))
@@ -339,7 +347,7 @@ def test_cupy_backend_launches_as_a_raw_kernel_is_called(monkeypatch):
     monkeypatch.setattr(backend, "require_cuda", lambda: _FakeDeviceCuPy("90"))
     monkeypatch.setattr(backend.loader, "get_kernel", lambda variant, dtype: kernel)
     b = backend.CupyBackend()
-    launch = plan.plan_conv("fprop", DENSE, np.float32, "implicit_gemm").launches[0]
+    launch = plan.plan_conv("fprop", DENSE, np.float32, "fprop_simt_64x64x16_1stage").launches[0]
     b.launch(launch, [1, 2])
     big = plan.KernelLaunch(launch.variant, launch.dtype, launch.grid, launch.block, 100 * 1024)
     b.launch(big, [3])

@@ -187,28 +187,37 @@ def _elementwise(name: str, source: str, macro: str, description: str) -> Varian
 
 
 WARP_TILE_128 = GemmTile(128, 128, 8, 8, 8, stages=2, warp_m=32, warp_n=64)  # 8 warps of 32x64
+WARP_TILE_128X64 = GemmTile(128, 64, 8, 8, 8, stages=2, warp_m=64, warp_n=32)  # 4 warps of 64x32
+WARP_TILE_64 = GemmTile(64, 64, 8, 8, 8, stages=2, warp_m=32, warp_n=64)  # 2 warps of 32x64
 GENERAL_TILE = GemmTile(64, 64, 16, 4, 4)
 NARROW_TILE = GemmTile(256, 4, 16, 4, 1)     # at most 4 GEMM columns per group (depthwise)
 SMALL_TILE = GemmTile(16, 16, 32, 1, 1)      # small weight gradients
+
+#: The warp tiles, largest first, and the fewest GEMM columns (channels) per group for which the fixed rule
+#: prefers each. The smaller tiles spend more of their main loop gathering (78% FFMA against 83% on sm_90),
+#: so the large one is preferred down to 64 columns, half of them then empty, until GPU timings (the
+#: autotuner) say otherwise.
+WARP_TILES = ((WARP_TILE_128, 64), (WARP_TILE_128X64, 32), (WARP_TILE_64, 16))
 
 #: Every variant, in the order the fixed rule tries them within a pass (most specialised first).
 VARIANTS: tuple[Variant, ...] = (
     _gemm("fprop", NARROW_TILE, lambda g: g.filters_per_group <= 4,
           "few output channels per group (depthwise): 256 pixels x 4 channels"),
-    _gemm("fprop", WARP_TILE_128, lambda g: g.filters_per_group >= 64,
-          "large layers: warp-tiled 8x8 per thread, 128-bit shared loads, double-buffered, no division in "
-          "the main loop", applies=lambda g, dtype: _int32_offsets(g, g.C * g.H * g.W)),
+    *(_gemm("fprop", tile, lambda g, least=least: g.filters_per_group >= least,
+            "warp-tiled 8x8 per thread, 128-bit shared loads, double-buffered, no division in the main loop",
+            applies=lambda g, dtype: _int32_offsets(g, g.C * g.H * g.W)) for tile, least in WARP_TILES),
     _gemm("fprop", GENERAL_TILE, description="the general tile"),
     _gemm("dgrad", NARROW_TILE, lambda g: g.channels_per_group <= 4,
           "few input channels per group (depthwise): 256 pixels x 4 channels"),
-    _gemm("dgrad", WARP_TILE_128, lambda g: g.channels_per_group >= 64,
-          "large layers: per stride phase, a tap-major GEMM of dy with only the taps that reach it, warp-tiled",
-          applies=lambda g, dtype: _int32_offsets(g, g.K * g.P * g.Q)),
+    *(_gemm("dgrad", tile, lambda g, least=least: g.channels_per_group >= least,
+            "per stride phase, a tap-major GEMM of dy with only the taps that reach it, warp-tiled",
+            applies=lambda g, dtype: _int32_offsets(g, g.K * g.P * g.Q)) for tile, least in WARP_TILES),
     _gemm("dgrad", GENERAL_TILE, description="the general tile"),
     _gemm("wgrad", SMALL_TILE, lambda g: min(g.filters_per_group, g.channels_per_group * g.R * g.S) <= 16,
           "weight gradients at most 16 wide in one direction (depthwise)"),
-    _gemm("wgrad", WARP_TILE_128, lambda g: g.filters_per_group >= 64 and g.channels_per_group * g.R * g.S >= 64,
-          "large layers: warp-tiled, the reduction walking output rows (no division in the main loop)"),
+    *(_gemm("wgrad", tile, lambda g, least=least: min(g.filters_per_group, g.channels_per_group * g.R * g.S) >= least,
+            "warp-tiled, the reduction walking output rows (no division in the main loop)")
+      for tile, least in WARP_TILES),
     _gemm("wgrad", GENERAL_TILE, description="the general tile"),
     _elementwise("wgrad_splitk_reduce", "conv2d_wgrad.cu", "GPUCONV_WGRAD_REDUCE_KERNEL",
                  "sums the split-K partial weight gradients in split order"),
