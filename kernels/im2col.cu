@@ -8,26 +8,38 @@
 // g*Cg*R*S, so y_g (Kg x N*P*Q) = w_g (Kg x Cg*R*S) @ col_g (Cg*R*S x N*P*Q).
 // This is the transpose of gpuconv.reference.im2col's (N*P*Q, C*R*S) layout.
 //
-// Launch: any 1-D grid (grid-stride loops), any block size up to 256.
+// Launch: any 1-D grid (grid-stride loops), a block size that is a multiple of 32 up to 256; im2col runs a
+// warp per segment of Q columns (plan: 32 threads per segment), col2im a thread per pixel.
 // The K and groups parameters are unused: every convolution kernel takes the same shape list.
 #include "common.cuh"
 
 namespace gpuconv {
 
+// A warp copies one segment -- the Q columns (n, p, 0..Q-1) of one row (c, r, s) -- its lanes along q, so
+// that reads and writes are coalesced and the index arithmetic (divisions included) is done once per
+// segment, not per element. Grid-stride over segments, so any grid covers them.
 template <typename T>
 __device__ __forceinline__ void im2col_nchw(const T* __restrict__ x, T* __restrict__ col, const ConvShape shape) {
     const long long columns = (long long)shape.N * shape.P * shape.Q;
-    const long long total = (long long)shape.C * shape.R * shape.S * columns;
-    for (long long e = first_index(); e < total; e += index_stride()) {
-        const long long row = e / columns, column = e - row * columns;
+    const long long NP = (long long)shape.N * shape.P;
+    const long long segments = (long long)shape.C * shape.R * shape.S * NP;
+    const int lane = (int)(threadIdx.x % 32);
+    const long long warps = index_stride() / 32;
+    for (long long segment = first_index() / 32; segment < segments; segment += warps) {
+        const long long row = segment / NP, np = segment - row * NP;
+        const long long n = np / shape.P;
+        const int p = (int)(np - n * shape.P);
         const int s = (int)(row % shape.S), r = (int)(row / shape.S % shape.R);
         const long long c = row / ((long long)shape.S * shape.R);
-        const int q = (int)(column % shape.Q), p = (int)(column / shape.Q % shape.P);
-        const long long n = column / ((long long)shape.Q * shape.P);
         const int h = p * shape.stride_h - shape.pad_top + r * shape.dilation_h;
-        const int w = q * shape.stride_w - shape.pad_left + s * shape.dilation_w;
-        const bool inside = h >= 0 && h < shape.H && w >= 0 && w < shape.W;
-        col[e] = inside ? x[((n * shape.C + c) * shape.H + h) * shape.W + w] : zero_value<T>();
+        const bool row_inside = h >= 0 && h < shape.H;
+        const T* x_row = x + ((n * shape.C + c) * shape.H + (row_inside ? h : 0)) * shape.W;
+        T* col_segment = col + row * columns + np * shape.Q;
+        const int w_first = s * shape.dilation_w - shape.pad_left;
+        for (int q = lane; q < shape.Q; q += 32) {
+            const int w = q * shape.stride_w + w_first;
+            col_segment[q] = row_inside && w >= 0 && w < shape.W ? x_row[w] : zero_value<T>();
+        }
     }
 }
 

@@ -26,7 +26,8 @@ from .._backend import GPUOutOfMemoryError
 from .._shapes import ConvGeometry, accumulation_dtype
 from . import _launch, autotune
 from .backend import resolve_backend
-from .plan import PASS_NAMES, ConvPlan, check_algo, check_geometry, elementwise_launch, plan_conv, result_bytes
+from .plan import (PASS_NAMES, ConvPlan, check_algo, check_geometry, elementwise_launch, im2col_launch, plan_conv,
+                   result_bytes)
 from .registry import IM2COL, IMPLICIT_GEMM, PASS_OPERANDS
 
 
@@ -218,7 +219,7 @@ def im2col(x, g: ConvGeometry, backend=None):
     backend = resolve_backend(backend)
     check_geometry(g)
     (x,) = _launch.kernel_operands(backend.xp, x=x)
-    launch = elementwise_launch("im2col_nchw", x.dtype, g.C * g.R * g.S * g.N * g.P * g.Q)
+    launch = im2col_launch(g, x.dtype, g.N)
     return im2col_columns(backend, launch, x, g).reshape(g.C * g.R * g.S, g.N * g.P * g.Q)
 
 

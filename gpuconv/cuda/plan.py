@@ -289,6 +289,11 @@ def _launch_of(variant: Variant, dtype, grid) -> KernelLaunch:
     return KernelLaunch(variant, np.dtype(dtype), grid, (variant.threads, 1, 1), variant.dynamic_shared_bytes)
 
 
+def im2col_launch(g: ConvGeometry, dtype, images: int) -> KernelLaunch:
+    """The im2col kernel copies a segment of Q columns per warp: 32 threads for each of C*R*S*images*P."""
+    return elementwise_launch("im2col_nchw", dtype, 32 * g.C * g.R * g.S * images * g.P)
+
+
 def elementwise_launch(name: str, dtype, total: int) -> KernelLaunch:
     """A grid-stride variant's launch over ``total`` elements."""
     return _launch_of(registry.get(name), dtype, elementwise_grid(total))
@@ -323,9 +328,7 @@ def _plan_im2col(pass_name, g, dtype, algo, reason, free_after_result) -> ConvPl
     if budget is None:
         return None
     chunk = im2col_batch_chunk(g, dtype.itemsize, budget)
-    G, Cg, _ = (g.groups, g.channels_per_group, g.filters_per_group)
-    columns = Cg * g.R * g.S * chunk * g.P * g.Q * G
-    launches = [elementwise_launch("im2col_nchw", dtype, columns)]
+    launches = [im2col_launch(g, dtype, chunk)]
     if pass_name == "dgrad":  # the column gradient is folded back; im2col is not needed
         launches = [elementwise_launch("col2im_nchw", dtype, chunk * g.C * g.H * g.W)]
     return ConvPlan(launches=tuple(launches), batch_chunks=batch_chunks(g, chunk),
@@ -361,4 +364,4 @@ def with_grid(plan, index: int, grid) -> "ConvPlan | PoolPlan":
 __all__ = ["PASS_NAMES", "IM2COL_WORKSPACE_BYTES", "WGRAD_TARGET_BLOCKS", "WGRAD_MIN_PIXELS_PER_SPLIT", "IM2COL",
            "KernelLaunch", "ConvPlan", "PoolPlan", "elementwise_grid", "check_geometry", "gemm_grid",
            "wgrad_split", "im2col_bytes_per_image", "im2col_batch_chunk", "batch_chunks", "im2col_budget",
-           "result_bytes", "fixed_rule", "rule_variant", "candidates", "check_algo", "plan_conv", "plan_pool", "with_grid", "elementwise_launch", "dgrad_phases"]
+           "result_bytes", "fixed_rule", "rule_variant", "candidates", "check_algo", "plan_conv", "plan_pool", "with_grid", "elementwise_launch", "im2col_launch", "dgrad_phases"]
