@@ -49,6 +49,24 @@ def test_tiles_refuse_what_their_kernels_do_not_do():
     assert registry.WARP_TILE_128.threads == 256
 
 
+@pytest.mark.parametrize("shape, stride", [((2, 16, 9, 70), 1), ((3, 8, 17, 33), 2)])
+def test_depthwise_layers_go_to_the_stencil_with_a_block_per_output_tile(shape, stride):
+    n, c, h, w = shape
+    g = ConvGeometry.create(shape, (2 * c, 1, 3, 3), padding=1, stride=stride, groups=c)  # multiplier 2
+    fprop = plan.plan_conv("fprop", g, np.float32)
+    assert fprop.variant == "fprop_depthwise_8x32" and fprop.algorithm == "direct"
+    assert fprop.launches[0].grid == (-(-g.P // 8) * -(-g.Q // 32), 2 * c, n)
+    dgrad = plan.plan_conv("dgrad", g, np.float32)
+    if stride == 1:
+        assert dgrad.variant == "dgrad_depthwise_8x32" and dgrad.launches[0].grid == (-(-h // 8) * -(-w // 32), c, n)
+    else:  # the stencil's dgrad is stride 1 only
+        assert dgrad.variant != "dgrad_depthwise_8x32"
+    assert plan.plan_conv("fprop", g, np.float32, "direct").variant == "fprop_depthwise_8x32"
+    assert plan.plan_conv("fprop", g, np.float32, "implicit_gemm").variant == "fprop_simt_256x4x16_1stage"
+    with pytest.raises(ValueError, match="no direct wgrad kernel"):
+        plan.plan_conv("wgrad", g, np.float32, "direct")
+
+
 @pytest.mark.parametrize("stride, H, W", [((1, 1), 9, 7), ((2, 2), 9, 7), ((2, 3), 8, 10), ((3, 1), 2, 5)])
 def test_the_warp_dgrad_runs_one_launch_per_stride_phase(stride, H, W):
     """Each phase (phase_h, phase_w) covers the input pixels h = phase_h + t*stride_h (and the same for w):
@@ -76,8 +94,8 @@ def test_a_variant_exists_only_for_its_dtypes():
 
 
 def test_every_kernel_file_and_instantiation_comes_from_the_registry():
-    assert registry.sources() == ("conv2d_fprop.cu", "conv2d_dgrad.cu", "conv2d_wgrad.cu", "im2col.cu",
-                                  "pooling.cu")
+    assert set(registry.sources()) == {"conv2d_fprop.cu", "conv2d_dgrad.cu", "conv2d_wgrad.cu",
+                                       "conv2d_depthwise.cu", "im2col.cu", "pooling.cu"}
     names = [v.kernel_name(d) for v, d in registry.instantiations()]
     assert len(names) == len(set(names)) == 3 * len(registry.VARIANTS)
     with pytest.raises(ValueError, match="no kernel variant named 'nope'"):
@@ -86,8 +104,8 @@ def test_every_kernel_file_and_instantiation_comes_from_the_registry():
 
 def test_algo_choices_per_pass():
     choices = registry.algo_choices("fprop")
-    assert choices[:3] == ("auto", "im2col", "implicit_gemm") and "fprop_simt_64x64x16_1stage" in choices
-    assert all(registry.get(name).op == "fprop" for name in choices[3:])
+    assert choices[:4] == ("auto", "im2col", "implicit_gemm", "direct") and "fprop_simt_64x64x16_1stage" in choices
+    assert all(registry.get(name).op == "fprop" for name in choices[4:])
     plan.check_algo("wgrad", "wgrad_simt_16x16x32_1stage_splitk")
     with pytest.raises(ValueError, match=r"is a fprop kernel variant; the dgrad pass \(grad_input\) on CuPy \(GPU\) arrays takes one of"):
         plan.check_algo("dgrad", "fprop_simt_64x64x16_1stage")
@@ -101,8 +119,8 @@ def test_algo_choices_per_pass():
 
 def test_fixed_rule():
     assert plan.plan_conv("fprop", DENSE, np.float32).variant == "im2col"
-    assert plan.plan_conv("fprop", DEPTHWISE, np.float32).variant == "fprop_simt_256x4x16_1stage"
-    assert plan.plan_conv("dgrad", DEPTHWISE, np.float32).variant == "dgrad_simt_256x4x16_1stage"
+    assert plan.plan_conv("fprop", DEPTHWISE, np.float32).variant == "fprop_depthwise_8x32"
+    assert plan.plan_conv("dgrad", DEPTHWISE, np.float32).variant == "dgrad_depthwise_8x32"
     assert plan.plan_conv("wgrad", DEPTHWISE, np.float32).variant == "wgrad_simt_16x16x32_1stage_splitk"
     # 32 output channels: the 128x64 warp tile; 16: the 64x64 one; 8: the one-stage general tile.
     assert plan.plan_conv("fprop", DENSE, np.float32, "implicit_gemm").variant == \
@@ -213,6 +231,8 @@ def test_grids_cover_every_output_once(g):
     G, Cg, Kg = g.groups, g.C // g.groups, g.K // g.groups
     for pass_name, rows, columns in (("fprop", g.N * g.P * g.Q, Kg), ("dgrad", g.N * g.H * g.W, Cg)):
         for v in registry.conv_variants(pass_name):
+            if v.family != "implicit_gemm":
+                continue
             t = v.tile
             gx, gy, gz = plan.gemm_grid(pass_name, g, v)
             assert (gx - 1) * t.block_m < rows <= gx * t.block_m

@@ -103,9 +103,11 @@ def test_print_register_and_spill_table():
 def test_compile_error_names_the_file_and_carries_the_log(monkeypatch):
     real_read = loader._read_text
 
+    assert "col_segment[q] = row_inside" in real_read("im2col.cu"), "the injected error needs a new target"
+
     def read(name):
         if name == "im2col.cu":
-            return real_read(name).replace("col[e] = inside", "col[e] = undefined_name + inside", 1)
+            return real_read(name).replace("col_segment[q] = row_inside", "col_segment[q] = undefined_name + row_inside", 1)
         return real_read(name)
 
     monkeypatch.setattr(loader, "_read_text", read)

@@ -202,7 +202,7 @@ def test_public_entry_points_take_the_backend():
     dx = conv.conv2d_grad_input(dy, w, g, algo="dgrad_simt_64x64x16_1stage", backend=backend)
     dw = conv.conv2d_grad_weight(x, dy, g, algo="implicit_gemm", backend=backend)
     assert [launch.variant.name for launch in backend.launches] == [
-        "fprop_simt_256x4x16_1stage", "dgrad_simt_64x64x16_1stage", "wgrad_simt_16x16x32_1stage_splitk",
+        "fprop_depthwise_8x32", "dgrad_simt_64x64x16_1stage", "wgrad_simt_16x16x32_1stage_splitk",
         "wgrad_splitk_reduce"]
     assert_matches(y, reference.conv2d_forward(x, w, g), np.float32, "fprop")
     assert_matches(dx, reference.conv2d_grad_input(dy, w, g), np.float32, "dgrad")

@@ -28,7 +28,7 @@ from . import _launch, autotune
 from .backend import resolve_backend
 from .plan import (PASS_NAMES, ConvPlan, check_algo, check_geometry, elementwise_launch, im2col_launch, plan_conv,
                    result_bytes)
-from .registry import IM2COL, IMPLICIT_GEMM, PASS_OPERANDS
+from .registry import DIRECT, IM2COL, IMPLICIT_GEMM, PASS_OPERANDS
 
 
 def conv_shape_args(g: ConvGeometry, batch: int | None = None) -> tuple:
@@ -205,6 +205,7 @@ def _wgrad_im2col(plan, backend, x, dy):
 _RUNNERS = {
     (IMPLICIT_GEMM, "fprop"): _fprop_gemm, (IMPLICIT_GEMM, "dgrad"): _dgrad_gemm,
     (IMPLICIT_GEMM, "wgrad"): _wgrad_gemm,
+    (DIRECT, "fprop"): _fprop_gemm, (DIRECT, "dgrad"): _dgrad_gemm,  # the same arguments
     (IM2COL, "fprop"): _fprop_im2col, (IM2COL, "dgrad"): _dgrad_im2col, (IM2COL, "wgrad"): _wgrad_im2col,
 }
 

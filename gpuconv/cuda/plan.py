@@ -17,7 +17,7 @@ import numpy as np
 from .._backend import GPUOutOfMemoryError
 from .._shapes import ConvGeometry, PoolGeometry, accumulation_dtype, ceil_div
 from . import _launch, registry
-from .registry import CONV_PASSES, IM2COL, IMPLICIT_GEMM, Variant
+from .registry import CONV_PASSES, DIRECT, IM2COL, IMPLICIT_GEMM, Variant
 
 #: Upper bound on the im2col column matrix; the batch is chunked to stay below it.
 IM2COL_WORKSPACE_BYTES = 1 << 30
@@ -178,13 +178,16 @@ def fixed_rule(pass_name: str, g: ConvGeometry, dtype, compute_capability: int |
     return IM2COL if g.groups == 1 else rule_variant(pass_name, g, dtype, compute_capability).name
 
 
-def rule_variant(pass_name: str, g: ConvGeometry, dtype, compute_capability: int | None = None) -> Variant:
-    """The first applicable GEMM variant of the pass that prefers this geometry (registry order)."""
-    usable = [v for v in registry.conv_variants(pass_name)
-              if v.deterministic and v.can_run(g, dtype, compute_capability)]
+def rule_variant(pass_name: str, g: ConvGeometry, dtype, compute_capability: int | None = None,
+                 family: str | None = None) -> Variant:
+    """The first applicable variant of the pass (of ``family``, or any) that prefers this geometry, in
+    registry order; else the last applicable one."""
+    usable = [v for v in registry.conv_variants(pass_name) if v.deterministic and family in (None, v.family)
+              and v.can_run(g, dtype, compute_capability)]
     if not usable:
         on = "" if compute_capability is None else f" on compute capability {_cc_text(compute_capability)}"
-        raise ValueError(f"no implicit-GEMM {pass_name} kernel exists for {np.dtype(dtype)} and this geometry{on}")
+        kind = "" if family is None else f"{family} "
+        raise ValueError(f"no {kind}{pass_name} kernel exists for {np.dtype(dtype)} and this geometry{on}")
     return next((v for v in usable if v.preferred(g)), usable[-1])
 
 
@@ -249,12 +252,12 @@ def plan_conv(pass_name: str, g: ConvGeometry, dtype, algo: str = "auto", free_b
         else:
             choice = fixed_rule(pass_name, g, dtype, compute_capability)
             reason = "fixed rule: " + ("dense convolution, im2col + cuBLAS" if choice == IM2COL
-                                       else "grouped convolution, implicit GEMM")
+                                       else f"grouped convolution, {registry.get(choice).family}")
     elif algo == IM2COL:
         choice, reason = IM2COL, "requested"
-    elif algo == IMPLICIT_GEMM:
-        choice = rule_variant(pass_name, g, dtype, compute_capability).name
-        reason = "requested family; the rule's tile"
+    elif algo in (IMPLICIT_GEMM, DIRECT):
+        choice = rule_variant(pass_name, g, dtype, compute_capability, family=algo).name
+        reason = "requested family; the rule's variant"
     else:
         variant = registry.get(algo)
         if compute_capability is not None and compute_capability < variant.min_compute_capability:
@@ -278,7 +281,7 @@ def plan_conv(pass_name: str, g: ConvGeometry, dtype, algo: str = "auto", free_b
                                 f"of one image, twice for headroom)", needed, free_after_result)
         fallback = (f"im2col needs {needed:,} bytes for one image's workspace (twice for headroom), "
                     f"{free_after_result:,} free after the result: implicit GEMM instead")
-        variant = rule_variant(pass_name, g, dtype, compute_capability)
+        variant = rule_variant(pass_name, g, dtype, compute_capability, family=IMPLICIT_GEMM)
         return replace(_plan_gemm(pass_name, g, dtype, algo, variant, reason), fallback=fallback)
     return _plan_gemm(pass_name, g, dtype, algo, registry.get(choice), reason)
 
@@ -300,8 +303,12 @@ def elementwise_launch(name: str, dtype, total: int) -> KernelLaunch:
 
 
 def _plan_gemm(pass_name, g, dtype, algo, variant: Variant, reason: str) -> ConvPlan:
-    common = dict(pass_name=pass_name, geometry=g, dtype=dtype, requested=algo, algorithm=IMPLICIT_GEMM,
+    common = dict(pass_name=pass_name, geometry=g, dtype=dtype, requested=algo, algorithm=variant.family,
                   variant=variant.name, reason=reason)
+    if variant.family == DIRECT:  # the depthwise stencil: a block per output tile of one plane
+        P, Q, channels = (g.P, g.Q, g.K) if pass_name == "fprop" else (g.H, g.W, g.C)
+        tiles = ceil_div(P, registry.DEPTHWISE_TILE_P) * ceil_div(Q, registry.DEPTHWISE_TILE_Q)
+        return ConvPlan(launches=(_launch_of(variant, dtype, (tiles, channels, g.N)),), **common)
     if pass_name == "dgrad" and variant.tile.warp_m is not None:  # one launch per stride phase
         t = variant.tile
         return ConvPlan(launches=tuple(

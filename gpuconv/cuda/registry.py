@@ -34,8 +34,8 @@ CONV_PASSES = ("fprop", "dgrad", "wgrad")
 #: What each pass computes from: y from (x, w), dx from (dy, w), dw from (x, dy).
 PASS_OPERANDS = {"fprop": ("x", "w"), "dgrad": ("dy", "w"), "wgrad": ("x", "dy")}
 #: Algorithm families ``algo=`` accepts besides registry names; "auto" picks among all of them.
-IM2COL, IMPLICIT_GEMM = "im2col", "implicit_gemm"
-FAMILIES = (IM2COL, IMPLICIT_GEMM)
+IM2COL, IMPLICIT_GEMM, DIRECT = "im2col", "implicit_gemm", "direct"
+FAMILIES = (IM2COL, IMPLICIT_GEMM, DIRECT)
 
 #: Threads per block of the grid-stride kernels (im2col, col2im, pooling, the wgrad reduction).
 ELEMENTWISE_THREADS = 256
@@ -130,6 +130,7 @@ class Variant:
     deterministic: bool = True
     grid_stride: bool = False  # correct with any grid (a grid-stride loop); else the plan's grid exactly
     dynamic_shared_bytes: int = 0
+    shared_elements: int = 0   # static shared memory of a tile-less kernel, in accumulator elements
     #: (geometry, dtype) -> whether the variant computes that convolution correctly.
     applies: Callable[[ConvGeometry, np.dtype], bool] = field(default=_always, compare=False)
     #: geometry -> whether the fixed rule picks it (the first applicable variant of a pass that it prefers).
@@ -151,7 +152,8 @@ class Variant:
         return f"{self.export_macro}({', '.join(args)})"
 
     def static_shared_bytes(self, dtype) -> int:
-        return self.tile.shared_bytes(accumulation_dtype(dtype).itemsize) if self.tile else 0
+        acc_itemsize = accumulation_dtype(dtype).itemsize
+        return self.tile.shared_bytes(acc_itemsize) if self.tile else self.shared_elements * acc_itemsize
 
     def can_run(self, g: ConvGeometry, dtype, compute_capability: int | None = None) -> bool:
         """Whether it computes this convolution for ``dtype`` (on a device of ``compute_capability``, as
@@ -182,6 +184,26 @@ def _gemm(op: str, tile: GemmTile, preferred=_always, description: str = "", app
                    preferred=preferred, description=description, applies=applies, dtypes=dtypes)
 
 
+#: The depthwise stencil's output tile and shared-memory capacity (kernels/conv2d_depthwise.cu, DepthwiseTile).
+DEPTHWISE_TILE_P, DEPTHWISE_TILE_Q, DEPTHWISE_PATCH, DEPTHWISE_TAPS = 8, 32, 4096, 64
+
+
+def _depthwise_fits(g: ConvGeometry, stride) -> bool:
+    """Depthwise (one input channel per group), its patch and taps within the kernel's shared memory, its
+    channels and images within one grid's y and z."""
+    patch = (((DEPTHWISE_TILE_P - 1) * stride[0] + (g.R - 1) * g.dilation[0] + 1) *
+             ((DEPTHWISE_TILE_Q - 1) * stride[1] + (g.S - 1) * g.dilation[1] + 1))
+    return (g.channels_per_group == 1 and g.groups == g.C and patch <= DEPTHWISE_PATCH and
+            g.R * g.S <= DEPTHWISE_TAPS and max(g.K, g.C, g.N) <= 65535)
+
+
+def _depthwise(op: str, applies, description: str) -> Variant:
+    return Variant(f"{op}_depthwise_{DEPTHWISE_TILE_P}x{DEPTHWISE_TILE_Q}", op, "conv2d_depthwise.cu",
+                   f"GPUCONV_DEPTHWISE_{op.upper()}_KERNEL", DEPTHWISE_TILE_P * DEPTHWISE_TILE_Q, family=DIRECT,
+                   shared_elements=DEPTHWISE_PATCH + DEPTHWISE_TAPS, applies=applies,
+                   preferred=lambda g: True, description=description)
+
+
 def _elementwise(name: str, source: str, macro: str, description: str) -> Variant:
     return Variant(name, name, source, macro, ELEMENTWISE_THREADS, grid_stride=True, description=description)
 
@@ -201,12 +223,16 @@ WARP_TILES = ((WARP_TILE_128, 64), (WARP_TILE_128X64, 32), (WARP_TILE_64, 16))
 
 #: Every variant, in the order the fixed rule tries them within a pass (most specialised first).
 VARIANTS: tuple[Variant, ...] = (
+    _depthwise("fprop", lambda g, dtype: _depthwise_fits(g, g.stride),
+               "depthwise: a direct stencil from a shared-memory patch (few bytes moved per output)"),
     _gemm("fprop", NARROW_TILE, lambda g: g.filters_per_group <= 4,
           "few output channels per group (depthwise): 256 pixels x 4 channels"),
     *(_gemm("fprop", tile, lambda g, least=least: g.filters_per_group >= least,
             "warp-tiled 8x8 per thread, 128-bit shared loads, double-buffered, no division in the main loop",
             applies=lambda g, dtype: _int32_offsets(g, g.C * g.H * g.W)) for tile, least in WARP_TILES),
     _gemm("fprop", GENERAL_TILE, description="the general tile"),
+    _depthwise("dgrad", lambda g, dtype: g.stride == (1, 1) and _depthwise_fits(g, (1, 1)),
+               "depthwise at stride 1: the stencil of dy with the turned filter"),
     _gemm("dgrad", NARROW_TILE, lambda g: g.channels_per_group <= 4,
           "few input channels per group (depthwise): 256 pixels x 4 channels"),
     *(_gemm("dgrad", tile, lambda g, least=least: g.channels_per_group >= least,
