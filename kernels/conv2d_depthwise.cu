@@ -1,5 +1,5 @@
-// conv2d_depthwise.cu -- depthwise convolutions (groups == input channels) as a direct stencil, fprop
-// and stride-1 dgrad.
+// conv2d_depthwise.cu -- depthwise convolutions (groups == input channels) as a direct stencil: fprop,
+// stride-1 dgrad and wgrad.
 //
 // A depthwise layer does R*S multiply-adds per output and reads each input pixel about R*S/(stride_h *
 // stride_w) times: it is bound by memory traffic, not arithmetic, so the kernel is built to move few bytes
@@ -80,6 +80,77 @@ __device__ __forceinline__ void depthwise_conv(const T* __restrict__ in, const T
     if (p < cv.P && q < cv.Q) out[(n * cv.out_channels + o) * cv.P * cv.Q + (long long)p * cv.Q + q] = from_acc<T>(acc);
 }
 
+// The weight gradient of a depthwise convolution, one block per (output channel o, split of the images):
+//     partial[split, o, tap] = sum over the split's images n and pixels (p, q) of
+//                              dy[n, o, p, q] * x[n, o / m, p*stride_h - pad_top + r*dil_h, q*stride_w - pad_left + s*dil_w]
+// Output tile by output tile, dy's tile and the input patch it reads are staged in shared memory; then
+// each tap (r, s) has `lanes` threads, lane l summing the tile's pixels l, l + lanes, ...; at the end the
+// lanes of a tap are added in lane order. Every sum has a fixed order: bitwise reproducible.
+template <typename T>
+__device__ __forceinline__ void depthwise_wgrad(const T* __restrict__ x, const T* __restrict__ dy,
+                                                typename AccT<T>::type* __restrict__ partial, const ConvShape sh,
+                                                int splits, long long images_per_split) {
+    typedef typename AccT<T>::type Acc;
+    typedef DepthwiseTile Tile;
+    constexpr int PIXELS = Tile::TILE_P * Tile::TILE_Q;
+    __shared__ Acc patch[Tile::PATCH_CAPACITY];
+    __shared__ Acc grad[PIXELS];
+    __shared__ Acc sums[Tile::THREADS];
+
+    const int tid = (int)threadIdx.x;
+    const int o = (int)blockIdx.x, split = (int)blockIdx.z;
+    const int rs = sh.R * sh.S;
+    const int lanes = Tile::THREADS / rs;            // threads per tap (the planner keeps rs <= 64: >= 4)
+    const int tap = tid / lanes, lane = tid - tap * lanes;
+    const bool has_tap = tap < rs;
+    const int r = has_tap ? tap / sh.S : 0, s = has_tap ? tap - (tap / sh.S) * sh.S : 0;
+    const int patch_h = (Tile::TILE_P - 1) * sh.stride_h + (sh.R - 1) * sh.dilation_h + 1;
+    const int patch_w = (Tile::TILE_Q - 1) * sh.stride_w + (sh.S - 1) * sh.dilation_w + 1;
+    const int tiles_q = (sh.Q + Tile::TILE_Q - 1) / Tile::TILE_Q;
+    const int tiles = (sh.P + Tile::TILE_P - 1) / Tile::TILE_P * tiles_q;
+    const long long HW = (long long)sh.H * sh.W, PQ = (long long)sh.P * sh.Q;
+    const int ci = o / (sh.K / sh.C);
+    const long long n_begin = split * images_per_split;
+    const long long n_end = min_of((long long)sh.N, n_begin + images_per_split);
+    // This thread's products in a tile: tap (r, s) over pixels lane, lane + lanes, ...; their patch offsets.
+    const int tap_offset = r * sh.dilation_h * patch_w + s * sh.dilation_w;
+
+    Acc acc = Acc(0);
+    for (long long n = n_begin; n < n_end; ++n) {
+        const T* plane = x + (n * sh.C + ci) * HW;
+        const T* dy_plane = dy + (n * sh.K + o) * PQ;
+        for (int tile = 0; tile < tiles; ++tile) {
+            const int p0 = tile / tiles_q * Tile::TILE_P, q0 = tile % tiles_q * Tile::TILE_Q;
+            const int h0 = p0 * sh.stride_h - sh.pad_top, w0 = q0 * sh.stride_w - sh.pad_left;
+            for (int ph = tid / 32; ph < patch_h; ph += Tile::THREADS / 32) {
+                const int h = h0 + ph;
+                for (int pw = tid % 32; pw < patch_w; pw += 32) {
+                    const int wi = w0 + pw;
+                    patch[ph * patch_w + pw] =
+                        h >= 0 && h < sh.H && wi >= 0 && wi < sh.W ? to_acc(plane[(long long)h * sh.W + wi]) : Acc(0);
+                }
+            }
+            {
+                const int p = p0 + tid / Tile::TILE_Q, q = q0 + tid % Tile::TILE_Q;
+                grad[tid] = p < sh.P && q < sh.Q ? to_acc(dy_plane[(long long)p * sh.Q + q]) : Acc(0);
+            }
+            __syncthreads();
+            if (has_tap)
+                for (int i = lane; i < PIXELS; i += lanes)
+                    acc += grad[i] * patch[(i / Tile::TILE_Q) * sh.stride_h * patch_w +
+                                           (i % Tile::TILE_Q) * sh.stride_w + tap_offset];
+            __syncthreads();  // the next tile overwrites the patch
+        }
+    }
+    sums[tid] = acc;
+    __syncthreads();
+    if (tid < rs) {
+        Acc total = Acc(0);
+        for (int l = 0; l < lanes; ++l) total += sums[tid * lanes + l];
+        partial[((long long)split * sh.K + o) * rs + tid] = total;
+    }
+}
+
 }  // namespace gpuconv
 
 // ------------------------------------------------------------------ exports
@@ -111,4 +182,13 @@ __device__ __forceinline__ void depthwise_conv(const T* __restrict__ in, const T
                                                           dilation_w, dilation_h * (R - 1) - pad_top, \
                                                           dilation_w * (S - 1) - pad_left, K / C, 1, K / C, \
                                                           K / C, true});                      \
+    }
+
+// partial (splits, K, 1 * R * S) from x (N, C, H, W) and dy (N, K, P, Q), a split being k_per_split images;
+// wgrad_splitk_reduce then adds the splits.
+#define GPUCONV_DEPTHWISE_WGRAD_KERNEL(NAME, T, ACC)                                          \
+    extern "C" __global__ void __launch_bounds__(256)                                         \
+        NAME(const T* __restrict__ x, const T* __restrict__ dy, ACC* __restrict__ partial,    \
+             GPUCONV_CONV_SHAPE_PARAMS, int splits, long long k_per_split) {                  \
+        gpuconv::depthwise_wgrad<T>(x, dy, partial, GPUCONV_CONV_SHAPE, splits, k_per_split); \
     }

@@ -63,8 +63,9 @@ def test_depthwise_layers_go_to_the_stencil_with_a_block_per_output_tile(shape, 
         assert dgrad.variant != "dgrad_depthwise_8x32"
     assert plan.plan_conv("fprop", g, np.float32, "direct").variant == "fprop_depthwise_8x32"
     assert plan.plan_conv("fprop", g, np.float32, "implicit_gemm").variant == "fprop_simt_256x4x16_1stage"
-    with pytest.raises(ValueError, match="no direct wgrad kernel"):
-        plan.plan_conv("wgrad", g, np.float32, "direct")
+    wgrad = plan.plan_conv("wgrad", g, np.float32)
+    assert wgrad.variant == "wgrad_depthwise_8x32" and wgrad.launches[0].grid == (2 * c, 1, wgrad.wgrad_splits)
+    assert wgrad.wgrad_splits * wgrad.wgrad_pixels_per_split >= n > (wgrad.wgrad_splits - 1) * wgrad.wgrad_pixels_per_split
 
 
 @pytest.mark.parametrize("stride, H, W", [((1, 1), 9, 7), ((2, 2), 9, 7), ((2, 3), 8, 10), ((3, 1), 2, 5)])
@@ -121,7 +122,7 @@ def test_fixed_rule():
     assert plan.plan_conv("fprop", DENSE, np.float32).variant == "im2col"
     assert plan.plan_conv("fprop", DEPTHWISE, np.float32).variant == "fprop_depthwise_8x32"
     assert plan.plan_conv("dgrad", DEPTHWISE, np.float32).variant == "dgrad_depthwise_8x32"
-    assert plan.plan_conv("wgrad", DEPTHWISE, np.float32).variant == "wgrad_simt_16x16x32_1stage_splitk"
+    assert plan.plan_conv("wgrad", DEPTHWISE, np.float32).variant == "wgrad_depthwise_8x32"
     # 32 output channels: the 128x64 warp tile; 16: the 64x64 one; 8: the one-stage general tile.
     assert plan.plan_conv("fprop", DENSE, np.float32, "implicit_gemm").variant == \
         "fprop_simt_128x64x8_warp64x32_2stage"
@@ -146,8 +147,10 @@ def test_a_requested_variant_and_the_tuners_pick_are_planned_as_given():
 
 
 def test_candidates_are_im2col_and_every_applicable_variant():
-    assert plan.candidates("wgrad", DENSE, np.float32) == ("im2col", *(v.name for v in
-                                                                      registry.conv_variants("wgrad")))
+    assert plan.candidates("wgrad", DENSE, np.float32) == ("im2col", *(v.name for v in registry.conv_variants("wgrad")
+                                                                      if v.can_run(DENSE, np.float32)))
+    assert "wgrad_depthwise_8x32" not in plan.candidates("wgrad", DENSE, np.float32)  # not depthwise
+    assert "wgrad_depthwise_8x32" in plan.candidates("wgrad", DEPTHWISE, np.float32)
     assert "wgrad_simt_16x16x32_1stage_splitk" in plan.candidates("wgrad", DENSE, np.float32)
 
 
@@ -247,7 +250,7 @@ def test_grids_cover_every_output_once(g):
 @settings(max_examples=200, deadline=None)
 @given(geometries())
 def test_wgrad_split_covers_the_reduction_without_empty_splits(g):
-    for v in registry.conv_variants("wgrad"):
+    for v in (v for v in registry.conv_variants("wgrad") if v.tile is not None):  # split-K GEMMs
         splits, per_split = plan.wgrad_split(g, v)
         pixels = g.N * g.P * g.Q
         unit = g.Q if v.tile.warp_m is not None else v.tile.block_k  # whole output rows, or whole slices

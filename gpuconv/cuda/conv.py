@@ -205,7 +205,7 @@ def _wgrad_im2col(plan, backend, x, dy):
 _RUNNERS = {
     (IMPLICIT_GEMM, "fprop"): _fprop_gemm, (IMPLICIT_GEMM, "dgrad"): _dgrad_gemm,
     (IMPLICIT_GEMM, "wgrad"): _wgrad_gemm,
-    (DIRECT, "fprop"): _fprop_gemm, (DIRECT, "dgrad"): _dgrad_gemm,  # the same arguments
+    (DIRECT, "fprop"): _fprop_gemm, (DIRECT, "dgrad"): _dgrad_gemm, (DIRECT, "wgrad"): _wgrad_gemm,  # same arguments
     (IM2COL, "fprop"): _fprop_im2col, (IM2COL, "dgrad"): _dgrad_im2col, (IM2COL, "wgrad"): _wgrad_im2col,
 }
 

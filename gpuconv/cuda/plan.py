@@ -66,8 +66,8 @@ class ConvPlan:
     batch_chunks: tuple[tuple[int, int], ...] = ()  # im2col: [start, stop) image ranges
     pointwise: bool = False        # im2col family on a 1x1/stride-1/unpadded convolution: no column matrix
     workspace_bytes: int = 0       # beyond the output: im2col columns per chunk, or wgrad's split partials
-    wgrad_splits: int = 1          # wgrad implicit GEMM: the split-K reduction
-    wgrad_pixels_per_split: int = 0
+    wgrad_splits: int = 1          # wgrad: the split reduction
+    wgrad_pixels_per_split: int = 0  # its unit of work: output pixels (implicit GEMM), images (depthwise stencil)
     fallback: str | None = None    # set when memory forced another choice than the rule's or the tuner's
 
     def describe(self) -> str:
@@ -305,6 +305,14 @@ def elementwise_launch(name: str, dtype, total: int) -> KernelLaunch:
 def _plan_gemm(pass_name, g, dtype, algo, variant: Variant, reason: str) -> ConvPlan:
     common = dict(pass_name=pass_name, geometry=g, dtype=dtype, requested=algo, algorithm=variant.family,
                   variant=variant.name, reason=reason)
+    if variant.family == DIRECT and pass_name == "wgrad":  # a block per (channel, split of the images)
+        per_split = ceil_div(g.N, max(1, min(g.N, ceil_div(WGRAD_TARGET_BLOCKS, g.K), _launch.GRID_YZ_MAX)))
+        splits = ceil_div(g.N, per_split)
+        weights = int(np.prod(g.weight_shape))
+        return ConvPlan(launches=(_launch_of(variant, dtype, (g.K, 1, splits)),
+                                  elementwise_launch("wgrad_splitk_reduce", dtype, weights)),
+                        wgrad_splits=splits, wgrad_pixels_per_split=per_split,
+                        workspace_bytes=splits * weights * accumulation_dtype(dtype).itemsize, **common)
     if variant.family == DIRECT:  # the depthwise stencil: a block per output tile of one plane
         P, Q, channels = (g.P, g.Q, g.K) if pass_name == "fprop" else (g.H, g.W, g.C)
         tiles = ceil_div(P, registry.DEPTHWISE_TILE_P) * ceil_div(Q, registry.DEPTHWISE_TILE_Q)

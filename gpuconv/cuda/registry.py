@@ -198,10 +198,12 @@ def _depthwise_fits(g: ConvGeometry, stride) -> bool:
 
 
 def _depthwise(op: str, applies, description: str) -> Variant:
+    threads = DEPTHWISE_TILE_P * DEPTHWISE_TILE_Q
+    # fprop/dgrad stage the patch and the taps; wgrad the patch, dy's tile and a partial sum per thread.
+    shared = DEPTHWISE_PATCH + (2 * threads if op == "wgrad" else DEPTHWISE_TAPS)
     return Variant(f"{op}_depthwise_{DEPTHWISE_TILE_P}x{DEPTHWISE_TILE_Q}", op, "conv2d_depthwise.cu",
-                   f"GPUCONV_DEPTHWISE_{op.upper()}_KERNEL", DEPTHWISE_TILE_P * DEPTHWISE_TILE_Q, family=DIRECT,
-                   shared_elements=DEPTHWISE_PATCH + DEPTHWISE_TAPS, applies=applies,
-                   preferred=lambda g: True, description=description)
+                   f"GPUCONV_DEPTHWISE_{op.upper()}_KERNEL", threads, family=DIRECT, shared_elements=shared,
+                   applies=applies, preferred=lambda g: True, description=description)
 
 
 def _elementwise(name: str, source: str, macro: str, description: str) -> Variant:
@@ -239,6 +241,8 @@ VARIANTS: tuple[Variant, ...] = (
             "per stride phase, a tap-major GEMM of dy with only the taps that reach it, warp-tiled",
             applies=lambda g, dtype: _int32_offsets(g, g.K * g.P * g.Q)) for tile, least in WARP_TILES),
     _gemm("dgrad", GENERAL_TILE, description="the general tile"),
+    _depthwise("wgrad", lambda g, dtype: _depthwise_fits(g, g.stride),
+               "depthwise: per output tile, every tap's products from a shared-memory patch, split over images"),
     _gemm("wgrad", SMALL_TILE, lambda g: min(g.filters_per_group, g.channels_per_group * g.R * g.S) <= 16,
           "weight gradients at most 16 wide in one direction (depthwise)"),
     *(_gemm("wgrad", tile, lambda g, least=least: min(g.filters_per_group, g.channels_per_group * g.R * g.S) >= least,
