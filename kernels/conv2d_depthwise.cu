@@ -47,8 +47,9 @@ __device__ __forceinline__ void depthwise_conv(const T* __restrict__ in, const T
     const int p0 = (int)blockIdx.x / tiles_q * Tile::TILE_P, q0 = (int)blockIdx.x % tiles_q * Tile::TILE_Q;
     const int o = (int)blockIdx.y;
     const long long n = blockIdx.z;
-    const int patch_h = (Tile::TILE_P - 1) * cv.stride_h + (cv.R - 1) * cv.dil_h + 1;
-    const int patch_w = (Tile::TILE_Q - 1) * cv.stride_w + (cv.S - 1) * cv.dil_w + 1;
+    // The patch the tile's outputs inside the plane read (a tile at the plane's edge reads less).
+    const int patch_h = (min_of(Tile::TILE_P, cv.P - p0) - 1) * cv.stride_h + (cv.R - 1) * cv.dil_h + 1;
+    const int patch_w = (min_of(Tile::TILE_Q, cv.Q - q0) - 1) * cv.stride_w + (cv.S - 1) * cv.dil_w + 1;
     const int h0 = p0 * cv.stride_h - cv.pad_top, w0 = q0 * cv.stride_w - cv.pad_left;
     const int rs = cv.R * cv.S;
     const long long HW = (long long)cv.H * cv.W;
@@ -70,10 +71,12 @@ __device__ __forceinline__ void depthwise_conv(const T* __restrict__ in, const T
         const T* filter = w + ((long long)o * cv.w_multiplier + j) * rs;
         for (int t = tid; t < rs; t += Tile::THREADS) taps[t] = to_acc(filter[cv.flip ? rs - 1 - t : t]);
         __syncthreads();
-        const Acc* window = patch + tp * cv.stride_h * patch_w + tq * cv.stride_w;
-        for (int r = 0; r < cv.R; ++r)
-            for (int s = 0; s < cv.S; ++s)
-                acc += window[r * cv.dil_h * patch_w + s * cv.dil_w] * taps[r * cv.S + s];
+        if (p0 + tp < cv.P && q0 + tq < cv.Q) {  // outputs past the plane have no patch
+            const Acc* window = patch + tp * cv.stride_h * patch_w + tq * cv.stride_w;
+            for (int r = 0; r < cv.R; ++r)
+                for (int s = 0; s < cv.S; ++s)
+                    acc += window[r * cv.dil_h * patch_w + s * cv.dil_w] * taps[r * cv.S + s];
+        }
         __syncthreads();  // the next input channel overwrites the patch
     }
     const int p = p0 + tp, q = q0 + tq;
@@ -104,16 +107,12 @@ __device__ __forceinline__ void depthwise_wgrad(const T* __restrict__ x, const T
     const int tap = tid / lanes, lane = tid - tap * lanes;
     const bool has_tap = tap < rs;
     const int r = has_tap ? tap / sh.S : 0, s = has_tap ? tap - (tap / sh.S) * sh.S : 0;
-    const int patch_h = (Tile::TILE_P - 1) * sh.stride_h + (sh.R - 1) * sh.dilation_h + 1;
-    const int patch_w = (Tile::TILE_Q - 1) * sh.stride_w + (sh.S - 1) * sh.dilation_w + 1;
     const int tiles_q = (sh.Q + Tile::TILE_Q - 1) / Tile::TILE_Q;
     const int tiles = (sh.P + Tile::TILE_P - 1) / Tile::TILE_P * tiles_q;
     const long long HW = (long long)sh.H * sh.W, PQ = (long long)sh.P * sh.Q;
     const int ci = o / (sh.K / sh.C);
     const long long n_begin = split * images_per_split;
     const long long n_end = min_of((long long)sh.N, n_begin + images_per_split);
-    // This thread's products in a tile: tap (r, s) over pixels lane, lane + lanes, ...; their patch offsets.
-    const int tap_offset = r * sh.dilation_h * patch_w + s * sh.dilation_w;
 
     Acc acc = Acc(0);
     for (long long n = n_begin; n < n_end; ++n) {
@@ -122,6 +121,10 @@ __device__ __forceinline__ void depthwise_wgrad(const T* __restrict__ x, const T
         for (int tile = 0; tile < tiles; ++tile) {
             const int p0 = tile / tiles_q * Tile::TILE_P, q0 = tile % tiles_q * Tile::TILE_Q;
             const int h0 = p0 * sh.stride_h - sh.pad_top, w0 = q0 * sh.stride_w - sh.pad_left;
+            // The patch the tile's pixels inside the plane read, and this thread's tap's offset in it.
+            const int patch_h = (min_of(Tile::TILE_P, sh.P - p0) - 1) * sh.stride_h + (sh.R - 1) * sh.dilation_h + 1;
+            const int patch_w = (min_of(Tile::TILE_Q, sh.Q - q0) - 1) * sh.stride_w + (sh.S - 1) * sh.dilation_w + 1;
+            const int tap_offset = r * sh.dilation_h * patch_w + s * sh.dilation_w;
             for (int ph = tid / 32; ph < patch_h; ph += Tile::THREADS / 32) {
                 const int h = h0 + ph;
                 for (int pw = tid % 32; pw < patch_w; pw += 32) {
@@ -136,9 +139,11 @@ __device__ __forceinline__ void depthwise_wgrad(const T* __restrict__ x, const T
             }
             __syncthreads();
             if (has_tap)
-                for (int i = lane; i < PIXELS; i += lanes)
-                    acc += grad[i] * patch[(i / Tile::TILE_Q) * sh.stride_h * patch_w +
-                                           (i % Tile::TILE_Q) * sh.stride_w + tap_offset];
+                for (int i = lane; i < PIXELS; i += lanes) {
+                    const int ip = i / Tile::TILE_Q, iq = i % Tile::TILE_Q;  // compile-time divisor: shifts
+                    if (p0 + ip < sh.P && q0 + iq < sh.Q)
+                        acc += grad[i] * patch[ip * sh.stride_h * patch_w + iq * sh.stride_w + tap_offset];
+                }
             __syncthreads();  // the next tile overwrites the patch
         }
     }

@@ -376,3 +376,21 @@ def test_cupy_backend_launches_as_a_raw_kernel_is_called(monkeypatch):
     b.launch(big, [3])
     assert calls == [(launch.grid, (256, 1, 1), (1, 2), 0, 0),
                      (launch.grid, (256, 1, 1), (3,), 100 * 1024, 100 * 1024)]  # opted in above 48 KiB
+
+
+def test_the_depthwise_stencil_reads_few_bytes_per_output():
+    """MobileNet's depthwise layers at batch 32: the stencil reads each input about once (1.4-1.8 elements
+    per output at stride 1, 4.4-4.8 at stride 2 where each output has 4 inputs of its own), where a gather
+    reads all R*S = 9 taps (and 9 weights) per output."""
+    from gpuconv.suites import load_suite
+
+    layers = [layer for layer in load_suite("mobilenet").layers if layer.groups > 1]
+    assert layers
+    for layer in layers:
+        g = layer.geometry(32)
+        assert plan.plan_conv("fprop", g, np.float32).variant == "fprop_depthwise_8x32"
+        reads, writes = plan.depthwise_traffic("fprop", g)
+        bound = 1.9 if g.stride == (1, 1) else 4.8
+        assert writes == 1 and reads <= bound < g.R * g.S, (layer.name, reads)
+        if g.stride == (1, 1):
+            assert plan.depthwise_traffic("dgrad", g)[0] <= 1.9

@@ -76,6 +76,9 @@ CONV_CASES = [
     ("groups2", (2, 4, 5, 5), (6, 2, 3, 3), dict(groups=2, padding=1)),
     ("depthwise", (2, 5, 6, 5), (5, 1, 3, 3), dict(groups=5, padding=1, stride=(1, 2))),
     ("depthwise-multiplier2", (1, 3, 5, 5), (6, 1, 3, 3), dict(groups=3, padding=(1, 0, 2, 1))),
+    # Depthwise planes spanning several 8x32 stencil tiles, the last ones partial, at stride 1 and 2.
+    ("depthwise-tiles", (1, 2, 19, 70), (4, 1, 3, 3), dict(groups=2, padding=1)),
+    ("depthwise-tiles-stride2", (2, 2, 21, 67), (2, 1, 5, 3), dict(groups=2, padding=(2, 1), stride=2)),
     ("pointwise-1x1", (2, 5, 4, 3), (3, 5, 1, 1), {}),
     ("1x1-stride2-padded", (1, 3, 5, 4), (2, 3, 1, 1), dict(stride=2, padding=1)),
     ("kernel-equals-input", (2, 3, 4, 5), (2, 3, 4, 5), {}),

@@ -292,6 +292,23 @@ def _launch_of(variant: Variant, dtype, grid) -> KernelLaunch:
     return KernelLaunch(variant, np.dtype(dtype), grid, (variant.threads, 1, 1), variant.dynamic_shared_bytes)
 
 
+def depthwise_traffic(pass_name: str, g: ConvGeometry) -> tuple[float, float]:
+    """Global elements the depthwise stencil reads and writes per output element (fprop: y, dgrad: dx), for
+    the tiles it launches, edges included: each block reads its input patch (and its taps) once per input
+    channel it sums. The gather kernels read R*S inputs (and R*S weights) per output instead."""
+    if pass_name == "fprop":
+        P, Q, stride, channels_summed = g.P, g.Q, g.stride, 1
+    else:
+        P, Q, stride, channels_summed = g.H, g.W, (1, 1), g.K // g.C
+    def extents(size, tile, step, taps, dilation):  # the patch extent of each tile along one dimension
+        return [(min(tile, size - first) - 1) * step + (taps - 1) * dilation + 1 for first in range(0, size, tile)]
+
+    rows = extents(P, registry.DEPTHWISE_TILE_P, stride[0], g.R, g.dilation[0])
+    columns = extents(Q, registry.DEPTHWISE_TILE_Q, stride[1], g.S, g.dilation[1])
+    reads = channels_summed * (sum(rows) * sum(columns) + len(rows) * len(columns) * g.R * g.S)
+    return reads / (P * Q), 1.0
+
+
 def im2col_launch(g: ConvGeometry, dtype, images: int) -> KernelLaunch:
     """The im2col kernel copies a segment of Q columns per warp: 32 threads for each of C*R*S*images*P."""
     return elementwise_launch("im2col_nchw", dtype, 32 * g.C * g.R * g.S * images * g.P)
@@ -379,4 +396,5 @@ def with_grid(plan, index: int, grid) -> "ConvPlan | PoolPlan":
 __all__ = ["PASS_NAMES", "IM2COL_WORKSPACE_BYTES", "WGRAD_TARGET_BLOCKS", "WGRAD_MIN_PIXELS_PER_SPLIT", "IM2COL",
            "KernelLaunch", "ConvPlan", "PoolPlan", "elementwise_grid", "check_geometry", "gemm_grid",
            "wgrad_split", "im2col_bytes_per_image", "im2col_batch_chunk", "batch_chunks", "im2col_budget",
-           "result_bytes", "fixed_rule", "rule_variant", "candidates", "check_algo", "plan_conv", "plan_pool", "with_grid", "elementwise_launch", "im2col_launch", "dgrad_phases"]
+           "result_bytes", "fixed_rule", "rule_variant", "candidates", "check_algo", "plan_conv", "plan_pool", "with_grid", "elementwise_launch", "im2col_launch", "dgrad_phases",
+           "depthwise_traffic"]
