@@ -84,8 +84,8 @@ __device__ __forceinline__ void depthwise_conv(const T* __restrict__ in, const T
 }
 
 // The weight gradient of a depthwise convolution, one block per (output channel o, split of the images):
-//     partial[split, o, tap] = sum over the split's images n and pixels (p, q) of
-//                              dy[n, o, p, q] * x[n, o / m, p*stride_h - pad_top + r*dil_h, q*stride_w - pad_left + s*dil_w]
+//     partial[split, o, tap] = sum over the split's images n and pixels (p, q) of dy[n, o, p, q] *
+//                              x[n, o / m, p*stride_h - pad_top + r*dil_h, q*stride_w - pad_left + s*dil_w]
 // Output tile by output tile, dy's tile and the input patch it reads are staged in shared memory; then
 // each tap (r, s) has `lanes` threads, lane l summing the tile's pixels l, l + lanes, ...; at the end the
 // lanes of a tap are added in lane order. Every sum has a fixed order: bitwise reproducible.

@@ -9,9 +9,10 @@
 // with  A = in[n, ch, input row and column of (p, q) under the tap]  (zero outside)
 //       B = w[col * col_stride + ch * channel_stride + the tap's filter position].
 // fprop is it with (x, w, y); dgrad is it with (dy, w transposed, dx) once per stride phase, each phase
-// using only the taps that reach its pixels (see conv2d_dgrad.cu): no work on zero-inserted positions. The reduction runs tap by tap, BLOCK_K channels at a time,
-// so one slice shares a tap: the pixel's bounds check and base address change once per tap, and within a
-// tap each thread's addresses only advance by a constant. No division in the main loop.
+// using only the taps that reach its pixels (see conv2d_dgrad.cu): no work on zero-inserted positions.
+// The reduction runs tap by tap, BLOCK_K channels at a time, so one slice shares a tap: the pixel's bounds
+// check and base address change once per tap (outside the main loop), and within a tap each thread's
+// addresses only advance by a constant. No division in the main loop.
 //
 // Block tile BLOCK_M x BLOCK_N, warp tile WARP_M x WARP_N, thread tile 8 x 8 held as two 4-wide vectors in
 // each direction (rows lane_m*4 + {0..3} and WARP_M/2 + lane_m*4 + {0..3}, the same for columns), so every

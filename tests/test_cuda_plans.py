@@ -32,7 +32,8 @@ def test_names_are_derived_from_the_parameters():
             assert v.threads == t.threads <= 256 and v.family == "implicit_gemm"
             template = (f"TileShape<{t.block_m}, {t.block_n}, {t.block_k}, {t.thread_m}, {t.thread_n}>"
                         if t.warp_m is None else
-                        f"{v.threads}, gpuconv::WarpTile<{t.block_m}, {t.block_n}, {t.block_k}, {t.warp_m}, {t.warp_n}>")
+                        f"{v.threads}, gpuconv::WarpTile<{t.block_m}, {t.block_n}, {t.block_k}, {t.warp_m}, "
+                        f"{t.warp_n}>")
             assert template in v.export_line(np.float32)
     assert registry.get("fprop_simt_64x64x16_1stage").export_line(np.float16) == (
         "GPUCONV_FPROP_KERNEL(gpuconv_fprop_simt_64x64x16_1stage_f16, gpuconv_half, float, "
@@ -65,7 +66,8 @@ def test_depthwise_layers_go_to_the_stencil_with_a_block_per_output_tile(shape, 
     assert plan.plan_conv("fprop", g, np.float32, "implicit_gemm").variant == "fprop_simt_256x4x16_1stage"
     wgrad = plan.plan_conv("wgrad", g, np.float32)
     assert wgrad.variant == "wgrad_depthwise_8x32" and wgrad.launches[0].grid == (2 * c, 1, wgrad.wgrad_splits)
-    assert wgrad.wgrad_splits * wgrad.wgrad_pixels_per_split >= n > (wgrad.wgrad_splits - 1) * wgrad.wgrad_pixels_per_split
+    splits, images = wgrad.wgrad_splits, wgrad.wgrad_pixels_per_split  # images per split, for the stencil
+    assert splits * images >= n > (splits - 1) * images
 
 
 @pytest.mark.parametrize("stride, H, W", [((1, 1), 9, 7), ((2, 2), 9, 7), ((2, 3), 8, 10), ((3, 1), 2, 5)])
@@ -108,7 +110,8 @@ def test_algo_choices_per_pass():
     assert choices[:4] == ("auto", "im2col", "implicit_gemm", "direct") and "fprop_simt_64x64x16_1stage" in choices
     assert all(registry.get(name).op == "fprop" for name in choices[4:])
     plan.check_algo("wgrad", "wgrad_simt_16x16x32_1stage_splitk")
-    with pytest.raises(ValueError, match=r"is a fprop kernel variant; the dgrad pass \(grad_input\) on CuPy \(GPU\) arrays takes one of"):
+    with pytest.raises(ValueError, match=r"is a fprop kernel variant; the dgrad pass \(grad_input\) on CuPy "
+                                         r"\(GPU\) arrays takes one of"):
         plan.check_algo("dgrad", "fprop_simt_64x64x16_1stage")
     with pytest.raises(ValueError, match="not available for CuPy \\(GPU\\) arrays \\(fprop\\)"):
         plan.check_algo("fprop", "winograd")
@@ -301,7 +304,8 @@ def test_memory_fallback_is_a_visible_field_of_the_plan():
     assert p.fallback == (f"im2col needs {2 * PER_IMAGE:,} bytes for one image's workspace (twice for "
                           f"headroom), {PER_IMAGE:,} free after the result: implicit GEMM instead")
     assert "fallback" in p.describe()
-    with pytest.raises(GPUOutOfMemoryError, match=rf"fprop \(forward\) with algo='im2col'.* needs {2 * PER_IMAGE:,} bytes "
+    with pytest.raises(GPUOutOfMemoryError, match=rf"fprop \(forward\) with algo='im2col'.* "
+                                                  rf"needs {2 * PER_IMAGE:,} bytes "
                                                   rf"of GPU memory but only {PER_IMAGE:,} bytes are free"):
         plan.plan_conv("fprop", G_BIG, np.float32, "im2col", free_bytes=starved)
 

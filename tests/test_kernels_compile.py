@@ -107,7 +107,8 @@ def test_compile_error_names_the_file_and_carries_the_log(monkeypatch):
 
     def read(name):
         if name == "im2col.cu":
-            return real_read(name).replace("col_segment[q] = row_inside", "col_segment[q] = undefined_name + row_inside", 1)
+            return real_read(name).replace("col_segment[q] = row_inside",
+                                           "col_segment[q] = undefined_name + row_inside", 1)
         return real_read(name)
 
     monkeypatch.setattr(loader, "_read_text", read)

@@ -396,5 +396,6 @@ def with_grid(plan, index: int, grid) -> "ConvPlan | PoolPlan":
 __all__ = ["PASS_NAMES", "IM2COL_WORKSPACE_BYTES", "WGRAD_TARGET_BLOCKS", "WGRAD_MIN_PIXELS_PER_SPLIT", "IM2COL",
            "KernelLaunch", "ConvPlan", "PoolPlan", "elementwise_grid", "check_geometry", "gemm_grid",
            "wgrad_split", "im2col_bytes_per_image", "im2col_batch_chunk", "batch_chunks", "im2col_budget",
-           "result_bytes", "fixed_rule", "rule_variant", "candidates", "check_algo", "plan_conv", "plan_pool", "with_grid", "elementwise_launch", "im2col_launch", "dgrad_phases",
+           "result_bytes", "fixed_rule", "rule_variant", "candidates", "check_algo", "plan_conv",
+           "plan_pool", "with_grid", "elementwise_launch", "im2col_launch", "dgrad_phases",
            "depthwise_traffic"]
