@@ -296,15 +296,24 @@ def depthwise_traffic(pass_name: str, g: ConvGeometry) -> tuple[float, float]:
     """Global elements the depthwise stencil reads and writes per output element (fprop: y, dgrad: dx), for
     the tiles it launches, edges included: each block reads its input patch (and its taps) once per input
     channel it sums. The gather kernels read R*S inputs (and R*S weights) per output instead."""
-    if pass_name == "fprop":
-        P, Q, stride, channels_summed = g.P, g.Q, g.stride, 1
-    else:
-        P, Q, stride, channels_summed = g.H, g.W, (1, 1), g.K // g.C
-    def extents(size, tile, step, taps, dilation):  # the patch extent of each tile along one dimension
-        return [(min(tile, size - first) - 1) * step + (taps - 1) * dilation + 1 for first in range(0, size, tile)]
-
-    rows = extents(P, registry.DEPTHWISE_TILE_P, stride[0], g.R, g.dilation[0])
-    columns = extents(Q, registry.DEPTHWISE_TILE_Q, stride[1], g.S, g.dilation[1])
+    tp, tq = registry.DEPTHWISE_TILE_P, registry.DEPTHWISE_TILE_Q
+    if pass_name == "fprop":  # an output tile reads its pixels times the stride plus the filter's span
+        def extents(size, tile, stride, taps, dilation, pad, in_size):
+            return [(min(tile, size - first) - 1) * stride + (taps - 1) * dilation + 1
+                    for first in range(0, size, tile)]
+        P, Q, channels_summed = g.P, g.Q, 1
+    else:  # a dx tile reads the dy pixels it receives from (kernels/conv2d_depthwise.cu, depthwise_dgrad)
+        def extents(size, tile, stride, taps, dilation, pad, in_size):
+            spans = []
+            for first in range(0, size, tile):
+                last = min(first + tile, size) - 1
+                low = max(-((-(first + pad - (taps - 1) * dilation)) // stride), 0)
+                high = min((last + pad) // stride, in_size - 1)
+                spans.append(max(high - low + 1, 0))
+            return spans
+        P, Q, channels_summed = g.H, g.W, g.K // g.C
+    rows = extents(P, tp, g.stride[0], g.R, g.dilation[0], g.pad[0], g.P)
+    columns = extents(Q, tq, g.stride[1], g.S, g.dilation[1], g.pad[2], g.Q)
     reads = channels_summed * (sum(rows) * sum(columns) + len(rows) * len(columns) * g.R * g.S)
     return reads / (P * Q), 1.0
 

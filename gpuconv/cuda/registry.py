@@ -188,11 +188,18 @@ def _gemm(op: str, tile: GemmTile, preferred=_always, description: str = "", app
 DEPTHWISE_TILE_P, DEPTHWISE_TILE_Q, DEPTHWISE_PATCH, DEPTHWISE_TAPS = 8, 32, 4096, 64
 
 
-def _depthwise_fits(g: ConvGeometry, stride) -> bool:
+def _depthwise_fits(g: ConvGeometry, stride, transposed: bool = False) -> bool:
     """Depthwise (one input channel per group), its patch and taps within the kernel's shared memory, its
-    channels and images within one grid's y and z."""
-    patch = (((DEPTHWISE_TILE_P - 1) * stride[0] + (g.R - 1) * g.dilation[0] + 1) *
-             ((DEPTHWISE_TILE_Q - 1) * stride[1] + (g.S - 1) * g.dilation[1] + 1))
+    channels and images within one grid's y and z. The patch of an output tile (fprop, wgrad) spans its
+    pixels times the stride plus the filter; that of a dx tile (dgrad, ``transposed``) the dy pixels they
+    receive from: (tile + filter span) / stride, plus one at each end."""
+    def span(tile, stride, taps, dilation):
+        if transposed:
+            return (tile - 1 + (taps - 1) * dilation) // stride + 2
+        return (tile - 1) * stride + (taps - 1) * dilation + 1
+
+    patch = (span(DEPTHWISE_TILE_P, stride[0], g.R, g.dilation[0]) *
+             span(DEPTHWISE_TILE_Q, stride[1], g.S, g.dilation[1]))
     return (g.channels_per_group == 1 and g.groups == g.C and patch <= DEPTHWISE_PATCH and
             g.R * g.S <= DEPTHWISE_TAPS and max(g.K, g.C, g.N) <= 65535)
 
@@ -233,8 +240,8 @@ VARIANTS: tuple[Variant, ...] = (
             "warp-tiled 8x8 per thread, 128-bit shared loads, double-buffered, no division in the main loop",
             applies=lambda g, dtype: _int32_offsets(g, g.C * g.H * g.W)) for tile, least in WARP_TILES),
     _gemm("fprop", GENERAL_TILE, description="the general tile"),
-    _depthwise("dgrad", lambda g, dtype: g.stride == (1, 1) and _depthwise_fits(g, (1, 1)),
-               "depthwise at stride 1: the stencil of dy with the turned filter"),
+    _depthwise("dgrad", lambda g, dtype: _depthwise_fits(g, g.stride, transposed=True),
+               "depthwise: per dx tile, the dy patch it receives from and only the taps that reach each pixel"),
     _gemm("dgrad", NARROW_TILE, lambda g: g.channels_per_group <= 4,
           "few input channels per group (depthwise): 256 pixels x 4 channels"),
     *(_gemm("dgrad", tile, lambda g, least=least: g.channels_per_group >= least,
