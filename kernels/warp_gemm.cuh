@@ -78,6 +78,15 @@ __device__ __forceinline__ void keep_in_register(const P*& pointer) {
 #endif
 }
 
+// A load through the read-only data path (LDG.CONSTANT), for the wgrad kernel's gathers.
+__device__ __forceinline__ float load_readonly(const float* p) { return __ldg(p); }
+__device__ __forceinline__ double load_readonly(const double* p) { return __ldg(p); }
+__device__ __forceinline__ gpuconv_half load_readonly(const gpuconv_half* p) {
+    gpuconv_half h;
+    h.bits = __ldg(reinterpret_cast<const unsigned short*>(p));
+    return h;
+}
+
 // One tap-major convolution GEMM, as the kernels' wrappers describe it. Its rows are the pixels (p, q) of
 // an N x P x Q grid; pixel (p, q) reads input row  p*in_stride_h + in_origin_h + i*in_step_h  under tap row
 // i (of taps_h) and writes output pixel  (out_row0 + p*out_row_step, out_col0 + q*out_col_step)  of an
@@ -201,6 +210,9 @@ __device__ __forceinline__ void tap_major_conv(const T* __restrict__ in, const T
     Acc a_next[Tile::A_ROWS], b_next[Tile::B_ROWS];
     // Gather one slice: rows [0, a_rows) of A and [0, b_rows) of B hold data (none outside the input or past
     // the last column, fewer in the last slice of a tap when BLOCK_K does not divide the channels).
+    // Plain loads: after keep_in_register ptxas emits generic LD.E for them (not LDG.CONSTANT); loading
+    // through __ldg instead costs three points of main-loop FFMA share (its address arithmetic widens
+    // differently), a trade to be settled by timing on a GPU.
     auto fetch = [&](int a_slice, int b_slice, int a_rows, int b_rows) {
 #pragma unroll
         for (int i = 0; i < Tile::A_ROWS; ++i)
@@ -337,19 +349,20 @@ __device__ __forceinline__ void row_major_wgrad(const T* __restrict__ x, const T
 
     Acc a_next[Tile::A_ROWS], b_next[Tile::B_ROWS];
     // Gather the slice of pixels q0 .. q0 + BLOCK_K - 1 of a row.
-    auto fetch = [&](const Row& row, int q0) {
+    // The row's fields by value: a reference to one of two Rows would keep both in local memory.
+    auto fetch = [&](const T* row_a, const T* row_b, bool row_b_valid, int q0) {
         const int q_rows = sh.Q - q0;  // pixels of this slice inside the row
         const int w0 = q0 * sh.stride_w + w_offset;
 #pragma unroll
         for (int i = 0; i < Tile::A_ROWS; ++i) {
             const int q = a_row + i * (Tile::THREADS / BM);
-            a_next[i] = k_valid && q < q_rows ? to_acc(row.a[q0 + q]) : Acc(0);
+            a_next[i] = k_valid && q < q_rows ? to_acc(load_readonly(row_a + q0 + q)) : Acc(0);
         }
 #pragma unroll
         for (int i = 0; i < Tile::B_ROWS; ++i) {
             const int w = w0 + b_w_step[i];
-            const bool ok = row.b_valid && b_row + i * (Tile::THREADS / BN) < q_rows && w >= 0 && w < sh.W;
-            b_next[i] = ok ? to_acc(row.b[w]) : Acc(0);
+            const bool ok = row_b_valid && b_row + i * (Tile::THREADS / BN) < q_rows && w >= 0 && w < sh.W;
+            b_next[i] = ok ? to_acc(load_readonly(row_b + w)) : Acc(0);
         }
     };
     auto stage = [&](int buffer) {
@@ -368,7 +381,7 @@ __device__ __forceinline__ void row_major_wgrad(const T* __restrict__ x, const T
 
     if (row_begin < row_end) {  // every split holds rows (the planner leaves none empty)
         Row current = row_at(row_begin);
-        fetch(current, 0);
+        fetch(current.a, current.b, current.b_valid, 0);
         stage(0);
         __syncthreads();
         int buffer = 0;
@@ -379,7 +392,9 @@ __device__ __forceinline__ void row_major_wgrad(const T* __restrict__ x, const T
             const Row next = row_at(last_row ? row : row + 1);
             for (int q0 = 0; q0 < sh.Q; q0 += BK) {
                 const bool within_row = q0 + BK < sh.Q;
-                if (within_row || !last_row) fetch(within_row ? current : next, within_row ? q0 + BK : 0);
+                if (within_row || !last_row)
+                    fetch(within_row ? current.a : next.a, within_row ? current.b : next.b,
+                          within_row ? current.b_valid : next.b_valid, within_row ? q0 + BK : 0);
                 multiply_slice<Tile>(smem, buffer, row0, col0, acc);
                 if (within_row || !last_row) stage(buffer ^ 1);
                 __syncthreads();

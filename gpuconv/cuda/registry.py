@@ -165,12 +165,14 @@ class Variant:
 
 # ------------------------------------------------------------------------------------ the variants ---
 
-def _int32_offsets(g: ConvGeometry, image: int) -> bool:
-    """The tap-major warp-tile kernels address with 32-bit offsets within one input image (``image``
-    elements, plus a slice of BLOCK_K channels past it) and within one group's weights."""
+def _int32_offsets(g: ConvGeometry, channels: int, plane: int) -> bool:
+    """The tap-major warp-tile kernels address with 32-bit offsets within one input image of ``channels``
+    planes of ``plane`` elements and within one group's weights; their running offsets reach two slices of
+    BLOCK_K channels past the last (computed, not loaded)."""
+    ahead = 2 * WARP_TILE_128.block_k
     weights_per_group = g.filters_per_group * g.channels_per_group * g.R * g.S
-    return max(image + WARP_TILE_128.block_k * image, weights_per_group + WARP_TILE_128.block_k * weights_per_group) \
-        < 2**31
+    channel_stride = max(g.R * g.S, g.channels_per_group * g.R * g.S)
+    return (channels + ahead) * plane < 2**31 and weights_per_group + ahead * channel_stride < 2**31
 
 
 _GEMM_SOURCES = {"fprop": "conv2d_fprop.cu", "dgrad": "conv2d_dgrad.cu", "wgrad": "conv2d_wgrad.cu"}
@@ -238,7 +240,7 @@ VARIANTS: tuple[Variant, ...] = (
           "few output channels per group (depthwise): 256 pixels x 4 channels"),
     *(_gemm("fprop", tile, lambda g, least=least: g.filters_per_group >= least,
             "warp-tiled 8x8 per thread, 128-bit shared loads, double-buffered, no division in the main loop",
-            applies=lambda g, dtype: _int32_offsets(g, g.C * g.H * g.W)) for tile, least in WARP_TILES),
+            applies=lambda g, dtype: _int32_offsets(g, g.C, g.H * g.W)) for tile, least in WARP_TILES),
     _gemm("fprop", GENERAL_TILE, description="the general tile"),
     _depthwise("dgrad", lambda g, dtype: _depthwise_fits(g, g.stride, transposed=True),
                "depthwise: per dx tile, the dy patch it receives from and only the taps that reach each pixel"),
@@ -246,7 +248,7 @@ VARIANTS: tuple[Variant, ...] = (
           "few input channels per group (depthwise): 256 pixels x 4 channels"),
     *(_gemm("dgrad", tile, lambda g, least=least: g.channels_per_group >= least,
             "per stride phase, a tap-major GEMM of dy with only the taps that reach it, warp-tiled",
-            applies=lambda g, dtype: _int32_offsets(g, g.K * g.P * g.Q)) for tile, least in WARP_TILES),
+            applies=lambda g, dtype: _int32_offsets(g, g.K, g.P * g.Q)) for tile, least in WARP_TILES),
     _gemm("dgrad", GENERAL_TILE, description="the general tile"),
     _depthwise("wgrad", lambda g, dtype: _depthwise_fits(g, g.stride),
                "depthwise: per output tile, every tap's products from a shared-memory patch, split over images"),
