@@ -125,6 +125,27 @@ template <class Tile> __device__ __forceinline__ int owned_col8(int col0, int j)
     return col0 + (j < 4 ? j : Tile::WARP_N / 2 + j - 4);
 }
 
+// Store a gathered slice into shared buffer `buffer`: this thread's A column and B column, its rows.
+template <class Tile, typename Acc>
+__device__ __forceinline__ void stage_slice(WarpSharedTiles<Acc, Tile>& smem, int buffer, int a_row, int a_column,
+                                            const Acc (&a_next)[Tile::A_ROWS], int b_row, int b_column,
+                                            const Acc (&b_next)[Tile::B_ROWS]) {
+#pragma unroll
+    for (int i = 0; i < Tile::A_ROWS; ++i)
+        smem.a[buffer][a_row + i * (Tile::THREADS / Tile::BLOCK_M)][a_column] = a_next[i];
+#pragma unroll
+    for (int i = 0; i < Tile::B_ROWS; ++i)
+        smem.b[buffer][b_row + i * (Tile::THREADS / Tile::BLOCK_N)][b_column] = b_next[i];
+}
+
+template <typename Acc>
+__device__ __forceinline__ void zero_fill8(Acc (&acc)[8][8]) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = Acc(0);
+}
+
 // acc += the staged slice in `buffer`: per reduction step 4 vector loads and 64 FMAs, in a fixed order.
 template <class Tile, typename Acc>
 __device__ __forceinline__ void multiply_slice(const WarpSharedTiles<Acc, Tile>& smem, int buffer, int row0,
@@ -221,20 +242,12 @@ __device__ __forceinline__ void tap_major_conv(const T* __restrict__ in, const T
         for (int i = 0; i < Tile::B_ROWS; ++i)
             b_next[i] = b_row + i * (Tile::THREADS / BN) < b_rows ? to_acc(w_column[b_slice + b_offset[i]]) : Acc(0);
     };
-    auto stage = [&](int buffer) {
-#pragma unroll
-        for (int i = 0; i < Tile::A_ROWS; ++i) smem.a[buffer][a_row + i * (Tile::THREADS / BM)][a_column] = a_next[i];
-#pragma unroll
-        for (int i = 0; i < Tile::B_ROWS; ++i) smem.b[buffer][b_row + i * (Tile::THREADS / BN)][b_column] = b_next[i];
-    };
+    auto stage = [&](int buffer) { stage_slice<Tile>(smem, buffer, a_row, a_column, a_next, b_row, b_column, b_next); };
 
     const int row0 = thread_row0<Tile>(), col0 = thread_col0<Tile>();
 
     Acc acc[8][8];
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-#pragma unroll
-        for (int j = 0; j < 8; ++j) acc[i][j] = Acc(0);
+    zero_fill8(acc);
 
     const int a_step = BK * (int)HW, b_step = BK * cv.channel_stride;
     Tap current = taps > 0 ? tap_at(0) : Tap{false, 0, 0};
@@ -365,19 +378,11 @@ __device__ __forceinline__ void row_major_wgrad(const T* __restrict__ x, const T
             b_next[i] = ok ? to_acc(load_readonly(row_b + w)) : Acc(0);
         }
     };
-    auto stage = [&](int buffer) {
-#pragma unroll
-        for (int i = 0; i < Tile::A_ROWS; ++i) smem.a[buffer][a_row + i * (Tile::THREADS / BM)][a_column] = a_next[i];
-#pragma unroll
-        for (int i = 0; i < Tile::B_ROWS; ++i) smem.b[buffer][b_row + i * (Tile::THREADS / BN)][b_column] = b_next[i];
-    };
+    auto stage = [&](int buffer) { stage_slice<Tile>(smem, buffer, a_row, a_column, a_next, b_row, b_column, b_next); };
 
     const int row0 = thread_row0<Tile>(), col0 = thread_col0<Tile>();
     Acc acc[8][8];
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-#pragma unroll
-        for (int jj = 0; jj < 8; ++jj) acc[i][jj] = Acc(0);
+    zero_fill8(acc);
 
     if (row_begin < row_end) {  // every split holds rows (the planner leaves none empty)
         Row current = row_at(row_begin);
