@@ -101,7 +101,8 @@ def check_geometry(g: ConvGeometry) -> None:
 
 
 def gemm_grid(pass_name: str, g: ConvGeometry, variant: Variant, splits: int = 1) -> tuple[int, int, int]:
-    """The implicit-GEMM grid: (GEMM rows / BLOCK_M, GEMM columns / BLOCK_N, groups [* splits])."""
+    """The implicit-GEMM grid: (GEMM rows / BLOCK_M, GEMM columns / BLOCK_N, groups [* splits]). The warp
+    tiles' dgrad launches once per stride phase instead, over that phase's pixels (``_plan_gemm``)."""
     G, Cg, Kg = (g.groups, g.channels_per_group, g.filters_per_group)
     t = variant.tile
     if pass_name == "fprop":    # rows: output pixels, columns: output channels of a group
@@ -171,10 +172,10 @@ def im2col_budget(g: ConvGeometry, itemsize: int, free_bytes: int | None) -> int
 # ------------------------------------------------------------------------------------- choosing ---
 
 def fixed_rule(pass_name: str, g: ConvGeometry, dtype, compute_capability: int | None = None) -> str:
-    """What ``auto`` runs without the autotuner: im2col for dense convolutions (their GEMMs are large and
-    cuBLAS multiplies faster than our SIMT tiles), the rule's implicit-GEMM variant for grouped and
-    depthwise ones (their per-group GEMMs are too small for cuBLAS, and the column matrix would be
-    mostly wasted memory traffic)."""
+    """What ``auto`` runs without the autotuner: im2col + cuBLAS for dense convolutions (no GPU timing has
+    yet shown our kernels faster there), the rule's variant for grouped ones: the depthwise stencil for
+    depthwise layers, else an implicit-GEMM tile (per-group GEMMs are too small for cuBLAS, and the column
+    matrix would be mostly wasted memory traffic)."""
     return IM2COL if g.groups == 1 else rule_variant(pass_name, g, dtype, compute_capability).name
 
 
@@ -234,8 +235,8 @@ def plan_conv(pass_name: str, g: ConvGeometry, dtype, algo: str = "auto", free_b
               tuned: str | None = None, compute_capability: int | None = None) -> ConvPlan:
     """The plan for one convolution pass. Pure: no CuPy, no GPU.
 
-    ``algo``: "auto", a family ("im2col", "implicit_gemm") or a registry name of one of this pass's
-    variants. ``free_bytes``: GPU memory a new allocation can get (None: unlimited). ``tuned``: for
+    ``algo``: "auto", a family ("im2col", "implicit_gemm", "direct") or a registry name of one of this
+    pass's variants. ``free_bytes``: GPU memory a new allocation can get (None: unlimited). ``tuned``: for
     ``auto``, the autotuner's pick (a candidate name); None applies the fixed rule.
     ``compute_capability``: the device's, as 90 for 9.0 (None: any), which variants need at least.
     Raises GPUOutOfMemoryError when an explicit im2col request cannot fit even one image.
