@@ -4,7 +4,7 @@ Each call plans (``gpuconv.cuda.plan.plan_conv``: a pure function of the pass, g
 requested ``algo`` and the free memory), then runs the plan (``run_conv``) on a backend: the GPU
 through CuPy by default, the CPU emulator in the tests.
 
-Two algorithm families:
+Three algorithm families:
 
 * ``"im2col"`` -- kernels/im2col.cu copies the input taps into a column matrix
   ``col[(c, r, s), (n, p, q)]`` and cuBLAS (``matmul``, one GEMM batched over the groups) multiplies it
@@ -14,6 +14,8 @@ Two algorithm families:
 * ``"implicit_gemm"`` -- kernels/conv2d_{fprop,dgrad,wgrad}.cu run the same GEMMs with the column
   matrix gathered tile by tile into shared memory, never stored; ``algo`` may name one of their
   registry variants.
+* ``"direct"`` -- kernels/conv2d_depthwise.cu: depthwise convolutions as a stencil over shared-memory
+  patches.
 
 ``algo="auto"`` asks the autotuner on a GPU (``gpuconv.cuda.autotune``) and applies the fixed rule
 otherwise. float16 is a storage type: the kernels accumulate in float32, and cuBLAS multiplies float16
@@ -27,8 +29,8 @@ from .._shapes import ConvGeometry, accumulation_dtype
 from . import _launch, autotune
 from .backend import resolve_backend
 from .plan import (PASS_NAMES, ConvPlan, check_algo, check_geometry, elementwise_launch, im2col_launch, plan_conv,
-                   result_bytes)
-from .registry import DIRECT, IM2COL, IMPLICIT_GEMM, PASS_OPERANDS
+                   result_bytes, result_shape)
+from .registry import IM2COL, PASS_OPERANDS
 
 
 def conv_shape_args(g: ConvGeometry, batch: int | None = None) -> tuple:
@@ -87,7 +89,7 @@ def conv2d_grad_weight(x, dy, g: ConvGeometry, algo: str = "auto", backend=None)
 def run_conv(plan: ConvPlan, backend, a, b):
     """Execute a plan. Operands, C-contiguous and of the plan's dtype: fprop (x, w), dgrad (dy, w),
     wgrad (x, dy). Returns the result; CuPy's out-of-memory error is restated as GPUOutOfMemoryError."""
-    run = _RUNNERS[(plan.algorithm, plan.pass_name)]
+    run = (_IM2COL_RUNNERS if plan.algorithm == IM2COL else _KERNEL_RUNNERS)[plan.pass_name]
     _check_operands(plan, a, b)
     try:
         return run(plan, backend, a, b)
@@ -115,22 +117,18 @@ def _check_operands(plan: ConvPlan, a, b) -> None:
                              f"{', '.join(PASS_OPERANDS[plan.pass_name])})")
 
 
-def _fprop_gemm(plan, backend, x, w):
+def _kernels_into_result(plan, backend, a, w):
+    """fprop and dgrad on our kernels: every launch (one, or one per stride phase, each writing its own
+    pixels) takes (operand, w, result, shape, its scalars)."""
     g = plan.geometry
-    y = backend.xp.empty(g.output_shape, dtype=plan.dtype)
-    backend.launch(plan.launches[0], (x, w, y, *conv_shape_args(g)))
-    return y
+    out = backend.xp.empty(result_shape(plan.pass_name, g), dtype=plan.dtype)
+    for launch in plan.launches:
+        backend.launch(launch, (a, w, out, *conv_shape_args(g), *_launch.int32(*launch.scalars)))
+    return out
 
 
-def _dgrad_gemm(plan, backend, dy, w):
-    g = plan.geometry
-    dx = backend.xp.empty(g.input_shape, dtype=plan.dtype)
-    for launch in plan.launches:  # one, or one per stride phase: each writes its own pixels of dx
-        backend.launch(launch, (dy, w, dx, *conv_shape_args(g), *_launch.int32(*launch.scalars)))
-    return dx
-
-
-def _wgrad_gemm(plan, backend, x, dy):
+def _wgrad_splits(plan, backend, x, dy):
+    """wgrad on our kernels: partial sums per split, then the fixed-order reduction."""
     g = plan.geometry
     xp = backend.xp
     gemm, reduce = plan.launches
@@ -144,7 +142,7 @@ def _wgrad_gemm(plan, backend, x, dy):
 
 def im2col_columns(backend, launch, x, g: ConvGeometry):
     """The column matrix of the images in x (n, C, H, W), as (groups, Cg*R*S, n*P*Q)."""
-    G, Cg, _ = (g.groups, g.channels_per_group, g.filters_per_group)
+    G, Cg, _ = g.groups, g.channels_per_group, g.filters_per_group
     n = x.shape[0]
     col = backend.xp.empty((G, Cg * g.R * g.S, n * g.P * g.Q), dtype=x.dtype)
     backend.launch(launch, (x, col, *conv_shape_args(g, n)))
@@ -153,14 +151,14 @@ def im2col_columns(backend, launch, x, g: ConvGeometry):
 
 def _output_grad_by_group(xp, dy, g: ConvGeometry):
     """dy (n, K, P, Q) as (groups, Kg, n*P*Q), contiguous: the layout the GEMMs with col need."""
-    G, _, Kg = (g.groups, g.channels_per_group, g.filters_per_group)
+    G, _, Kg = g.groups, g.channels_per_group, g.filters_per_group
     n = dy.shape[0]
     return xp.ascontiguousarray(dy.reshape(n, g.K, g.P * g.Q).transpose(1, 0, 2)).reshape(G, Kg, n * g.P * g.Q)
 
 
 def _fprop_im2col(plan, backend, x, w):
     g, xp = plan.geometry, backend.xp
-    G, Cg, Kg = (g.groups, g.channels_per_group, g.filters_per_group)
+    G, Cg, Kg = g.groups, g.channels_per_group, g.filters_per_group
     if plan.pointwise:
         y = backend.matmul(w.reshape(G, Kg, Cg), x.reshape(g.N, G, Cg, g.H * g.W))  # (N, G, Kg, H*W)
         return y.reshape(g.output_shape)
@@ -176,7 +174,7 @@ def _fprop_im2col(plan, backend, x, w):
 
 def _dgrad_im2col(plan, backend, dy, w):
     g, xp = plan.geometry, backend.xp
-    G, Cg, Kg = (g.groups, g.channels_per_group, g.filters_per_group)
+    G, Cg, Kg = g.groups, g.channels_per_group, g.filters_per_group
     if plan.pointwise:
         w_t = w.reshape(G, Kg, Cg).transpose(0, 2, 1)  # (G, Cg, Kg)
         return backend.matmul(w_t, dy.reshape(g.N, G, Kg, g.P * g.Q)).reshape(g.input_shape)
@@ -202,12 +200,9 @@ def _wgrad_im2col(plan, backend, x, dy):
     return dw.astype(plan.dtype, copy=False).reshape(g.weight_shape)
 
 
-_RUNNERS = {
-    (IMPLICIT_GEMM, "fprop"): _fprop_gemm, (IMPLICIT_GEMM, "dgrad"): _dgrad_gemm,
-    (IMPLICIT_GEMM, "wgrad"): _wgrad_gemm,
-    (DIRECT, "fprop"): _fprop_gemm, (DIRECT, "dgrad"): _dgrad_gemm, (DIRECT, "wgrad"): _wgrad_gemm,  # same arguments
-    (IM2COL, "fprop"): _fprop_im2col, (IM2COL, "dgrad"): _dgrad_im2col, (IM2COL, "wgrad"): _wgrad_im2col,
-}
+#: pass -> how to run it, on im2col + cuBLAS or on our kernels (implicit GEMM and direct take the same arguments).
+_IM2COL_RUNNERS = {"fprop": _fprop_im2col, "dgrad": _dgrad_im2col, "wgrad": _wgrad_im2col}
+_KERNEL_RUNNERS = {"fprop": _kernels_into_result, "dgrad": _kernels_into_result, "wgrad": _wgrad_splits}
 
 
 # ------------------------------------------------------------------ im2col as a function ---

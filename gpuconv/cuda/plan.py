@@ -93,7 +93,7 @@ def elementwise_grid(total: int) -> tuple[int, int, int]:
 
 def check_geometry(g: ConvGeometry) -> None:
     """Refuse shapes the kernels' 32-bit indexing or CUDA's grid limits cannot handle."""
-    G, Cg, Kg = (g.groups, g.channels_per_group, g.filters_per_group)
+    G, Cg, Kg = g.groups, g.channels_per_group, g.filters_per_group
     _launch.check_extents("conv2d", H_times_W=g.H * g.W, P_times_Q=g.P * g.Q,
                           Cg_R_S=Cg * g.R * g.S, Kg_R_S=Kg * g.R * g.S)
     if G > _launch.GRID_YZ_MAX:
@@ -103,7 +103,7 @@ def check_geometry(g: ConvGeometry) -> None:
 def gemm_grid(pass_name: str, g: ConvGeometry, variant: Variant, splits: int = 1) -> tuple[int, int, int]:
     """The implicit-GEMM grid: (GEMM rows / BLOCK_M, GEMM columns / BLOCK_N, groups [* splits]). The warp
     tiles' dgrad launches once per stride phase instead, over that phase's pixels (``_plan_gemm``)."""
-    G, Cg, Kg = (g.groups, g.channels_per_group, g.filters_per_group)
+    G, Cg, Kg = g.groups, g.channels_per_group, g.filters_per_group
     t = variant.tile
     if pass_name == "fprop":    # rows: output pixels, columns: output channels of a group
         return ceil_div(g.N * g.P * g.Q, t.block_m), ceil_div(Kg, t.block_n), G
@@ -124,7 +124,7 @@ def dgrad_phases(g: ConvGeometry) -> tuple[tuple[int, int, int, int], ...]:
 def wgrad_split(g: ConvGeometry, variant: Variant) -> tuple[int, int]:
     """(splits, pixels per split) of the wgrad reduction over the N*P*Q output pixels: a multiple of the
     tile's BLOCK_K (strided tiles) or of Q (warp tiles, which walk whole output rows)."""
-    G, Cg, Kg = (g.groups, g.channels_per_group, g.filters_per_group)
+    G, Cg, Kg = g.groups, g.channels_per_group, g.filters_per_group
     tile = variant.tile
     pixels = g.N * g.P * g.Q
     tiles = ceil_div(Kg, tile.block_m) * ceil_div(Cg * g.R * g.S, tile.block_n) * G
@@ -218,10 +218,14 @@ def check_algo(pass_name: str, algo) -> None:
     raise ValueError(f"algo={algo!r} is not available for CuPy (GPU) arrays ({pass_name}); choose one of {choices}")
 
 
+def result_shape(pass_name: str, g: ConvGeometry) -> tuple[int, ...]:
+    """The shape of a pass's result: y (fprop), dx (dgrad) or dw (wgrad)."""
+    return {"fprop": g.output_shape, "dgrad": g.input_shape, "wgrad": g.weight_shape}[pass_name]
+
+
 def result_bytes(pass_name: str, g: ConvGeometry, dtype) -> int:
-    """Bytes of a pass's result: y (fprop), dx (dgrad) or dw (wgrad)."""
-    shape = {"fprop": g.output_shape, "dgrad": g.input_shape, "wgrad": g.weight_shape}[pass_name]
-    return int(np.prod(shape)) * np.dtype(dtype).itemsize
+    """Bytes of a pass's result."""
+    return int(np.prod(result_shape(pass_name, g))) * np.dtype(dtype).itemsize
 
 
 def _memory_error(what: str, needed: int, free_bytes: int | None) -> GPUOutOfMemoryError:
@@ -406,6 +410,6 @@ def with_grid(plan, index: int, grid) -> "ConvPlan | PoolPlan":
 __all__ = ["PASS_NAMES", "IM2COL_WORKSPACE_BYTES", "WGRAD_TARGET_BLOCKS", "WGRAD_MIN_PIXELS_PER_SPLIT", "IM2COL",
            "KernelLaunch", "ConvPlan", "PoolPlan", "elementwise_grid", "check_geometry", "gemm_grid",
            "wgrad_split", "im2col_bytes_per_image", "im2col_batch_chunk", "batch_chunks", "im2col_budget",
-           "result_bytes", "fixed_rule", "rule_variant", "candidates", "check_algo", "plan_conv",
+           "result_shape", "result_bytes", "fixed_rule", "rule_variant", "candidates", "check_algo", "plan_conv",
            "plan_pool", "with_grid", "elementwise_launch", "im2col_launch", "dgrad_phases",
            "depthwise_traffic"]
