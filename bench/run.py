@@ -110,10 +110,11 @@ def environment(device: str) -> dict:
 # ------------------------------------------------------------------ run ---
 
 def resolve_device(device: str) -> str:
-    """'cuda' raises gpuconv.CUDAUnavailableError with the reason when CUDA cannot be used."""
+    """'cpu' or 'cuda' (the benchmark's device kinds); 'cuda' raises gpuconv.CUDAUnavailableError with the
+    reason when CUDA cannot be used."""
     if device == "cuda":
         require_cuda()
-    return normalize_device(device)
+    return normalize_device(device).partition(":")[0]
 
 
 def _check_dtypes(dtypes) -> tuple:

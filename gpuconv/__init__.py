@@ -2,6 +2,7 @@
 
 NumPy arrays run on the CPU, CuPy arrays on the GPU through gpuconv's own CUDA
 kernels; the textbook NumPy path in ``gpuconv.reference`` is the ground truth.
+``gpuconv.Tensor`` adds autograd on top: ``loss.backward()``.
 """
 __version__ = "0.1.0"
 
@@ -13,6 +14,7 @@ from ._backend import (  # noqa: E402
     to_device,
 )
 from ._shapes import ConvGeometry, PoolGeometry  # noqa: E402
+from .autograd import Tensor, enable_grad, is_grad_enabled, no_grad, tensor  # noqa: E402
 from .functional import (  # noqa: E402
     avg_pool2d,
     avg_pool2d_grad,
@@ -23,11 +25,14 @@ from .functional import (  # noqa: E402
     max_pool2d,
     max_pool2d_grad,
 )
+from .ops import cat, stack  # noqa: E402
 from . import nn, optim  # noqa: E402
+from .checkpoint import load, save  # noqa: E402
 
 __all__ = [
     "__version__", "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias",
     "max_pool2d", "max_pool2d_grad", "avg_pool2d", "avg_pool2d_grad", "ConvGeometry", "PoolGeometry",
     "CUDAUnavailableError", "GPUOutOfMemoryError", "cuda_available", "cuda_unavailable_reason", "to_device",
+    "Tensor", "tensor", "no_grad", "enable_grad", "is_grad_enabled", "cat", "stack", "save", "load",
     "nn", "optim",
 ]

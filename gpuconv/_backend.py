@@ -79,7 +79,9 @@ def array_module(**arrays):
         elif is_cupy_array(a):
             kinds[name] = f"cupy:{a.device.id}"
         else:
-            raise TypeError(f"{name} must be a numpy.ndarray or cupy.ndarray, got {type(a).__name__}")
+            hint = (": a gpuconv.Tensor here takes its array, tensor.data" if hasattr(a, "requires_grad")
+                    and hasattr(a, "data") else "")
+            raise TypeError(f"{name} must be a numpy.ndarray or cupy.ndarray, got {type(a).__name__}{hint}")
     if not kinds:
         raise TypeError("no array given")
     if len(set(kinds.values())) > 1:
@@ -90,27 +92,44 @@ def array_module(**arrays):
 
 
 def device_of(array) -> str:
-    return "cuda" if is_cupy_array(array) else "cpu"
+    """'cpu', or 'cuda:N' for a CuPy array on GPU N (PyTorch's device strings)."""
+    return f"cuda:{array.device.id}" if is_cupy_array(array) else "cpu"
 
 
-def normalize_device(device: str) -> str:
-    """'cpu', 'cuda' or 'auto' -> 'cpu' or 'cuda' (raising if CUDA is asked for and unusable)."""
-    if device not in ("cpu", "cuda", "auto"):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
+def normalize_device(device) -> str:
+    """'cpu', 'cuda', 'cuda:N' or 'auto' (or a torch.device) -> 'cpu' or 'cuda:N'.
+
+    'cuda' is the current GPU; asking for CUDA where it is unusable, or for a GPU that is not there, raises.
+    """
+    if hasattr(device, "type") and not isinstance(device, str):  # a torch.device
+        device = str(device)
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string such as 'cpu', 'cuda' or 'cuda:0', got {device!r}")
     if device == "auto":
-        return "cuda" if cuda_available() else "cpu"
-    if device == "cuda":
-        require_cuda()
-    return device
+        device = "cuda" if cuda_available() else "cpu"
+    if device == "cpu":
+        return device
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}")
+    cupy = require_cuda()
+    if not index:
+        return f"cuda:{cupy.cuda.runtime.getDevice()}"
+    count = cupy.cuda.runtime.getDeviceCount()
+    if int(index) >= count:
+        raise CUDAUnavailableError(f"device {device!r} asked for, but this machine has {count} GPU(s): "
+                                   f"cuda:0..cuda:{count - 1}")
+    return f"cuda:{int(index)}"
 
 
 def to_device(array, device: str):
-    """Copy an array to 'cpu' (NumPy) or 'cuda' (CuPy); a no-op when it is there already."""
+    """Copy an array to 'cpu' (NumPy) or a GPU (CuPy); a no-op when it is there already."""
     device = normalize_device(device)
     if device == "cpu":
         return array.get() if is_cupy_array(array) else np.asarray(array)
     cupy = require_cuda()
-    return cupy.asarray(array)
+    with cupy.cuda.Device(int(device.partition(":")[2])):
+        return cupy.asarray(array)
 
 
 def as_numpy(array):

@@ -3,6 +3,9 @@
 Each call validates its arguments once (``ConvGeometry`` / ``PoolGeometry``),
 then hands the arrays to the backend their type selects: NumPy arrays to the
 CPU (``reference`` or the fast path), CuPy arrays to our CUDA kernels.
+
+Arrays in, an array out. Given a ``gpuconv.Tensor``, ``conv2d``, ``max_pool2d`` and ``avg_pool2d``
+return a tensor and record their backward (through ``gpuconv.nn.functional``).
 """
 from __future__ import annotations
 
@@ -52,6 +55,11 @@ def _pool_module(xp):
     return cuda_pool
 
 
+def _has_tensor(*values) -> bool:
+    from .autograd import Tensor
+    return any(isinstance(v, Tensor) for v in values)
+
+
 def _contiguous(xp, a):
     return None if a is None else xp.ascontiguousarray(a)
 
@@ -64,6 +72,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, a
     x (N, C, H, W), weight (K, C/groups, R, S), bias (K,) or None -> (N, K, P, Q).
     padding: int, (pad_h, pad_w), (top, bottom, left, right), "valid", "same" or "full".
     """
+    if _has_tensor(x, weight, bias):
+        from .nn import functional as tensor_ops
+        return tensor_ops.conv2d(x, weight, bias, stride, padding, dilation, groups, algo=algo)
     xp = array_module(x=x, weight=weight, bias=bias)
     dtype = check_same_dtype(x=x, weight=weight, bias=bias)
     g = ConvGeometry.create(x.shape, weight.shape, stride, padding, dilation, groups)
@@ -129,6 +140,9 @@ def _pool_input(x, name="x"):
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     """Max pooling over (N, C, H, W); stride defaults to kernel_size; NaN propagates."""
+    if _has_tensor(x):
+        from .nn import functional as tensor_ops
+        return tensor_ops.max_pool2d(x, kernel_size, stride, padding, ceil_mode=ceil_mode)
     xp = _pool_input(x)
     g = PoolGeometry.create(x.shape, kernel_size, stride, padding, ceil_mode)
     if g.N == 0:
@@ -150,6 +164,9 @@ def max_pool2d_grad(grad_output, x, kernel_size, stride=None, padding=0, ceil_mo
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
     """Average pooling over (N, C, H, W), with PyTorch's divisor rules."""
+    if _has_tensor(x):
+        from .nn import functional as tensor_ops
+        return tensor_ops.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad)
     xp = _pool_input(x)
     g = PoolGeometry.create(x.shape, kernel_size, stride, padding, ceil_mode)
     if g.N == 0:

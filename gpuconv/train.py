@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import nn, optim
-from ._backend import as_numpy, normalize_device, to_device
+from .autograd import no_grad
+from ._backend import normalize_device, to_device
 from ._shapes import conv_output_size, pool_output_size
 from .data import Dataset
 
@@ -43,9 +44,10 @@ class TrainResult:
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, device: str, batch_size: int = 512) -> float:
     model.eval()
     correct = 0
-    for i in range(0, len(x), batch_size):
-        logits = model.forward(to_device(x[i:i + batch_size], device))
-        correct += int((as_numpy(logits).argmax(axis=1) == y[i:i + batch_size]).sum())
+    with no_grad():
+        for i in range(0, len(x), batch_size):
+            logits = model(to_device(x[i:i + batch_size], device))
+            correct += int((logits.numpy().argmax(axis=1) == y[i:i + batch_size]).sum())
     model.train()
     return correct / max(len(x), 1)
 
@@ -79,14 +81,14 @@ def train(data: Dataset, *, device: str = "auto", epochs: int = DEFAULT_EPOCHS,
         for i in bar:
             idx = order[i:i + batch_size]
             xb, yb = to_device(data.x_train[idx], device), to_device(data.y_train[idx], device)
-            logits = model.forward(xb)
+            logits = model(xb)
             loss = loss_fn(logits, yb)
             optimizer.zero_grad()
-            model.backward(loss_fn.backward())
+            loss.backward()
             optimizer.step()
             loss_value = float(loss)
             running_loss += loss_value * len(idx)
-            correct += int((as_numpy(logits).argmax(axis=1) == data.y_train[idx]).sum())
+            correct += int((logits.numpy().argmax(axis=1) == data.y_train[idx]).sum())
             seen += len(idx)
             bar.set_postfix(loss=f"{running_loss / seen:.4f}", acc=f"{correct / seen:.2%}")
         bar.close()

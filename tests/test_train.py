@@ -10,7 +10,7 @@ from gpuconv.data import load_digits
 from gpuconv.train import evaluate, small_cnn
 
 FINAL_LINE = re.compile(r"test accuracy (?P<acc>[\d.]+)% on (?P<n>\d+) images \| (?P<sec>[\d.]+) s/epoch on "
-                        r"(?P<device>cpu|cuda) \(first epoch [\d.]+ s\)")
+                        r"(?P<device>cpu|cuda:\d+) \(first epoch [\d.]+ s\)")
 
 
 def run_train(capsys, *args):
@@ -145,7 +145,7 @@ def test_cuda_device(capsys):
         rc, out, err = run_train(capsys, "--epochs", 1, "--device", "cuda")
         assert rc == 0, err
         accuracy, match = final_accuracy(out)
-        assert match["device"] == "cuda" and accuracy > 0.3
+        assert match["device"].startswith("cuda:") and accuracy > 0.3
     else:
         rc, out, err = run_train(capsys, "--epochs", 1, "--device", "cuda")
         assert rc == 2

@@ -1,8 +1,12 @@
-"""Layers, losses and the Module machinery (``gpuconv.nn``), with PyTorch's argument names."""
+"""Layers, losses and the Module machinery (``gpuconv.nn``), with PyTorch's names and arguments."""
+from . import functional
 from .init import manual_seed
-from .layers import AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
-from .loss import CrossEntropyLoss
-from .module import Module, Parameter, Sequential, load_arrays, save_arrays
+from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, ConvTranspose2d, Dropout,
+                     Flatten, Identity, LeakyReLU, Linear, LogSoftmax, MaxPool2d, ReLU, Sigmoid, Softmax, Tanh)
+from .loss import CrossEntropyLoss, MSELoss, NLLLoss
+from .module import IncompatibleKeys, Module, ModuleList, Parameter, Sequential, load_arrays, save_arrays
 
-__all__ = ["Module", "Parameter", "Sequential", "Conv2d", "Linear", "ReLU", "MaxPool2d", "AvgPool2d", "Flatten",
-           "Dropout", "BatchNorm2d", "CrossEntropyLoss", "manual_seed", "save_arrays", "load_arrays"]
+__all__ = ["Module", "Parameter", "Sequential", "ModuleList", "IncompatibleKeys", "Conv2d", "ConvTranspose2d",
+           "Linear", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "MaxPool2d",
+           "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "Dropout", "BatchNorm1d", "BatchNorm2d",
+           "CrossEntropyLoss", "NLLLoss", "MSELoss", "functional", "manual_seed", "save_arrays", "load_arrays"]

@@ -1,35 +1,21 @@
-"""Layers with PyTorch's constructor arguments; each has forward and backward.
+"""Layers with PyTorch's names, constructor arguments and state_dict names.
 
-The array code is written once against ``xp`` (numpy or cupy, picked by the
-input array), so every layer runs on the CPU and the GPU; convolutions and
-pooling go through ``gpuconv.functional`` and its kernels.
+Each layer holds its parameters and computes ``forward`` with ``gpuconv.nn.functional``; autograd records
+the backward, so a layer can be called any number of times and at any place of a model. Convolutions and
+pooling run on our CUDA kernels for CuPy arrays and on the CPU paths for NumPy arrays.
 """
 from __future__ import annotations
 
-import math
 import numbers
 
 import numpy as np
 
-from .. import functional as F
-from .._backend import array_module
-from .._shapes import check_float_dtype, check_same_dtype, pair, resolve_padding
+from .._shapes import pair, resolve_padding
+from ..autograd import Tensor, as_array
 from ..cuda import registry
+from . import functional as F
 from . import init
 from .module import Module, Parameter
-
-
-def _check_input(x, ndim: int, layer: str, layout: str):
-    xp = array_module(x=x)
-    check_float_dtype(x, "x")
-    if x.ndim != ndim:
-        raise ValueError(f"{layer} expects a {ndim}-D input ({layout}), got shape {tuple(x.shape)}")
-    return xp
-
-
-def _require_forward(layer, saved):
-    if saved is None:
-        raise RuntimeError(f"{type(layer).__name__}.backward called before forward")
 
 
 def _layer_algo(algo):
@@ -43,17 +29,35 @@ def _layer_algo(algo):
     return algo
 
 
+def _check_groups(groups, in_channels, out_channels):
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral):
+        raise TypeError(f"groups must be an int, got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"groups={groups} must divide in_channels={in_channels} and "
+                         f"out_channels={out_channels}")
+
+
+def _check_ndim(x, ndims, layer: str, layout: str):
+    x = as_array(x)
+    if x.ndim not in ndims:
+        raise ValueError(f"{layer} expects a {' or '.join(f'{n}-D' for n in ndims)} input ({layout}), got shape "
+                         f"{tuple(x.shape)}")
+    return x
+
+
 class Conv2d(Module):
+    """2-D convolution: weight (out_channels, in_channels/groups, kH, kW), bias (out_channels,).
+
+    ``padding``: an int, a pair, (top, bottom, left, right), "valid", "same" or "full". ``algo`` picks the
+    kernel family every pass of this layer runs on the GPU ("auto", "im2col", "implicit_gemm", "direct").
+    """
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, *, dtype=np.float32, algo="auto"):
         super().__init__()
-        if isinstance(groups, bool) or not isinstance(groups, numbers.Integral):
-            raise TypeError(f"groups must be an int, got {groups!r}")
-        if groups < 1:
-            raise ValueError(f"groups must be >= 1, got {groups}")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and "
-                             f"out_channels={out_channels}")
+        _check_groups(groups, in_channels, out_channels)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = pair(kernel_size, "kernel_size")
         # Check the arguments now rather than at the first forward (the input size only matters for "same").
@@ -65,24 +69,10 @@ class Conv2d(Module):
         self.weight = Parameter(init.kaiming_uniform(
             (out_channels, in_channels // groups) + self.kernel_size, fan_in, dtype))
         self.bias = Parameter(init.bias_uniform(out_channels, fan_in, dtype)) if bias else None
-        self._x = None
-
-    def _geometry_args(self):
-        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
-                    algo=self.algo)
 
     def forward(self, x):
-        self._x = x
-        return F.conv2d(x, self.weight.data, None if self.bias is None else self.bias.data,
-                        **self._geometry_args())
-
-    def backward(self, grad):
-        _require_forward(self, self._x)
-        args = self._geometry_args()
-        self.weight.accumulate(F.conv2d_grad_weight(self._x, grad, self.weight.shape, **args))
-        if self.bias is not None:
-            self.bias.accumulate(F.conv2d_grad_bias(grad))
-        return F.conv2d_grad_input(grad, self.weight.data, self._x.shape, **args)
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                        algo=self.algo)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -90,102 +80,172 @@ class Conv2d(Module):
                 f"groups={self.groups}, bias={self.bias is not None}")
 
 
+class ConvTranspose2d(Module):
+    """Transposed 2-D convolution: weight (in_channels, out_channels/groups, kH, kW), as PyTorch's.
+
+    Output size: (H - 1) * stride - 2 * padding + dilation * (kH - 1) + output_padding + 1. Forward runs our
+    dgrad kernels, its backward fprop and wgrad.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
+                 bias=True, dilation=1, *, dtype=np.float32, algo="auto"):
+        super().__init__()
+        _check_groups(groups, in_channels, out_channels)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride, self.padding, self.output_padding = pair(stride, "stride"), pair(padding, "padding", 0), \
+            pair(output_padding, "output_padding", 0)
+        self.groups, self.dilation = groups, pair(dilation, "dilation")
+        for op, s, d in zip(self.output_padding, self.stride, self.dilation):
+            if not (op < s or op < d):
+                raise ValueError(f"output_padding {output_padding} must be smaller than the stride {stride} or "
+                                 f"the dilation {dilation}")
+        self.algo = _layer_algo(algo)
+        # PyTorch's fan_in for this weight layout: its second dimension times the kernel area.
+        fan_in = (out_channels // groups) * self.kernel_size[0] * self.kernel_size[1]
+        self.weight = Parameter(init.kaiming_uniform(
+            (in_channels, out_channels // groups) + self.kernel_size, fan_in, dtype))
+        self.bias = Parameter(init.bias_uniform(out_channels, fan_in, dtype)) if bias else None
+
+    def forward(self, x):
+        return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding, self.output_padding,
+                                  self.groups, self.dilation, algo=self.algo)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, output_padding={self.output_padding}, groups={self.groups}, "
+                f"bias={self.bias is not None}, dilation={self.dilation}")
+
+
 class Linear(Module):
+    """y = x @ weight.T + bias over the last dimension; weight (out_features, in_features)."""
+
     def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(init.kaiming_uniform((out_features, in_features), in_features, dtype))
         self.bias = Parameter(init.bias_uniform(out_features, in_features, dtype)) if bias else None
-        self._x = None
 
     def forward(self, x):
-        _check_input(x, 2, "Linear", "batch, in_features")
-        check_same_dtype(x=x, weight=self.weight.data)  # as conv2d does: no silent float64 promotion
-        if x.shape[1] != self.in_features:
-            raise ValueError(f"Linear expects {self.in_features} input features, got {x.shape[1]}")
-        self._x = x
-        y = x @ self.weight.data.T
-        return y if self.bias is None else y + self.bias.data
-
-    def backward(self, grad):
-        _require_forward(self, self._x)
-        self.weight.accumulate(grad.T @ self._x)
-        if self.bias is not None:
-            self.bias.accumulate(grad.sum(axis=0))
-        return grad @ self.weight.data
+        return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-class ReLU(Module):
-    def __init__(self):
+class Identity(Module):
+    """Returns its input: a placeholder where a model has no layer."""
+
+    def __init__(self, *args, **kwargs):  # PyTorch's ignores its arguments too
         super().__init__()
-        self._mask = None
 
     def forward(self, x):
-        xp = array_module(x=x)
-        self._mask = x > 0
-        # maximum, not x * mask: -inf * 0 would be NaN and -1 * 0 is -0; maximum propagates NaN, as PyTorch does.
-        return xp.maximum(x, x.dtype.type(0))
+        return x
 
-    def backward(self, grad):
-        _require_forward(self, self._mask)
-        xp = array_module(grad=grad)
-        return xp.where(self._mask, grad, grad.dtype.type(0))
+
+class ReLU(Module):
+    """max(x, 0); NaN propagates."""
+
+    def forward(self, x):
+        return F.relu(x)
+
+
+class LeakyReLU(Module):
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def forward(self, x):
+        return F.leaky_relu(x, self.negative_slope)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class Sigmoid(Module):
+    def forward(self, x):
+        return F.sigmoid(x)
+
+
+class Tanh(Module):
+    def forward(self, x):
+        return F.tanh(x)
+
+
+class Softmax(Module):
+    def __init__(self, dim=None):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        return F.softmax(x, self.dim)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+class LogSoftmax(Softmax):
+    def forward(self, x):
+        return F.log_softmax(x, self.dim)
 
 
 class MaxPool2d(Module):
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
         super().__init__()
-        self.args = dict(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode)
-        self._x = None
+        F._pool_args(dilation, return_indices, "MaxPool2d")
+        self.kernel_size, self.stride, self.padding, self.ceil_mode = kernel_size, stride, padding, ceil_mode
 
     def forward(self, x):
-        self._x = x
-        return F.max_pool2d(x, **self.args)
-
-    def backward(self, grad):
-        _require_forward(self, self._x)
-        return F.max_pool2d_grad(grad, self._x, **self.args)
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, ceil_mode=self.ceil_mode)
 
     def extra_repr(self):
-        return ", ".join(f"{k}={v}" for k, v in self.args.items())
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"ceil_mode={self.ceil_mode}")
 
 
 class AvgPool2d(Module):
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                 divisor_override=None):
         super().__init__()
-        self.args = dict(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
-                         count_include_pad=count_include_pad)
-        self._shape = None
+        if divisor_override is not None:
+            raise ValueError("AvgPool2d: divisor_override is not supported yet")
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
 
     def forward(self, x):
-        self._shape = x.shape
-        return F.avg_pool2d(x, **self.args)
-
-    def backward(self, grad):
-        _require_forward(self, self._shape)
-        return F.avg_pool2d_grad(grad, self._shape, **self.args)
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
 
     def extra_repr(self):
-        return ", ".join(f"{k}={v}" for k, v in self.args.items())
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"ceil_mode={self.ceil_mode}, count_include_pad={self.count_include_pad}")
+
+
+class AdaptiveAvgPool2d(Module):
+    """Average pooling to ``output_size`` (an int, or (h, w) with None keeping that input size)."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
 
 
 class Flatten(Module):
-    def __init__(self, start_dim=1):
+    """Merge dimensions start_dim..end_dim (default: all but the batch), as torch.nn.Flatten."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
         super().__init__()
-        self.start_dim = start_dim
-        self._shape = None
+        self.start_dim, self.end_dim = start_dim, end_dim
 
     def forward(self, x):
-        self._shape = x.shape
-        # The flattened size spelled out: reshape cannot infer -1 when the batch is empty.
-        return x.reshape(x.shape[:self.start_dim] + (math.prod(x.shape[self.start_dim:]),))
+        return F.flatten(x if isinstance(x, Tensor) else Tensor(x), self.start_dim, self.end_dim)
 
-    def backward(self, grad):
-        _require_forward(self, self._shape)
-        return grad.reshape(self._shape)
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
 
 class Dropout(Module):
@@ -193,83 +253,60 @@ class Dropout(Module):
 
     def __init__(self, p=0.5):
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability p must be in [0, 1), got {p}")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability p must be in [0, 1], got {p}")
         self.p = p
-        self._scale = None
 
     def forward(self, x):
-        if not self.training or self.p == 0.0:
-            self._scale = None
-            return x
-        xp = array_module(x=x)
-        if xp is np:
-            keep = init.generator().random(x.shape) >= self.p
-        else:
-            keep = xp.random.random_sample(x.shape, dtype=xp.float32) >= self.p
-        self._scale = keep.astype(x.dtype) / x.dtype.type(1.0 - self.p)
-        return x * self._scale
-
-    def backward(self, grad):
-        return grad if self._scale is None else grad * self._scale
+        return F.dropout(x, self.p, self.training)
 
     def extra_repr(self):
         return f"p={self.p}"
 
 
-class BatchNorm2d(Module):
-    """Batch normalisation over (N, H, W) per channel, with running statistics for eval mode."""
+class _BatchNorm(Module):
+    """Normalisation per channel (axis 1) over every other axis, with running statistics for eval mode."""
 
-    _buffers = ("running_mean", "running_var")
+    _ndims: tuple = ()
+    _layout = ""
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, *, dtype=np.float32):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, *,
+                 dtype=np.float32):
         super().__init__()
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.weight = Parameter(np.ones(num_features, dtype)) if affine else None
         self.bias = Parameter(np.zeros(num_features, dtype)) if affine else None
-        self.running_mean = np.zeros(num_features, dtype)
-        self.running_var = np.ones(num_features, dtype)
-        self._saved = None
+        self.track_running_stats = track_running_stats
+        if track_running_stats:
+            self.register_buffer("running_mean", np.zeros(num_features, dtype))
+            self.register_buffer("running_var", np.ones(num_features, dtype))
+            self.register_buffer("num_batches_tracked", np.array(0, np.int64))
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
 
     def forward(self, x):
-        xp = _check_input(x, 4, "BatchNorm2d", "N, C, H, W")
-        if x.shape[1] != self.num_features:
-            raise ValueError(f"BatchNorm2d expects {self.num_features} channels, got {x.shape[1]}")
-        # A float64 batch would silently turn the float32 running statistics into float64.
-        check_same_dtype(x=x, running_mean=self.running_mean)
-        if self.training:
-            count = x.shape[0] * x.shape[2] * x.shape[3]
-            if count < 2:
-                raise ValueError(f"BatchNorm2d in training needs more than one value per channel, got input "
-                                 f"shape {tuple(x.shape)}")
-            mean = x.mean(axis=(0, 2, 3))
-            var = x.var(axis=(0, 2, 3))
-            m = self.momentum
-            self.running_mean = (1 - m) * self.running_mean + m * mean
-            self.running_var = (1 - m) * self.running_var + m * var * (count / (count - 1))
-        else:
-            mean, var = self.running_mean, self.running_var
-        inv_std = 1.0 / xp.sqrt(var + self.eps)
-        x_hat = (x - mean.reshape(1, -1, 1, 1)) * inv_std.reshape(1, -1, 1, 1)
-        self._saved = (x_hat, inv_std, self.training)
-        if self.weight is None:
-            return x_hat.astype(x.dtype, copy=False)
-        y = x_hat * self.weight.data.reshape(1, -1, 1, 1) + self.bias.data.reshape(1, -1, 1, 1)
-        return y.astype(x.dtype, copy=False)
-
-    def backward(self, grad):
-        _require_forward(self, self._saved)
-        x_hat, inv_std, batch_stats = self._saved
-        if self.weight is not None:
-            self.weight.accumulate((grad * x_hat).sum(axis=(0, 2, 3)))
-            self.bias.accumulate(grad.sum(axis=(0, 2, 3)))
-            grad = grad * self.weight.data.reshape(1, -1, 1, 1)
-        if not batch_stats:  # eval mode: a fixed affine map
-            return grad * inv_std.reshape(1, -1, 1, 1)
-        # d/dx of (x - mean) / std with mean and std taken over the batch
-        mean_grad = grad.mean(axis=(0, 2, 3), keepdims=True)
-        mean_grad_xhat = (grad * x_hat).mean(axis=(0, 2, 3), keepdims=True)
-        return (grad - mean_grad - x_hat * mean_grad_xhat) * inv_std.reshape(1, -1, 1, 1)
+        array = _check_ndim(x, self._ndims, type(self).__name__, self._layout)
+        if array.shape[1] != self.num_features:
+            raise ValueError(f"{type(self).__name__} expects {self.num_features} channels, got {array.shape[1]}")
+        if self.running_mean is not None and array.dtype != self.running_mean.dtype:
+            # A float64 batch would silently turn the float32 running statistics into float64.
+            raise TypeError(f"{type(self).__name__}: input dtype {array.dtype} differs from the layer's "
+                            f"{self.running_mean.dtype}; cast one of them (model.to(dtype))")
+        if self.training and self.num_batches_tracked is not None:
+            self.num_batches_tracked += 1  # in place: a 0-d array stays one
+        # Without running statistics, eval mode normalises with the batch's, as PyTorch does.
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            self.training or self.running_mean is None, self.momentum, self.eps,
+                            num_batches_tracked=self.num_batches_tracked)
 
     def extra_repr(self):
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.weight is not None}"
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.weight is not None}, "
+                f"track_running_stats={self.track_running_stats}")
+
+
+class BatchNorm2d(_BatchNorm):
+    _ndims, _layout = (4,), "N, C, H, W"
+
+
+class BatchNorm1d(_BatchNorm):
+    _ndims, _layout = (2, 3), "N, C or N, C, L"

@@ -1,55 +1,51 @@
-"""Losses: softmax cross-entropy fused with the negative log-likelihood."""
+"""Losses, as modules with PyTorch's names and arguments: each returns a 0-d tensor (or per-sample losses)."""
 from __future__ import annotations
 
-from .._backend import array_module
-from .._shapes import check_float_dtype
+from . import functional as F
 from .module import Module
 
 
 class CrossEntropyLoss(Module):
-    """mean (or sum) over the batch of -log softmax(logits)[target], computed stably via log-sum-exp.
+    """Softmax cross-entropy of logits (N, C, ...) at integer class indices (N, ...), computed stably.
 
-    ``forward(logits, target)`` returns the loss as a 0-d array; ``backward()``
-    returns d loss / d logits = (softmax - onehot) / batch (for "mean").
+    ``reduction``: "mean" (over the samples not ignored), "sum" or "none"; ``ignore_index``: a target value
+    that contributes nothing; ``label_smoothing``: eps mixes the one-hot target with the uniform distribution.
     """
 
-    def __init__(self, reduction="mean"):
+    def __init__(self, *, ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0):
         super().__init__()
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        F._check_reduction(reduction)
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+        self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
+
+    def forward(self, input, target):
+        return F.cross_entropy(input, target, ignore_index=self.ignore_index, reduction=self.reduction,
+                               label_smoothing=self.label_smoothing)
+
+    def extra_repr(self):
+        return f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}"
+
+
+class NLLLoss(Module):
+    """Negative log-likelihood of log-probabilities (the output of LogSoftmax) at integer targets."""
+
+    def __init__(self, *, ignore_index: int = -100, reduction: str = "mean"):
+        super().__init__()
+        F._check_reduction(reduction)
+        self.ignore_index, self.reduction = ignore_index, reduction
+
+    def forward(self, input, target):
+        return F.nll_loss(input, target, ignore_index=self.ignore_index, reduction=self.reduction)
+
+
+class MSELoss(Module):
+    """Mean (or "sum", or "none": elementwise) squared error between input and a target of the same shape."""
+
+    def __init__(self, reduction: str = "mean"):
+        super().__init__()
+        F._check_reduction(reduction)
         self.reduction = reduction
-        self._saved = None
 
-    def forward(self, logits, target):
-        xp = array_module(logits=logits, target=target)
-        check_float_dtype(logits, "logits")
-        if logits.ndim != 2:
-            raise ValueError(f"logits must be 2-D (batch, classes), got shape {tuple(logits.shape)}")
-        if target.shape != logits.shape[:1] or target.dtype.kind not in "iu":
-            raise ValueError(f"target must be integer class indices of shape ({logits.shape[0]},), "
-                             f"got shape {tuple(target.shape)} dtype {target.dtype}")
-        classes = logits.shape[1]
-        if target.size and (int(target.min()) < 0 or int(target.max()) >= classes):
-            raise ValueError(f"target holds class indices outside [0, {classes}): min {int(target.min())}, "
-                             f"max {int(target.max())}")
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        log_sum = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
-        log_probs = shifted - log_sum
-        rows = xp.arange(logits.shape[0])
-        losses = -log_probs[rows, target]
-        self._saved = (log_probs, target)
-        return losses.mean() if self.reduction == "mean" else losses.sum()
-
-    def __call__(self, logits, target):
-        return self.forward(logits, target)
-
-    def backward(self, grad=1.0):
-        if self._saved is None:
-            raise RuntimeError("CrossEntropyLoss.backward called before forward")
-        log_probs, target = self._saved
-        xp = array_module(log_probs=log_probs)
-        dlogits = xp.exp(log_probs)
-        dlogits[xp.arange(target.shape[0]), target] -= 1
-        if self.reduction == "mean":
-            dlogits /= max(target.shape[0], 1)
-        return dlogits * grad
+    def forward(self, input, target):
+        return F.mse_loss(input, target, self.reduction)

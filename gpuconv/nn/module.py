@@ -1,162 +1,243 @@
-"""Module, Parameter, Sequential and weight files: the machinery every layer shares.
+"""Module, Parameter, Sequential, ModuleList and weight files: the machinery every layer shares.
 
-A layer keeps what its backward pass needs from its forward pass; ``backward``
-returns the input gradient and *accumulates* parameter gradients (as PyTorch
-does), so optimizers call ``zero_grad`` between steps.
+A Module is a function of tensors that holds parameters: ``forward`` is all a subclass defines, and
+autograd (``gpuconv.autograd``) derives the backward of whatever it computes. A layer keeps nothing from
+one call to the next, so it can be used at several places of a model, and a parameter shared between layers
+(tied weights) is listed once by ``parameters()`` and receives the sum of its gradients.
 """
 from __future__ import annotations
 
 import os
 import tempfile
 import zipfile
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 
 import numpy as np
 
 from .._backend import array_module, as_numpy, device_of, normalize_device, to_device
+from ..autograd import Tensor
 
 
-class Parameter:
-    """A trainable array and its gradient, on the device the array lives on."""
+class Parameter(Tensor):
+    """A tensor that is a module's trainable state: it requires a gradient by default."""
 
-    def __init__(self, data):
-        self.data = data
-        self.grad = None
-
-    @property
-    def shape(self):
-        return self.data.shape
+    def __init__(self, data, requires_grad: bool = True):
+        super().__init__(data, requires_grad=requires_grad)
 
     def zero_grad(self):
         self.grad = None
 
-    def accumulate(self, grad):
-        self.grad = grad if self.grad is None else self.grad + grad
-
     def __repr__(self):
-        return f"Parameter(shape={tuple(self.data.shape)}, dtype={self.data.dtype})"
+        return f"Parameter(shape={self.shape}, dtype={self.dtype}, device='{self.device}')"
+
+
+#: What ``load_state_dict`` returns, as PyTorch's: the names it expected and missed, and those it did not know.
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+
+def _state_value(value):
+    """A state_dict entry as an array: NumPy, CuPy, or a PyTorch tensor (copied to the CPU)."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        return value.detach().cpu().numpy()
+    return value.data if isinstance(value, Tensor) else value
 
 
 class Module:
-    """Base of every layer: parameters, buffers, children, modes, devices and weight files."""
+    """Base of every layer and model: parameters, buffers, submodules, modes, devices and weight files.
+
+    Attributes that are Parameters, Modules or registered buffers make up the module, in the order they
+    were assigned (as in PyTorch), and so do their names in ``state_dict``.
+    """
 
     def __init__(self):
         self.training = True
+        self._buffer_names = []
 
     # -- structure -------------------------------------------------------
-    def _children(self):
-        return [(name, value) for name, value in vars(self).items() if isinstance(value, Module)]
-
-    def named_parameters(self, prefix: str = ""):
+    def named_children(self):
         for name, value in vars(self).items():
-            if isinstance(value, Parameter):
-                yield prefix + name, value
-        for name, child in self._children():
-            yield from child.named_parameters(f"{prefix}{name}.")
+            if isinstance(value, Module):
+                yield name, value
 
-    def parameters(self):
-        return [p for _, p in self.named_parameters()]
+    def children(self):
+        return [child for _, child in self.named_children()]
 
-    #: names of non-trainable arrays that belong in state_dict (running statistics)
-    _buffers: tuple = ()
+    def named_modules(self, prefix: str = "", memo=None):
+        """This module and every submodule once, depth first, with dotted names."""
+        memo = set() if memo is None else memo
+        if id(self) in memo:
+            return
+        memo.add(id(self))
+        yield prefix, self
+        for name, child in self.named_children():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name, memo)
+
+    def modules(self):
+        return [m for _, m in self.named_modules()]
+
+    def _own_parameters(self):
+        return [(name, v) for name, v in vars(self).items() if isinstance(v, Parameter)]
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True):
+        """(name, parameter) for every parameter once: a tied weight under the first name it was found."""
+        seen = set()
+        modules = self.named_modules(prefix) if recurse else [(prefix, self)]
+        for module_name, module in modules:
+            for name, p in module._own_parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield (f"{module_name}.{name}" if module_name else name), p
+
+    def parameters(self, recurse: bool = True) -> list:
+        return [p for _, p in self.named_parameters(recurse=recurse)]
+
+    def register_buffer(self, name: str, array) -> None:
+        """A non-trainable array that belongs in state_dict (running statistics, counters)."""
+        if name not in self._buffer_names:
+            self._buffer_names.append(name)
+        setattr(self, name, array)
 
     def named_buffers(self, prefix: str = ""):
-        for name in self._buffers:
-            yield prefix + name, getattr(self, name)
-        for name, child in self._children():
-            yield from child.named_buffers(f"{prefix}{name}.")
+        for module_name, module in self.named_modules(prefix):
+            for name in getattr(module, "_buffer_names", ()):
+                yield (f"{module_name}.{name}" if module_name else name), getattr(module, name)
 
-    def zero_grad(self):
+    def buffers(self) -> list:
+        return [b for _, b in self.named_buffers()]
+
+    def zero_grad(self, set_to_none: bool = True):
         for p in self.parameters():
-            p.zero_grad()
+            if set_to_none or p.grad is None:
+                p.grad = None
+            else:
+                p.grad = p.grad * 0
+
+    def requires_grad_(self, requires_grad: bool = True):
+        for p in self.parameters():
+            p.requires_grad_(requires_grad)
+        return self
+
+    def apply(self, fn):
+        """Call ``fn`` on every submodule (children first) and on this module; returns self."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
 
     # -- modes and devices ------------------------------------------------
     def train(self, mode: bool = True):
         self.training = mode
-        for _, child in self._children():
+        for child in self.children():
             child.train(mode)
         return self
 
     def eval(self):
         return self.train(False)
 
-    def _map_arrays(self, fn):
+    def _map_arrays(self, fn, floating_only: bool):
+        """Apply ``fn`` to every parameter (in place: optimizers keep their references) and buffer."""
         for p in self.parameters():
             p.data = fn(p.data)
             if p.grad is not None:
                 p.grad = fn(p.grad)
-        self._map_buffers(fn)
-
-    def _map_buffers(self, fn):
-        for name in self._buffers:
-            setattr(self, name, fn(getattr(self, name)))
-        for _, child in self._children():
-            child._map_buffers(fn)
+        for _, module in self.named_modules():
+            for name in getattr(module, "_buffer_names", ()):
+                value = getattr(module, name)
+                if not floating_only or value.dtype.kind == "f":
+                    setattr(module, name, fn(value))
 
     def to(self, target):
-        """Move to a device ('cpu', 'cuda', 'auto') or cast to a floating dtype; returns self."""
-        if isinstance(target, str):
+        """Move to a device ('cpu', 'cuda', 'cuda:1', 'auto') or cast to a floating dtype; returns self.
+
+        A cast changes the parameters and floating buffers; integer buffers (``num_batches_tracked``) stay.
+        """
+        if isinstance(target, str) or hasattr(target, "type"):
             device = normalize_device(target)
-            self._map_arrays(lambda a: to_device(a, device))
+            self._map_arrays(lambda a: to_device(a, device), floating_only=False)
         else:
             dtype = np.dtype(target)
             if dtype.kind != "f":
                 raise TypeError(f"a module can only be cast to a floating dtype, got {dtype}")
-            self._map_arrays(lambda a: a.astype(dtype))
+            self._map_arrays(lambda a: a.astype(dtype), floating_only=True)
         return self
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def cuda(self, device: int | None = None):
+        return self.to("cuda" if device is None else f"cuda:{device}")
+
+    def float(self):
+        return self.to(np.float32)
+
+    def double(self):
+        return self.to(np.float64)
 
     @property
     def device(self) -> str:
-        arrays = [p.data for p in self.parameters()] + [a for _, a in self.named_buffers()]
+        arrays = [p.data for p in self.parameters()] + self.buffers()
         return device_of(arrays[0]) if arrays else "cpu"
 
     # -- calls -------------------------------------------------------------
-    def forward(self, x):
-        raise NotImplementedError
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} defines no forward(): a Module subclass computes its "
+                                  f"output in forward(self, ...), and autograd derives the backward")
 
-    def backward(self, grad):
-        raise NotImplementedError
-
-    def __call__(self, x):
-        return self.forward(x)
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
 
     # -- weights -----------------------------------------------------------
+    def _state_entries(self, prefix: str = ""):
+        """(name, owner, attribute) of every parameter and buffer, module by module as PyTorch orders them.
+
+        A tied weight appears under each of its names, as in PyTorch's state_dict.
+        """
+        for name, value in vars(self).items():
+            if isinstance(value, Parameter):
+                yield prefix + name, self, name
+        for name in getattr(self, "_buffer_names", ()):
+            yield prefix + name, self, name
+        for name, child in self.named_children():
+            yield from child._state_entries(f"{prefix}{name}.")
+
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """Every parameter and buffer by dotted name, as NumPy copies."""
-        state = OrderedDict((name, as_numpy(p.data).copy()) for name, p in self.named_parameters())
-        state.update((name, as_numpy(a).copy()) for name, a in self.named_buffers())
+        state = OrderedDict()
+        for name, owner, attr in self._state_entries():
+            value = getattr(owner, attr)
+            state[name] = as_numpy(value.data if isinstance(value, Tensor) else value).copy()
         return state
 
-    def load_state_dict(self, state) -> None:
-        """Load arrays by name; names, shapes and dtypes must match the model exactly."""
-        targets = dict(self.named_parameters())
-        buffers = dict(self.named_buffers())
-        expected = list(targets) + list(buffers)
-        missing = [n for n in expected if n not in state]
-        unexpected = [n for n in state if n not in targets and n not in buffers]
-        if missing or unexpected:
+    def load_state_dict(self, state, strict: bool = True) -> IncompatibleKeys:
+        """Load arrays by name (NumPy, CuPy or PyTorch tensors), each onto the device of the array it replaces.
+
+        Shapes and dtypes must match. With ``strict`` (the default) the names must match exactly; with
+        ``strict=False`` missing and unexpected names are returned rather than refused.
+        """
+        entries = {name: (owner, attr) for name, owner, attr in self._state_entries()}
+        missing = [n for n in entries if n not in state]
+        unexpected = [n for n in state if n not in entries]
+        if strict and (missing or unexpected):
             raise ValueError(f"state does not match the model: missing {missing}, unexpected {unexpected}")
-        for name in expected:
-            current = targets[name].data if name in targets else buffers[name]
-            value = state[name]
+        values = {}
+        for name, (owner, attr) in entries.items():
+            if name not in state:
+                continue
+            current = getattr(owner, attr)
+            current = current.data if isinstance(current, Tensor) else current
+            value = _state_value(state[name])
             if tuple(value.shape) != tuple(current.shape) or np.dtype(value.dtype) != np.dtype(current.dtype):
                 raise ValueError(f"{name}: expected shape {tuple(current.shape)} dtype {current.dtype}, "
                                  f"got shape {tuple(value.shape)} dtype {value.dtype}")
-        for name in expected:
-            xp = array_module(current=targets[name].data if name in targets else buffers[name])
-            value = xp.asarray(state[name]).copy()
-            if name in targets:
-                targets[name].data = value
+            values[name] = array_module(current=current).asarray(value).copy()
+        for name, value in values.items():  # only once every entry was checked: no half-loaded model
+            owner, attr = entries[name]
+            current = getattr(owner, attr)
+            if isinstance(current, Tensor):
+                current.data = value
             else:
-                owner, attr = self._owner_of(name)
                 setattr(owner, attr, value)
-
-    def _owner_of(self, dotted: str):
-        *path, attr = dotted.split(".")
-        owner = self
-        for part in path:
-            owner = getattr(owner, part)
-        return owner, attr
+        return IncompatibleKeys(missing, unexpected)
 
     def save(self, path) -> None:
         """Write the weights to ``path`` (.npz), atomically: a crash never leaves half a file."""
@@ -170,7 +251,7 @@ class Module:
         return ""
 
     def __repr__(self):
-        children = self._children()
+        children = list(self.named_children())
         if not children:
             return f"{type(self).__name__}({self.extra_repr()})"
         lines = [f"  ({name}): {child!r}".replace("\n", "\n  ") for name, child in children]
@@ -209,31 +290,61 @@ def load_arrays(path, what: str = "gpuconv weight file") -> "OrderedDict[str, np
 
 
 class Sequential(Module):
-    """Layers applied in order; backward runs them in reverse."""
+    """Modules applied in order."""
 
     def __init__(self, *layers):
         super().__init__()
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, Module):
-                raise TypeError(f"Sequential takes Modules, got {type(layer).__name__} at position {i}")
-            setattr(self, str(i), layer)
-        self._layers = list(layers)
+        for layer in layers:
+            self.append(layer)
+
+    def append(self, layer: Module) -> "Sequential":
+        if not isinstance(layer, Module):
+            raise TypeError(f"Sequential takes Modules, got {type(layer).__name__} at position {len(self)}")
+        setattr(self, str(len(self)), layer)
+        return self
 
     def __getitem__(self, i):
-        return self._layers[i]
+        if isinstance(i, slice):
+            return type(self)(*self.children()[i])
+        return self.children()[i]
 
     def __len__(self):
-        return len(self._layers)
+        return len(self.children())
 
     def __iter__(self):
-        return iter(self._layers)
+        return iter(self.children())
 
     def forward(self, x):
-        for layer in self._layers:
-            x = layer.forward(x)
+        for layer in self.children():
+            x = layer(x)
         return x
 
-    def backward(self, grad):
-        for layer in reversed(self._layers):
-            grad = layer.backward(grad)
-        return grad
+
+class ModuleList(Module):
+    """A list of modules that belong to the model (their parameters, state and modes); no forward of its own."""
+
+    def __init__(self, modules=()):
+        super().__init__()
+        self.extend(modules)
+
+    def append(self, module: Module) -> "ModuleList":
+        if not isinstance(module, Module):
+            raise TypeError(f"ModuleList holds Modules, got {type(module).__name__} at position {len(self)}")
+        setattr(self, str(len(self)), module)
+        return self
+
+    def extend(self, modules) -> "ModuleList":
+        for module in modules:
+            self.append(module)
+        return self
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return ModuleList(self.children()[i])
+        return self.children()[i]
+
+    def __len__(self):
+        return len(self.children())
+
+    def __iter__(self):
+        return iter(self.children())

@@ -1,0 +1,537 @@
+"""Differentiable neural-network operations on tensors, with ``torch.nn.functional``'s names and arguments.
+
+Each takes tensors or plain arrays and returns a tensor, recording its backward when an input requires a
+gradient. Convolution and pooling run through the array API (``gpuconv.functional``: our CUDA kernels for
+CuPy arrays, the CPU paths for NumPy arrays), forward and backward; the rest is array code written once
+against ``xp``.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .. import functional as arrays
+from .._backend import array_module
+from .._shapes import check_float_dtype, check_same_dtype, pair
+from ..autograd import Function, Tensor, as_array
+from ..ops import flatten  # noqa: F401  (torch.flatten's place in this namespace)
+from . import init
+
+
+def _xp(**named):
+    return array_module(**{k: as_array(v) for k, v in named.items()})
+
+
+# ------------------------------------------------------------ convolution ---
+
+class _Conv2d(Function):
+    def forward(self, x, weight, bias):
+        y = arrays.conv2d(x, weight, bias, **self.args)  # first: it validates every argument
+        # Keep only what the wanted gradients need: dgrad needs the weight, wgrad the input.
+        self.saved = (x if self.needs_input_grad[1] else None, weight if self.needs_input_grad[0] else None)
+        self.input_shape, self.weight_shape = x.shape, weight.shape
+        return y
+
+    def backward(self, grad):
+        x, weight = self.saved
+        need_x, need_w, need_b = self.needs_input_grad
+        return (arrays.conv2d_grad_input(grad, weight, self.input_shape, **self.args) if need_x else None,
+                arrays.conv2d_grad_weight(x, grad, self.weight_shape, **self.args) if need_w else None,
+                arrays.conv2d_grad_bias(grad) if need_b else None)
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algo="auto") -> Tensor:
+    """2-D cross-correlation (``torch.nn.functional.conv2d``); backward runs our dgrad and wgrad."""
+    return _Conv2d.apply(input, weight, bias, args=dict(stride=stride, padding=padding, dilation=dilation,
+                                                        groups=groups, algo=algo))
+
+
+def conv_transpose_output_size(size: int, kernel: int, stride: int, padding: int, output_padding: int,
+                               dilation: int) -> int:
+    return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+
+
+class _ConvTranspose2d(Function):
+    """y = dgrad(x, w): the input gradient of the convolution that maps y's shape to x's."""
+
+    def forward(self, x, weight, bias):
+        array_module(x=x, weight=weight, bias=bias)
+        check_same_dtype(x=x, weight=weight, bias=bias)
+        if x.ndim != 4 or weight.ndim != 4:
+            raise ValueError(f"conv_transpose2d takes a 4-D input (N, C_in, H, W) and a 4-D weight "
+                             f"(C_in, C_out/groups, kH, kW), got shapes {tuple(x.shape)} and {tuple(weight.shape)}")
+        if x.shape[1] != weight.shape[0]:
+            raise ValueError(f"conv_transpose2d: the input has {x.shape[1]} channels but the weight expects "
+                             f"{weight.shape[0]} (its first dimension)")
+        stride, padding = pair(self.stride, "stride"), pair(self.padding, "padding", 0)
+        output_padding = pair(self.output_padding, "output_padding", 0)
+        dilation = pair(self.dilation, "dilation")
+        for op, s, d in zip(output_padding, stride, dilation):
+            if op < 0 or not (op < s or op < d):
+                raise ValueError(f"output_padding {self.output_padding} must be >= 0 and smaller than the stride "
+                                 f"{self.stride} or the dilation {self.dilation}")
+        groups = self.groups
+        if not isinstance(groups, numbers.Integral) or groups < 1 or weight.shape[0] % groups:
+            raise ValueError(f"groups={groups!r} must be a positive int dividing the {weight.shape[0]} input channels")
+        out_hw = tuple(conv_transpose_output_size(x.shape[2 + i], weight.shape[2 + i], stride[i], padding[i],
+                                                  output_padding[i], dilation[i]) for i in range(2))
+        if min(out_hw) < 1:
+            raise ValueError(f"conv_transpose2d output would be {out_hw[0]}x{out_hw[1]}: check padding")
+        self.output_shape = (x.shape[0], weight.shape[1] * groups) + out_hw
+        self.args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, algo=self.algo)
+        self.saved = (x if self.needs_input_grad[1] else None, weight if self.needs_input_grad[0] else None)
+        self.weight_shape = weight.shape
+        y = arrays.conv2d_grad_input(x, weight, self.output_shape, **self.args)
+        return y if bias is None else y + bias.reshape(1, -1, 1, 1)
+
+    def backward(self, grad):
+        x, weight = self.saved
+        need_x, need_w, need_b = self.needs_input_grad
+        args = dict(self.args)
+        return (arrays.conv2d(grad, weight, None, **args) if need_x else None,
+                arrays.conv2d_grad_weight(grad, x, self.weight_shape, **args) if need_w else None,
+                arrays.conv2d_grad_bias(grad) if need_b else None)
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
+                     algo="auto") -> Tensor:
+    """Transposed convolution (``torch.nn.functional.conv_transpose2d``); weight (C_in, C_out/groups, kH, kW).
+
+    Forward runs our dgrad kernels, backward fprop (input gradient) and wgrad (weight gradient).
+    """
+    return _ConvTranspose2d.apply(input, weight, bias, stride=stride, padding=padding,
+                                  output_padding=output_padding, groups=groups, dilation=dilation, algo=algo)
+
+
+# ---------------------------------------------------------------- pooling ---
+
+def _pool_args(dilation, return_indices, what):
+    if dilation not in (1, (1, 1)):
+        raise ValueError(f"{what}: dilation={dilation!r} is not supported yet (only 1)")
+    if return_indices:
+        raise ValueError(f"{what}: return_indices=True is not supported yet")
+
+
+class _MaxPool2d(Function):
+    def forward(self, x):
+        self.saved = x
+        return arrays.max_pool2d(x, **self.args)
+
+    def backward(self, grad):
+        return arrays.max_pool2d_grad(grad, self.saved, **self.args)
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False) -> Tensor:
+    """Max pooling (``torch.nn.functional.max_pool2d``); the gradient goes to each window's first maximum."""
+    _pool_args(dilation, return_indices, "max_pool2d")
+    return _MaxPool2d.apply(input, args=dict(kernel_size=kernel_size, stride=stride, padding=padding,
+                                             ceil_mode=ceil_mode))
+
+
+class _AvgPool2d(Function):
+    def forward(self, x):
+        y = arrays.avg_pool2d(x, **self.args)
+        self.input_shape = x.shape
+        return y
+
+    def backward(self, grad):
+        return arrays.avg_pool2d_grad(grad, self.input_shape, **self.args)
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None) -> Tensor:
+    """Average pooling (``torch.nn.functional.avg_pool2d``)."""
+    if divisor_override is not None:
+        raise ValueError("avg_pool2d: divisor_override is not supported yet")
+    return _AvgPool2d.apply(input, args=dict(kernel_size=kernel_size, stride=stride, padding=padding,
+                                             ceil_mode=ceil_mode, count_include_pad=count_include_pad))
+
+
+def adaptive_bins(size: int, out: int):
+    """PyTorch's adaptive pooling windows: bin i covers [floor(i*size/out), ceil((i+1)*size/out))."""
+    return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
+
+
+class _AdaptiveAvgPool2d(Function):
+    """The general case (sizes that do not divide): one mean per bin; bins may overlap."""
+
+    def forward(self, x):
+        self.input_shape = x.shape
+        xp = array_module(x=x)
+        rows, cols = adaptive_bins(x.shape[2], self.out[0]), adaptive_bins(x.shape[3], self.out[1])
+        y = xp.empty(x.shape[:2] + self.out, x.dtype)
+        for i, (h0, h1) in enumerate(rows):
+            for j, (w0, w1) in enumerate(cols):
+                y[:, :, i, j] = x[:, :, h0:h1, w0:w1].mean(axis=(2, 3))
+        return y
+
+    def backward(self, grad):
+        xp = array_module(grad=grad)
+        dx = xp.zeros(self.input_shape, grad.dtype)
+        rows, cols = adaptive_bins(self.input_shape[2], self.out[0]), adaptive_bins(self.input_shape[3], self.out[1])
+        for i, (h0, h1) in enumerate(rows):
+            for j, (w0, w1) in enumerate(cols):
+                dx[:, :, h0:h1, w0:w1] += grad[:, :, i:i + 1, j:j + 1] / grad.dtype.type((h1 - h0) * (w1 - w0))
+        return dx
+
+
+def adaptive_avg_pool2d(input, output_size) -> Tensor:
+    """Average pooling to a fixed output size (``torch.nn.functional.adaptive_avg_pool2d``).
+
+    ``output_size``: an int or (h, w), None keeping that input size. Sizes that divide the input run as
+    ordinary average pooling (our pooling kernels on the GPU); others as PyTorch's overlapping bins.
+    """
+    x = as_array(input)
+    array_module(x=x)
+    if x.ndim != 4:
+        raise ValueError(f"adaptive_avg_pool2d expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+    check_float_dtype(x, "input")
+    sizes = (output_size, output_size) if output_size is None or isinstance(output_size, numbers.Integral) \
+        else tuple(output_size)
+    if len(sizes) != 2:
+        raise ValueError(f"output_size must be an int or a pair, got {output_size!r}")
+    out = tuple(x.shape[2 + i] if s is None else s for i, s in enumerate(sizes))
+    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in out):
+        raise ValueError(f"output_size must hold positive ints (or None), got {output_size!r}")
+    (h, w), (oh, ow) = x.shape[2:], out
+    if h % oh == 0 and w % ow == 0:
+        return avg_pool2d(input, (h // oh, w // ow))
+    return _AdaptiveAvgPool2d.apply(input, out=out)
+
+
+# ---------------------------------------------------------- dense layers ---
+
+class _Linear(Function):
+    def forward(self, x, weight, bias):
+        array_module(x=x, weight=weight, bias=bias)
+        check_same_dtype(x=x, weight=weight, bias=bias)  # as conv2d does: no silent float64 promotion
+        if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+            raise ValueError(f"linear expects {weight.shape[1]} input features (the last dimension), got shape "
+                             f"{tuple(x.shape)}")
+        self.saved = (x if self.needs_input_grad[1] else None, weight)
+        y = x @ weight.T
+        return y if bias is None else y + bias
+
+    def backward(self, grad):
+        x, weight = self.saved
+        need_x, need_w, need_b = self.needs_input_grad
+        rows = grad.reshape(-1, grad.shape[-1])
+        return (grad @ weight if need_x else None,
+                rows.T @ x.reshape(-1, x.shape[-1]) if need_w else None,
+                rows.sum(axis=0) if need_b else None)
+
+
+def linear(input, weight, bias=None) -> Tensor:
+    """y = input @ weight.T + bias over the last dimension of an input of any rank."""
+    return _Linear.apply(input, weight, bias)
+
+
+# ------------------------------------------------------------ activations ---
+
+class _ReLU(Function):
+    def forward(self, x):
+        xp = array_module(x=x)
+        check_float_dtype(x, "x")
+        self.saved = x > 0
+        # maximum, not x * mask: -inf * 0 would be NaN and -1 * 0 is -0; maximum propagates NaN, as PyTorch does.
+        return xp.maximum(x, x.dtype.type(0))
+
+    def backward(self, grad):
+        return array_module(grad=grad).where(self.saved, grad, grad.dtype.type(0))
+
+
+def relu(input) -> Tensor:
+    return _ReLU.apply(input)
+
+
+class _LeakyReLU(Function):
+    def forward(self, x):
+        xp = array_module(x=x)
+        self.saved = x > 0
+        return xp.where(self.saved, x, x * x.dtype.type(self.slope))
+
+    def backward(self, grad):
+        return array_module(grad=grad).where(self.saved, grad, grad * grad.dtype.type(self.slope))
+
+
+def leaky_relu(input, negative_slope: float = 0.01) -> Tensor:
+    return _LeakyReLU.apply(input, slope=negative_slope)
+
+
+class _Sigmoid(Function):
+    def forward(self, x):
+        xp = array_module(x=x)
+        # exp of -|x| only: never overflows
+        e = xp.exp(-xp.abs(x))
+        self.saved = xp.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+        return self.saved
+
+    def backward(self, grad):
+        y = self.saved
+        return grad * y * (1 - y)
+
+
+def sigmoid(input) -> Tensor:
+    return _Sigmoid.apply(input)
+
+
+class _Tanh(Function):
+    def forward(self, x):
+        self.saved = array_module(x=x).tanh(x)
+        return self.saved
+
+    def backward(self, grad):
+        return grad * (1 - self.saved * self.saved)
+
+
+def tanh(input) -> Tensor:
+    return _Tanh.apply(input)
+
+
+def _softmax_parts(x, dim):
+    xp = array_module(x=x)
+    shifted = x - x.max(axis=dim, keepdims=True)
+    log_sum = xp.log(xp.exp(shifted).sum(axis=dim, keepdims=True))
+    return shifted - log_sum
+
+
+class _LogSoftmax(Function):
+    def forward(self, x):
+        array_module(x=x)
+        check_float_dtype(x, "x")
+        self.saved = _softmax_parts(x, self.dim)
+        return self.saved
+
+    def backward(self, grad):
+        xp = array_module(grad=grad)
+        return grad - xp.exp(self.saved) * grad.sum(axis=self.dim, keepdims=True)
+
+
+class _Softmax(Function):
+    def forward(self, x):
+        array_module(x=x)
+        check_float_dtype(x, "x")
+        self.saved = array_module(x=x).exp(_softmax_parts(x, self.dim))
+        return self.saved
+
+    def backward(self, grad):
+        y = self.saved
+        return y * (grad - (grad * y).sum(axis=self.dim, keepdims=True))
+
+
+def _dim(dim, name):
+    if dim is None:
+        raise TypeError(f"{name}: give dim (the axis to normalise over); PyTorch's implicit choice is deprecated")
+    return dim
+
+
+def softmax(input, dim=None) -> Tensor:
+    return _Softmax.apply(input, dim=_dim(dim, "softmax"))
+
+
+def log_softmax(input, dim=None) -> Tensor:
+    return _LogSoftmax.apply(input, dim=_dim(dim, "log_softmax"))
+
+
+# ------------------------------------------------------- regularisation ---
+
+class _Scale(Function):
+    """x * mask, the mask fixed (dropout's kept elements scaled by 1/(1-p))."""
+
+    def forward(self, x):
+        return x * self.mask
+
+    def backward(self, grad):
+        return grad * self.mask
+
+
+def dropout(input, p: float = 0.5, training: bool = True) -> Tensor:
+    """Inverted dropout: in training, zero each element with probability p and scale the rest by 1/(1-p)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability p must be in [0, 1], got {p}")
+    x = as_array(input)
+    array_module(x=x)
+    if not training or p == 0.0:
+        return input if isinstance(input, Tensor) else Tensor(input)
+    xp = array_module(input=x)
+    if p == 1.0:
+        return _Scale.apply(input, mask=xp.zeros(x.shape, x.dtype))
+    if xp is np:
+        keep = init.generator().random(x.shape) >= p
+    else:
+        keep = xp.random.random_sample(x.shape, dtype=xp.float32) >= p
+    return _Scale.apply(input, mask=keep.astype(x.dtype) / x.dtype.type(1.0 - p))
+
+
+class _BatchNorm(Function):
+    def forward(self, x, weight, bias):
+        xp = array_module(x=x)
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        inv_std = 1.0 / xp.sqrt(self.var + self.eps)
+        x_hat = (x - self.mean.reshape(shape)) * inv_std.reshape(shape)
+        self.saved = (x_hat, inv_std, weight)
+        if weight is None:
+            return x_hat.astype(x.dtype, copy=False)
+        return (x_hat * weight.reshape(shape) + bias.reshape(shape)).astype(x.dtype, copy=False)
+
+    def backward(self, grad):
+        x_hat, inv_std, weight = self.saved
+        shape = (1, -1) + (1,) * (grad.ndim - 2)
+        axes = (0,) + tuple(range(2, grad.ndim))
+        dweight = (grad * x_hat).sum(axis=axes).astype(grad.dtype) if self.needs_input_grad[1] else None
+        dbias = grad.sum(axis=axes) if self.needs_input_grad[2] else None
+        if not self.needs_input_grad[0]:
+            return None, dweight, dbias
+        if weight is not None:
+            grad = grad * weight.reshape(shape)
+        if not self.batch_stats:  # eval mode: a fixed affine map
+            dx = grad * inv_std.reshape(shape)
+        else:  # d/dx of (x - mean) / std with mean and std taken over the batch
+            mean_grad = grad.mean(axis=axes, keepdims=True)
+            mean_grad_xhat = (grad * x_hat).mean(axis=axes, keepdims=True)
+            dx = (grad - mean_grad - x_hat * mean_grad_xhat) * inv_std.reshape(shape)
+        return dx.astype(grad.dtype, copy=False), dweight, dbias
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+               eps=1e-5, num_batches_tracked=None) -> Tensor:
+    """Batch normalisation per channel (axis 1) over every other axis (``torch.nn.functional.batch_norm``).
+
+    In training the batch's statistics normalise, and the running statistics (arrays) are updated in place:
+    ``running = (1 - momentum) * running + momentum * batch`` with the unbiased variance; ``momentum=None``
+    takes the cumulative average over ``num_batches_tracked`` (a 0-d integer array, already incremented).
+    """
+    x = as_array(input)
+    array_module(x=x)
+    check_float_dtype(x, "x")
+    if x.ndim < 2:
+        raise ValueError(f"batch_norm expects an input of shape (N, C, ...), got {tuple(x.shape)}")
+    axes = (0,) + tuple(range(2, x.ndim))
+    if training:
+        count = x.size // max(x.shape[1], 1)
+        if count < 2:
+            raise ValueError(f"batch_norm in training needs more than one value per channel, got input shape "
+                             f"{tuple(x.shape)}")
+        mean, var = x.mean(axis=axes), x.var(axis=axes)
+        if running_mean is not None:
+            m = (1.0 / float(num_batches_tracked)) if momentum is None else momentum
+            # In place, as PyTorch: the module's buffers stay the same arrays.
+            running_mean *= 1 - m
+            running_mean += (m * mean).astype(running_mean.dtype, copy=False)
+            running_var *= 1 - m
+            running_var += (m * var * (count / (count - 1))).astype(running_var.dtype, copy=False)
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("batch_norm outside training needs running_mean and running_var")
+        mean, var = running_mean, running_var
+    return _BatchNorm.apply(input, weight, bias, mean=mean, var=var, eps=eps, batch_stats=training)
+
+
+# ---------------------------------------------------------------- losses ---
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check_reduction(reduction):
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+class _NLLLoss(Function):
+    """-(1 - eps) log p[target] - eps/C sum_c log p[c], per sample; ignored samples contribute 0."""
+
+    def forward(self, log_probs, target):
+        xp = array_module(input=log_probs, target=target)
+        classes = log_probs.shape[1]
+        # class axis last, samples flattened: (M, C) and (M,)
+        lp = xp.moveaxis(log_probs, 1, -1).reshape(-1, classes)
+        t = target.reshape(-1)
+        valid = t != self.ignore_index
+        safe = xp.where(valid, t, 0)
+        rows = xp.arange(lp.shape[0])
+        losses = -lp[rows, safe] * (1 - self.smoothing)
+        if self.smoothing:
+            losses = losses - lp.sum(axis=1) * (self.smoothing / classes)
+        losses = xp.where(valid, losses, losses.dtype.type(0))
+        self.saved = (safe, valid, log_probs.shape, target.shape)
+        if self.reduction == "none":
+            return losses.reshape(target.shape)
+        total = losses.sum()
+        if self.reduction == "sum":
+            return total
+        self.count = int(valid.sum())
+        with np.errstate(invalid="ignore", divide="ignore"):  # every sample ignored: NaN, as PyTorch
+            return total / losses.dtype.type(self.count) if self.count else total * losses.dtype.type(np.nan)
+
+    def backward(self, grad):
+        safe, valid, shape, target_shape = self.saved
+        xp = array_module(grad=grad)
+        classes = shape[1]
+        m = safe.shape[0]
+        coef = xp.full((m, classes), self.smoothing / classes, grad.dtype)
+        coef[xp.arange(m), safe] += grad.dtype.type(1 - self.smoothing)
+        if self.reduction == "none":
+            scale = grad.reshape(-1)
+        elif self.reduction == "sum":
+            scale = xp.broadcast_to(grad, (m,))
+        else:
+            scale = xp.broadcast_to(grad / grad.dtype.type(max(self.count, 1)), (m,))
+        coef *= xp.where(valid, scale, grad.dtype.type(0))[:, None]
+        moved = (shape[0],) + tuple(shape[2:]) + (classes,)
+        return xp.moveaxis((-coef).reshape(moved), -1, 1), None
+
+
+def _check_classification(x, target, name):
+    xp = array_module(input=x, target=target)
+    check_float_dtype(x, "input")
+    if x.ndim < 2:
+        raise ValueError(f"{name}: input must be (N, C) or (N, C, d1, ...), got shape {tuple(x.shape)}")
+    expected = x.shape[:1] + x.shape[2:]
+    if tuple(target.shape) != expected or target.dtype.kind not in "iu":
+        raise ValueError(f"{name}: target must be integer class indices of shape {expected}, got shape "
+                         f"{tuple(target.shape)} dtype {target.dtype}")
+    return xp
+
+
+def nll_loss(input, target, *, ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0):
+    """Negative log-likelihood of log-probabilities ``input`` (N, C, ...) at integer ``target`` (N, ...)."""
+    _check_reduction(reduction)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    x, t = as_array(input), as_array(target)
+    _check_classification(x, t, "nll_loss")
+    classes = x.shape[1]
+    real = t[t != ignore_index] if t.size else t
+    if real.size and (int(real.min()) < 0 or int(real.max()) >= classes):
+        raise ValueError(f"target holds class indices outside [0, {classes}) (ignore_index={ignore_index}): "
+                         f"min {int(real.min())}, max {int(real.max())}")
+    return _NLLLoss.apply(input, t, ignore_index=ignore_index, reduction=reduction, smoothing=label_smoothing)
+
+
+def cross_entropy(input, target, *, ignore_index: int = -100, reduction: str = "mean",
+                  label_smoothing: float = 0.0) -> Tensor:
+    """Softmax cross-entropy of logits ``input`` (N, C, ...) at integer ``target`` (N, ...), as PyTorch's."""
+    x = as_array(input)
+    _check_classification(x, as_array(target), "cross_entropy")
+    return nll_loss(log_softmax(input, dim=1), target, ignore_index=ignore_index, reduction=reduction,
+                    label_smoothing=label_smoothing)
+
+
+def mse_loss(input, target, reduction: str = "mean") -> Tensor:
+    """Mean (or sum, or elementwise) squared error; input and target must have one shape."""
+    _check_reduction(reduction)
+    x, t = as_array(input), as_array(target)
+    array_module(input=x, target=t)
+    if tuple(x.shape) != tuple(t.shape):
+        raise ValueError(f"mse_loss: input shape {tuple(x.shape)} and target shape {tuple(t.shape)} differ "
+                         f"(broadcasting them is almost always a bug)")
+    diff = (input if isinstance(input, Tensor) else Tensor(input)) - target
+    squared = diff * diff
+    return squared if reduction == "none" else squared.sum() if reduction == "sum" else squared.mean()
+
+
+__all__ = ["conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "linear", "relu",
+           "leaky_relu", "sigmoid", "tanh", "softmax", "log_softmax", "dropout", "batch_norm", "cross_entropy",
+           "nll_loss", "mse_loss", "flatten"]
