@@ -440,13 +440,20 @@ def _check_reduction(reduction):
 
 
 class _NLLLoss(Function):
-    """-(1 - eps) log p[target] - eps/C sum_c log p[c], per sample; ignored samples contribute 0."""
+    """-(1 - eps) log p[target] - eps/C sum_c log p[c], per sample; ignored samples contribute 0.
+
+    With ``from_logits`` the input is logits and log p their log-softmax, fused (cross-entropy): one
+    backward, d loss / d logits = softmax * row weight - coefficients.
+    """
 
     def forward(self, log_probs, target):
         xp = array_module(input=log_probs, target=target)
         classes = log_probs.shape[1]
         # class axis last, samples flattened: (M, C) and (M,)
         lp = xp.moveaxis(log_probs, 1, -1).reshape(-1, classes)
+        if self.from_logits:
+            lp = _softmax_parts(lp, 1)
+            self.log_probs = lp
         t = target.reshape(-1)
         valid = t != self.ignore_index
         safe = xp.where(valid, t, 0)
@@ -478,9 +485,12 @@ class _NLLLoss(Function):
             scale = xp.broadcast_to(grad, (m,))
         else:
             scale = xp.broadcast_to(grad / grad.dtype.type(max(self.count, 1)), (m,))
-        coef *= xp.where(valid, scale, grad.dtype.type(0))[:, None]
+        row_weight = xp.where(valid, scale, grad.dtype.type(0))[:, None]
+        coef *= row_weight
+        # d/d log p = -coef; through the log-softmax, -coef + softmax * sum(coef) with sum(coef) = row weight
+        dinput = xp.exp(self.log_probs) * row_weight - coef if self.from_logits else -coef
         moved = (shape[0],) + tuple(shape[2:]) + (classes,)
-        return xp.moveaxis((-coef).reshape(moved), -1, 1), None
+        return xp.moveaxis(dinput.reshape(moved), -1, 1), None
 
 
 def _check_classification(x, target, name):
@@ -495,28 +505,34 @@ def _check_classification(x, target, name):
     return xp
 
 
-def nll_loss(input, target, *, ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0):
-    """Negative log-likelihood of log-probabilities ``input`` (N, C, ...) at integer ``target`` (N, ...)."""
+def _classification_loss(input, target, name, from_logits, ignore_index, reduction, label_smoothing):
     _check_reduction(reduction)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     x, t = as_array(input), as_array(target)
-    _check_classification(x, t, "nll_loss")
+    _check_classification(x, t, name)
     classes = x.shape[1]
     real = t[t != ignore_index] if t.size else t
     if real.size and (int(real.min()) < 0 or int(real.max()) >= classes):
         raise ValueError(f"target holds class indices outside [0, {classes}) (ignore_index={ignore_index}): "
                          f"min {int(real.min())}, max {int(real.max())}")
-    return _NLLLoss.apply(input, t, ignore_index=ignore_index, reduction=reduction, smoothing=label_smoothing)
+    return _NLLLoss.apply(input, t, ignore_index=ignore_index, reduction=reduction, smoothing=label_smoothing,
+                          from_logits=from_logits)
+
+
+def nll_loss(input, target, *, ignore_index: int = -100, reduction: str = "mean",
+             label_smoothing: float = 0.0) -> Tensor:
+    """Negative log-likelihood of log-probabilities ``input`` (N, C, ...) at integer ``target`` (N, ...)."""
+    return _classification_loss(input, target, "nll_loss", False, ignore_index, reduction, label_smoothing)
 
 
 def cross_entropy(input, target, *, ignore_index: int = -100, reduction: str = "mean",
                   label_smoothing: float = 0.0) -> Tensor:
-    """Softmax cross-entropy of logits ``input`` (N, C, ...) at integer ``target`` (N, ...), as PyTorch's."""
-    x = as_array(input)
-    _check_classification(x, as_array(target), "cross_entropy")
-    return nll_loss(log_softmax(input, dim=1), target, ignore_index=ignore_index, reduction=reduction,
-                    label_smoothing=label_smoothing)
+    """Softmax cross-entropy of logits ``input`` (N, C, ...) at integer ``target`` (N, ...), as PyTorch's.
+
+    One fused operation: log-softmax and the negative log-likelihood, forward and backward.
+    """
+    return _classification_loss(input, target, "cross_entropy", True, ignore_index, reduction, label_smoothing)
 
 
 def mse_loss(input, target, reduction: str = "mean") -> Tensor:

@@ -151,6 +151,8 @@ class ReLU(Module):
 
 
 class LeakyReLU(Module):
+    """x where x > 0, negative_slope * x elsewhere."""
+
     def __init__(self, negative_slope=0.01):
         super().__init__()
         self.negative_slope = negative_slope
@@ -163,16 +165,22 @@ class LeakyReLU(Module):
 
 
 class Sigmoid(Module):
+    """1 / (1 + exp(-x)), computed without overflow."""
+
     def forward(self, x):
         return F.sigmoid(x)
 
 
 class Tanh(Module):
+    """The hyperbolic tangent."""
+
     def forward(self, x):
         return F.tanh(x)
 
 
 class Softmax(Module):
+    """exp(x) / sum(exp(x)) over ``dim``, shifted by the maximum for stability."""
+
     def __init__(self, dim=None):
         super().__init__()
         self.dim = dim
@@ -185,11 +193,15 @@ class Softmax(Module):
 
 
 class LogSoftmax(Softmax):
+    """log(softmax(x)) over ``dim``, computed as x - max - log(sum(exp(x - max)))."""
+
     def forward(self, x):
         return F.log_softmax(x, self.dim)
 
 
 class MaxPool2d(Module):
+    """Max pooling; the gradient goes to each window's first maximum; NaN propagates."""
+
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
         super().__init__()
         F._pool_args(dilation, return_indices, "MaxPool2d")
@@ -204,6 +216,8 @@ class MaxPool2d(Module):
 
 
 class AvgPool2d(Module):
+    """Average pooling, with PyTorch's divisor rules (``count_include_pad``, ``ceil_mode``)."""
+
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                  divisor_override=None):
         super().__init__()
@@ -305,8 +319,12 @@ class _BatchNorm(Module):
 
 
 class BatchNorm2d(_BatchNorm):
+    """Batch normalisation of (N, C, H, W) per channel; buffers running_mean, running_var, num_batches_tracked."""
+
     _ndims, _layout = (4,), "N, C, H, W"
 
 
 class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of (N, C) or (N, C, L) per channel, as BatchNorm2d."""
+
     _ndims, _layout = (2, 3), "N, C or N, C, L"
