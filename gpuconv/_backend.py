@@ -96,12 +96,17 @@ def device_of(array) -> str:
     return f"cuda:{array.device.id}" if is_cupy_array(array) else "cpu"
 
 
+def is_device(target) -> bool:
+    """Whether ``target`` names a device (a string or a torch.device) rather than a dtype."""
+    return isinstance(target, str) or type(target).__name__ == "device"
+
+
 def normalize_device(device) -> str:
     """'cpu', 'cuda', 'cuda:N' or 'auto' (or a torch.device) -> 'cpu' or 'cuda:N'.
 
     'cuda' is the current GPU; asking for CUDA where it is unusable, or for a GPU that is not there, raises.
     """
-    if hasattr(device, "type") and not isinstance(device, str):  # a torch.device
+    if is_device(device) and not isinstance(device, str):  # a torch.device
         device = str(device)
     if not isinstance(device, str):
         raise TypeError(f"device must be a string such as 'cpu', 'cuda' or 'cuda:0', got {device!r}")

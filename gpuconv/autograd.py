@@ -16,7 +16,7 @@ import threading
 
 import numpy as np
 
-from ._backend import array_module, as_numpy, device_of, is_cupy_array, normalize_device, to_device
+from ._backend import array_module, as_numpy, device_of, is_cupy_array, is_device, normalize_device, to_device
 
 
 class _GradMode(threading.local):
@@ -149,7 +149,7 @@ class Tensor:
 
     def to(self, target) -> "Tensor":
         """A copy on another device ('cpu', 'cuda', 'cuda:1', 'auto'), or cast to another dtype (recorded)."""
-        if isinstance(target, str) or hasattr(target, "type"):
+        if is_device(target):
             device = normalize_device(target)
             if device == self.device:
                 return self

@@ -67,8 +67,8 @@ class Optimizer:
         return [p for g in self.param_groups for p in g["params"]]
 
     def zero_grad(self, set_to_none: bool = True):
-        for p in self.params:
-            p.grad = None if set_to_none or p.grad is None else p.grad * 0
+        for p in self.params:  # zeros, not grad * 0: that would keep NaN and turn inf into NaN
+            p.grad = None if set_to_none or p.grad is None else array_module(grad=p.grad).zeros_like(p.grad)
 
     def to(self, device: str):
         device = normalize_device(device)

@@ -427,3 +427,33 @@ def test_memory_of_a_training_step_is_released_and_no_grad_keeps_less():
     assert abs(retained) < 64 * 1024, retained  # a step leaves nothing behind but Python noise
     assert no_grad_kept < 64 * 1024, no_grad_kept  # under no_grad only the output stays
     assert recording_peak > no_grad_peak + activations / 2, (recording_peak, no_grad_peak)
+
+
+def test_backward_frees_every_saved_array_of_the_graph():
+    nn.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    loss = nn.CrossEntropyLoss(label_smoothing=0.1)(model(rand(4, 1, 6, 6).astype(np.float32)), np.arange(4) % 3)
+    fn = loss._creator
+    loss.backward()
+    arrays = [k for k, v in vars(fn).items() if hasattr(v, "shape") and getattr(v, "size", 0) > 1]
+    assert fn.inputs is None and "saved" not in vars(fn) and arrays == []
+
+
+def test_zero_grad_without_none_gives_zeros_even_from_inf_and_nan():
+    lin = nn.Linear(2, 1)
+    opt = gpuconv.optim.SGD(lin.parameters(), lr=0.1)
+    for clear in (lin.zero_grad, opt.zero_grad):
+        lin.weight.grad = np.array([[np.inf, np.nan]], np.float32)
+        clear(set_to_none=False)
+        assert lin.weight.grad.tolist() == [[0.0, 0.0]] and lin.weight.grad.dtype == np.float32
+
+
+def test_to_takes_dtype_objects_as_casts_not_devices():
+    assert nn.Linear(2, 2).to(np.dtype(np.float64)).weight.dtype == np.float64
+    assert gpuconv.tensor([1.0]).to(np.dtype(np.float32)).dtype == np.float32
+
+
+def test_batch_norm_without_running_statistics_refuses_a_dtype_mismatch():
+    bn = nn.BatchNorm2d(4, track_running_stats=False)
+    with pytest.raises(TypeError, match="dtype mismatch: x is float64 but weight is float32"):
+        bn(rand(2, 4, 3, 3))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import direct
+import gpuconv
 from gpuconv import functional as F
 from gpuconv import nn
 
@@ -257,13 +258,20 @@ LAYER_CASES = [
      r"x must be a numpy.ndarray or cupy.ndarray, got list"),
     ("Conv2d-kernel-larger", lambda: nn.Conv2d(4, 6, 7).forward(X), ValueError,
      r"kernel larger than the padded input: input 6x6 .* is 6x6, but the dilated kernel spans 7x7"),
-    ("Conv2d-backward-shape", lambda: (lambda m: (m.forward(X), m.backward(DY[:, :, :3])))(nn.Conv2d(4, 6, 3)),
-     ValueError, r"grad_output must have shape \(2, 6, 4, 4\) for this convolution, got \(2, 6, 3, 4\)"),
-    # Linear
-    ("Linear-x-3d", lambda: nn.Linear(6, 3).forward(X[0]), ValueError,
-     r"Linear expects a 2-D input \(batch, in_features\), got shape \(4, 6, 6\)"),
+    # backward's gradient must have the output's shape (the layer's output here)
+    ("Conv2d-backward-shape", lambda: nn.Conv2d(4, 6, 3)(X).backward(DY[:, :, :3]), ValueError,
+     r"grad has shape \(2, 6, 3, 4\), the tensor \(2, 6, 4, 4\)"),
+    ("Conv2d-backward-no-grad", lambda: nn.Conv2d(4, 6, 3).requires_grad_(False)(X).backward(DY), RuntimeError,
+     r"backward\(\) on a tensor that does not require a gradient"),
+    ("Conv2d-backward-twice", lambda: (lambda y: (y.backward(DY), y.backward(DY)))(nn.Conv2d(4, 6, 3)(X)),
+     RuntimeError, r"backward through a graph a second time"),
+    # Linear: any input of at least one dimension whose last one is in_features (N-D inputs are valid)
+    ("Linear-x-0d", lambda: nn.Linear(6, 3).forward(np.array(1.0, np.float32)), ValueError,
+     r"linear expects 6 input features \(the last dimension\), got shape \(\)"),
     ("Linear-features", lambda: nn.Linear(5, 3).forward(X[0, 0]), ValueError,
-     r"Linear expects 5 input features, got 6"),
+     r"linear expects 5 input features \(the last dimension\), got shape \(6, 6\)"),
+    ("Linear-features-3d", lambda: nn.Linear(5, 3).forward(X[0]), ValueError,
+     r"linear expects 5 input features \(the last dimension\), got shape \(4, 6, 6\)"),
     ("Linear-x-float64", lambda: nn.Linear(6, 3).forward(X[0, 0].astype(np.float64)), TypeError,
      r"dtype mismatch: x is float64 but weight is float32"),
     ("Linear-x-int", lambda: nn.Linear(6, 3).forward(X[0, 0].astype(np.int32)), TypeError,
@@ -276,11 +284,14 @@ LAYER_CASES = [
     ("BatchNorm2d-channels", lambda: nn.BatchNorm2d(3).forward(X), ValueError,
      r"BatchNorm2d expects 3 channels, got 4"),
     ("BatchNorm2d-x-float64", lambda: nn.BatchNorm2d(4).forward(X.astype(np.float64)), TypeError,
-     r"dtype mismatch: x is float64 but running_mean is float32"),
+     r"BatchNorm2d: input dtype float64 differs from the layer's float32"),
     ("BatchNorm2d-x-complex", lambda: nn.BatchNorm2d(4).forward(X.astype(np.complex64)), TypeError,
+     r"BatchNorm2d: input dtype complex64 differs from the layer's float32"),
+    ("BatchNorm2d-no-stats-x-complex",
+     lambda: nn.BatchNorm2d(4, track_running_stats=False).forward(X.astype(np.complex64)), TypeError,
      r"x must have a floating dtype .*got complex64"),
     ("BatchNorm2d-one-value", lambda: nn.BatchNorm2d(4).forward(X[:1, :, :1, :1]), ValueError,
-     r"BatchNorm2d in training needs more than one value per channel, got input shape \(1, 4, 1, 1\)"),
+     r"batch_norm in training needs more than one value per channel, got input shape \(1, 4, 1, 1\)"),
     # Pools: the arguments are checked at the first forward
     ("MaxPool2d-x-3d", lambda: nn.MaxPool2d(2).forward(X[0]), ValueError,
      r"input must be 4-D \(N, C, H, W\), got shape \(4, 6, 6\) \(3-D\)"),
@@ -297,20 +308,27 @@ LAYER_CASES = [
     ("AvgPool2d-x-int", lambda: nn.AvgPool2d(2).forward(X.astype(np.uint8)), TypeError,
      r"x must have a floating dtype .*got uint8"),
     # CrossEntropyLoss
-    ("CrossEntropyLoss-reduction", lambda: nn.CrossEntropyLoss("none"), ValueError,
-     r"reduction must be 'mean' or 'sum', got 'none'"),
-    ("CrossEntropyLoss-logits-3d", lambda: nn.CrossEntropyLoss()(X[0], np.zeros(4, np.int64)), ValueError,
-     r"logits must be 2-D \(batch, classes\), got shape \(4, 6, 6\)"),
+    ("CrossEntropyLoss-reduction", lambda: nn.CrossEntropyLoss(reduction="max"), ValueError,
+     r"reduction must be one of \('mean', 'sum', 'none'\), got 'max'"),
+    ("CrossEntropyLoss-reduction-positional", lambda: nn.CrossEntropyLoss("sum"), TypeError,
+     r"takes 1 positional argument but 2 were given"),
+    ("CrossEntropyLoss-label-smoothing", lambda: nn.CrossEntropyLoss(label_smoothing=1.5), ValueError,
+     r"label_smoothing must be in \[0, 1\], got 1.5"),
+    # (N, C, d1, ...) logits are valid (see test_cross_entropy_on_spatial_logits); a 1-D input is not
+    ("CrossEntropyLoss-logits-1d", lambda: nn.CrossEntropyLoss()(X[0, 0, 0], np.zeros((), np.int64)), ValueError,
+     r"input must be \(N, C\) or \(N, C, d1, ...\), got shape \(6,\)"),
+    ("CrossEntropyLoss-target-for-3d-logits", lambda: nn.CrossEntropyLoss()(X[0], np.zeros(4, np.int64)),
+     ValueError, r"target must be integer class indices of shape \(4, 6\), got shape \(4,\) dtype int64"),
     ("CrossEntropyLoss-logits-int", lambda: nn.CrossEntropyLoss()(np.zeros((2, 3), np.int64), np.zeros(2, np.int64)),
-     TypeError, r"logits must have a floating dtype .*got int64"),
+     TypeError, r"input must have a floating dtype .*got int64"),
     ("CrossEntropyLoss-target-float", lambda: nn.CrossEntropyLoss()(X[0, 0], np.zeros(6)), ValueError,
      r"target must be integer class indices of shape \(6,\), got shape \(6,\) dtype float64"),
     ("CrossEntropyLoss-target-shape", lambda: nn.CrossEntropyLoss()(X[0, 0], np.zeros((6, 1), np.int64)),
      ValueError, r"target must be integer class indices of shape \(6,\), got shape \(6, 1\) dtype int64"),
     ("CrossEntropyLoss-target-too-big", lambda: nn.CrossEntropyLoss()(X[0, 0], np.array([0, 1, 2, 3, 4, 6])),
-     ValueError, r"target holds class indices outside \[0, 6\): min 0, max 6"),
+     ValueError, r"target holds class indices outside \[0, 6\) \(ignore_index=-100\): min 0, max 6"),
     ("CrossEntropyLoss-target-negative", lambda: nn.CrossEntropyLoss()(X[0, 0], np.array([0, -1, 2, 3, 4, 5])),
-     ValueError, r"target holds class indices outside \[0, 6\): min -1, max 5"),
+     ValueError, r"target holds class indices outside \[0, 6\) \(ignore_index=-100\): min -1, max 5"),
     ("CrossEntropyLoss-target-list", lambda: nn.CrossEntropyLoss()(X[0, 0], [0] * 6), TypeError,
      r"target must be a numpy.ndarray or cupy.ndarray, got list"),
 ]
@@ -322,6 +340,20 @@ def test_layers_reject(make, error, match):
         make()
     assert info.type is error
     assert re.search(match, str(info.value)), f"message {str(info.value)!r} does not match {match!r}"
+
+
+def test_cross_entropy_on_spatial_logits():
+    """Once refused, (N, C, d1) logits are now PyTorch's K-dimensional case: one sample per position."""
+    logits, target = X[0], np.arange(24).reshape(4, 6) % 4  # (N=4, C=6, d1=6) and (4, 6)
+    as_rows = np.moveaxis(logits, 1, -1).reshape(-1, 6)
+    loss = nn.CrossEntropyLoss()(logits, target)
+    assert loss.shape == () and loss.dtype == np.float32
+    np.testing.assert_allclose(loss, nn.CrossEntropyLoss()(as_rows, target.ravel()), rtol=1e-6)
+    # The ignored value is not a class index, so it is not refused as one.
+    ignored = np.where(target == 0, -100, target)
+    kept = ignored.ravel() != -100
+    np.testing.assert_allclose(nn.CrossEntropyLoss()(logits, ignored),
+                               nn.CrossEntropyLoss()(as_rows[kept], ignored.ravel()[kept]), rtol=1e-6)
 
 
 # --------------------------------------------------------- empty batch ---
@@ -370,10 +402,12 @@ def test_empty_batch_layers():
     model = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.AvgPool2d(3),
                           nn.Flatten(), nn.Linear(6, 2))
     x = np.zeros((0, 4, 6, 6), np.float32)
-    y = model.forward(x)
+    xt = gpuconv.Tensor(x, requires_grad=True)
+    y = model(xt)
     assert y.shape == (0, 2) and y.dtype == np.float32
-    dx = model.backward(y)
-    assert dx.shape == x.shape
+    y.backward(y.numpy())
+    dx = xt.grad
+    assert dx.shape == x.shape and dx.dtype == np.float32
     for name, p in model.named_parameters():
         assert p.grad.shape == p.shape and not p.grad.any(), name
     bn = nn.BatchNorm2d(4).eval()
@@ -462,12 +496,17 @@ def test_layers_accept_views():
     model = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
                           nn.Flatten(), nn.Linear(6 * 3 * 3, 3))
     view = make_view("transposed", (2, 4, 6, 6))
-    y_view = model.forward(view)
-    dx_view = model.backward(np.ones_like(y_view))
+    view_t = gpuconv.Tensor(view, requires_grad=True)  # no copy: the layers see the view itself
+    assert not view_t.data.flags.c_contiguous
+    y_view = model(view_t)
+    y_view.backward(np.ones(y_view.shape, np.float32))
+    dx_view = view_t.grad
     grads_view = [p.grad.copy() for p in model.parameters()]
     model.zero_grad()
-    y = model.forward(np.ascontiguousarray(view))
-    dx = model.backward(np.ones_like(y))
+    xt = gpuconv.Tensor(np.ascontiguousarray(view), requires_grad=True)
+    y = model(xt)
+    y.backward(np.ones(y.shape, np.float32))
+    dx = xt.grad
     np.testing.assert_array_equal(y_view, y)
     np.testing.assert_array_equal(dx_view, dx)
     for a, p in zip(grads_view, model.parameters()):
@@ -601,11 +640,11 @@ def test_nan_propagates_through_pools(kwargs):
 @ieee_warnings_expected
 def test_nan_and_inf_through_layers():
     relu = nn.ReLU()
-    np.testing.assert_array_equal(relu.forward(np.array([np.nan, -np.inf, np.inf], np.float32)), [np.nan, 0, np.inf])
+    np.testing.assert_array_equal(relu(np.array([np.nan, -np.inf, np.inf], np.float32)), [np.nan, 0, np.inf])
     bn = nn.BatchNorm2d(2)
     x = np.random.default_rng(0).standard_normal((2, 2, 3, 3)).astype(np.float32)
     x[1, 0, 2, 2] = np.nan
-    y = bn.forward(x)
+    y = bn(x).numpy()
     assert np.isnan(y[:, 0]).all() and np.isfinite(y[:, 1]).all()  # the batch statistics of channel 0 are NaN
     loss = nn.CrossEntropyLoss()
-    assert np.isnan(loss(np.array([[0.0, np.nan], [1.0, 2.0]]), np.array([0, 1])))
+    assert np.isnan(float(loss(np.array([[0.0, np.nan], [1.0, 2.0]]), np.array([0, 1]))))

@@ -87,13 +87,16 @@ def test_a_training_step_is_bitwise_reproducible(device):
                               nn.Conv2d(8, 8, 3, groups=8, padding="same"), nn.AvgPool2d(2), nn.Flatten(),
                               nn.Dropout(0.3), nn.Linear(8 * 3 * 3, 5)).to(device)
         optimizer = gpuconv.optim.Adam(model.parameters(), lr=1e-2)
-        loss = nn.CrossEntropyLoss()
-        value = loss(model.forward(_on(device, x)), _on(device, y))
-        model.backward(loss.backward())
+        loss = nn.CrossEntropyLoss()(model(_on(device, x)), _on(device, y))
+        loss.backward()
+        grads = {name: as_numpy(p.grad).copy() for name, p in model.named_parameters()}
         optimizer.step()
-        return value, model.state_dict()
+        return loss.numpy(), grads, model.state_dict()
 
-    (loss_a, state_a), (loss_b, state_b) = one_step(), one_step()
+    (loss_a, grads_a, state_a), (loss_b, grads_b, state_b) = one_step(), one_step()
     _assert_same_bits(loss_a, loss_b, "loss")
+    assert list(grads_a) == list(grads_b) and len(grads_a) == 8
+    for name in grads_a:
+        _assert_same_bits(grads_a[name], grads_b[name], f"gradient of {name}")
     for name in state_a:
         _assert_same_bits(state_a[name], state_b[name], name)

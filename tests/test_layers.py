@@ -1,9 +1,14 @@
-"""Layers and the loss: finite-difference gradients in float64, PyTorch cross-checks, init, modes, names."""
+"""Layers and the loss: finite-difference gradients in float64, PyTorch cross-checks, init, modes, names.
+
+Layers define only ``forward``: gradients come from autograd (``y.backward(dy)``, ``loss.backward()``), the
+input gradient from an input tensor that requires one.
+"""
 import math
 
 import numpy as np
 import pytest
 
+import gpuconv
 from direct import numerical_grad
 from gpuconv import nn
 
@@ -14,26 +19,36 @@ def rng(seed=0):
     return np.random.default_rng(seed)
 
 
+def input_tensor(x):
+    """x as a leaf tensor that requires a gradient, sharing x's memory (numerical_grad perturbs x in place)."""
+    return gpuconv.Tensor(x, requires_grad=True)
+
+
 def check_module_gradients(module, x, seed=1):
-    """d sum(module(x) * dy) / d(x and every parameter), analytic (backward) against central differences."""
+    """d sum(module(x) * dy) / d(x and every parameter), analytic (autograd) against central differences."""
     module.to(np.float64)
     x = x.astype(np.float64)
-    y = module.forward(x)
-    dy = rng(seed).standard_normal(y.shape)
-
+    xt = input_tensor(x)
     module.zero_grad()
-    y = module.forward(x)
-    dx = module.backward(dy)
+    y = module(xt)
+    assert isinstance(y, gpuconv.Tensor) and y.requires_grad
+    dy = rng(seed).standard_normal(y.shape)
+    y.backward(dy)
+    dx = xt.grad
+    assert dx.shape == x.shape and dx.dtype == np.float64
     analytic = {name: p.grad.copy() for name, p in module.named_parameters()}
 
     def f():
-        return (module.forward(x) * dy).sum()
+        with gpuconv.no_grad():  # plain arrays in, nothing recorded: the values alone
+            out = module(x)
+        assert not out.requires_grad
+        return (out.numpy() * dy).sum()
 
     np.testing.assert_allclose(dx, numerical_grad(f, x), rtol=RTOL, atol=ATOL, err_msg="input gradient")
     for name, p in module.named_parameters():
         np.testing.assert_allclose(analytic[name], numerical_grad(f, p.data), rtol=RTOL, atol=ATOL,
                                    err_msg=f"gradient of {name}")
-    return y, dx
+    return y.numpy(), dx
 
 
 # ------------------------------------------------------- gradient checks ---
@@ -54,8 +69,32 @@ def test_conv2d_gradients(kwargs, x_shape):
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear_gradients(bias):
-    check_module_gradients(nn.Linear(5, 3, bias=bias), rng().standard_normal((4, 5)))
+@pytest.mark.parametrize("x_shape", [(4, 5), (2, 3, 5), (5,)], ids=["2d", "3d", "1d"])
+def test_linear_gradients(bias, x_shape):
+    check_module_gradients(nn.Linear(5, 3, bias=bias), rng().standard_normal(x_shape))
+
+
+def test_linear_on_an_nd_input_is_the_linear_of_each_row():
+    """Linear acts on the last dimension: a (2, 3, 4, 5) input gives what its 24 rows give one by one."""
+    layer = nn.Linear(5, 3).to(np.float64)
+    x = rng().standard_normal((2, 3, 4, 5))
+    y = layer(x)
+    assert y.shape == (2, 3, 4, 3)
+    rows = np.stack([layer(row[None]).numpy()[0] for row in x.reshape(-1, 5)])
+    np.testing.assert_allclose(y.numpy().reshape(-1, 3), rows, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(y, x @ layer.weight.data.T + layer.bias.data, rtol=1e-13, atol=1e-15)
+    # And the gradients are the sums over the rows of the 2-D layer's.
+    dy = rng(1).standard_normal(y.shape)
+    xt = input_tensor(x.copy())
+    layer.zero_grad()
+    layer(xt).backward(dy)
+    nd_grads = [xt.grad, layer.weight.grad.copy(), layer.bias.grad.copy()]
+    flat = input_tensor(x.reshape(-1, 5).copy())
+    layer.zero_grad()
+    layer(flat).backward(dy.reshape(-1, 3))
+    np.testing.assert_allclose(nd_grads[0], flat.grad.reshape(x.shape), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(nd_grads[1], layer.weight.grad, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(nd_grads[2], layer.bias.grad, rtol=1e-13, atol=1e-15)
 
 
 @pytest.mark.parametrize("kwargs", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)],
@@ -110,18 +149,19 @@ def test_relu_gradients_and_special_values():
     x[np.abs(x) < 1e-3] = 0.5  # keep clear of the kink
     check_module_gradients(nn.ReLU(), x)
     relu = nn.ReLU()
-    y = relu.forward(np.array([-np.inf, -1.0, 0.0, 2.0, np.inf, np.nan]))
-    assert np.array_equal(y, [0, 0, 0, 2, np.inf, np.nan], equal_nan=True)
-    assert not np.signbit(y[:3]).any(), "ReLU of a negative number is +0, as in PyTorch"
-    dx = relu.backward(np.array([np.inf, 1.0, 1.0, 1.0, 1.0, 1.0]))
-    assert np.array_equal(dx, [0, 0, 0, 1, 1, 0]), "no gradient flows where the input was not > 0"
+    xt = input_tensor(np.array([-np.inf, -1.0, 0.0, 2.0, np.inf, np.nan]))
+    y = relu(xt)
+    assert np.array_equal(y.numpy(), [0, 0, 0, 2, np.inf, np.nan], equal_nan=True)
+    assert not np.signbit(y.numpy()[:3]).any(), "ReLU of a negative number is +0, as in PyTorch"
+    y.backward(np.array([np.inf, 1.0, 1.0, 1.0, 1.0, 1.0]))
+    assert np.array_equal(xt.grad, [0, 0, 0, 1, 1, 0]), "no gradient flows where the input was not > 0"
 
 
 def test_flatten_gradients():
     x = rng().standard_normal((2, 3, 2, 2))
     y, dx = check_module_gradients(nn.Flatten(), x)
-    assert y.shape == (2, 12)
-    assert nn.Flatten(start_dim=2).forward(x).shape == (2, 3, 4)
+    assert y.shape == (2, 12) and dx.shape == x.shape
+    assert nn.Flatten(start_dim=2)(x).shape == (2, 3, 4)
 
 
 def test_sequential_gradients_through_the_loss():
@@ -136,13 +176,17 @@ def test_sequential_gradients_through_the_loss():
     target = np.array([0, 2, 1])
 
     model.zero_grad()
-    loss_fn(model.forward(x), target)
-    dx = model.backward(loss_fn.backward())
+    xt = input_tensor(x)
+    loss = loss_fn(model(xt), target)
+    assert loss.shape == () and loss.requires_grad
+    loss.backward()
+    dx = xt.grad
     analytic = {name: p.grad.copy() for name, p in model.named_parameters()}
     assert len(analytic) == 8
 
     def f():
-        return loss_fn(model.forward(x), target)
+        with gpuconv.no_grad():
+            return loss_fn(model(x), target)
 
     np.testing.assert_allclose(dx, numerical_grad(f, x), rtol=1e-5, atol=1e-8)
     for name, p in model.named_parameters():
@@ -152,22 +196,71 @@ def test_sequential_gradients_through_the_loss():
 def test_gradients_accumulate_until_zero_grad():
     layer = nn.Linear(3, 2).to(np.float64)
     x, dy = rng().standard_normal((4, 3)), rng(1).standard_normal((4, 2))
-    layer.forward(x)
-    layer.backward(dy)
+    layer(x).backward(dy)
     once = layer.weight.grad.copy()
-    layer.forward(x)
-    layer.backward(dy)
+    layer(x).backward(dy)
     np.testing.assert_allclose(layer.weight.grad, 2 * once, rtol=1e-15)
     layer.zero_grad()
     assert layer.weight.grad is None and layer.bias.grad is None
+    # retain_graph keeps the graph for a second backward, which accumulates too.
+    y = layer(x)
+    y.backward(dy, retain_graph=True)
+    y.backward(dy)
+    np.testing.assert_allclose(layer.weight.grad, 2 * once, rtol=1e-15)
 
 
-@pytest.mark.parametrize("layer", [nn.Conv2d(1, 1, 1), nn.Linear(1, 1), nn.MaxPool2d(2), nn.AvgPool2d(2),
-                                   nn.ReLU(), nn.Flatten(), nn.BatchNorm2d(1)],
-                         ids=lambda m: type(m).__name__)
-def test_backward_before_forward_is_an_error(layer):
-    with pytest.raises(RuntimeError, match=f"{type(layer).__name__}.backward called before forward"):
-        layer.backward(np.zeros((1, 1, 2, 2), np.float32))
+# Layers keep no state between calls (the old "backward called before forward" has no analogue); each row:
+# a layer and an input shape it takes.
+STATELESS_LAYERS = [
+    pytest.param(lambda: nn.Conv2d(1, 2, 2), (2, 1, 3, 3), id="Conv2d"),
+    pytest.param(lambda: nn.Linear(3, 2), (2, 3), id="Linear"),
+    pytest.param(lambda: nn.MaxPool2d(2), (2, 1, 4, 4), id="MaxPool2d"),
+    pytest.param(lambda: nn.AvgPool2d(2), (2, 1, 4, 4), id="AvgPool2d"),
+    pytest.param(lambda: nn.ReLU(), (2, 1, 2, 2), id="ReLU"),
+    pytest.param(lambda: nn.Flatten(), (2, 1, 2, 2), id="Flatten"),
+    pytest.param(lambda: nn.BatchNorm2d(1), (2, 1, 2, 2), id="BatchNorm2d"),
+]
+
+
+@pytest.mark.parametrize("make,shape", STATELESS_LAYERS)
+def test_a_second_backward_through_a_freed_graph_is_an_error(make, shape):
+    layer = make().to(np.float64)
+    y = layer(input_tensor(rng().standard_normal(shape)))
+    dy = rng(1).standard_normal(y.shape)
+    y.backward(dy)
+    with pytest.raises(RuntimeError, match="backward through a graph a second time"):
+        y.backward(dy)
+
+
+@pytest.mark.parametrize("make,shape", STATELESS_LAYERS)
+def test_a_layer_called_twice_backpropagates_each_call_through_its_own_input(make, shape):
+    """The old layers kept their last input for backward; a call now records its own graph."""
+    layer = make().to(np.float64)
+    x1, x2 = rng(1).standard_normal(shape), rng(2).standard_normal(shape)
+    xt = input_tensor(x1.copy())
+    y = layer(xt)
+    dy = rng(3).standard_normal(y.shape)
+    other = input_tensor(x2.copy())
+    layer(other)  # a second call, on another input, between the first call and its backward
+    layer.zero_grad()
+    y.backward(dy)
+    first = [xt.grad] + [p.grad.copy() for p in layer.parameters()]
+    assert other.grad is None  # the second call's graph was not used
+    fresh = input_tensor(x1.copy())
+    layer.zero_grad()
+    layer(fresh).backward(dy)
+    expected = [fresh.grad] + [p.grad for p in layer.parameters()]
+    for a, b in zip(first, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+    assert np.any(first[0] != 0)
+
+
+def test_a_layer_used_twice_in_one_model_gets_the_sum_of_its_gradients():
+    """Reuse (a layer at two places of a model): its parameters receive both uses' gradients."""
+    shared = nn.Linear(4, 4).to(np.float64)
+    model = nn.Sequential(shared, nn.Tanh(), shared)
+    assert len(model.parameters()) == 2  # listed once
+    check_module_gradients(model, rng().standard_normal((3, 4)))
 
 
 # --------------------------------------------------------------- dropout ---
@@ -176,50 +269,90 @@ def test_dropout_mask_scaling_and_backward():
     p = 0.3
     layer = nn.Dropout(p).to(np.float64)
     x = rng().uniform(1, 2, (50, 40))
+    xt = input_tensor(x)
     nn.manual_seed(7)
-    y = layer.forward(x)
+    out = layer(xt)
+    y = out.numpy()
     kept = y != 0
     np.testing.assert_allclose(y[kept], x[kept] / (1 - p), rtol=1e-15)
     assert abs((~kept).mean() - p) < 0.03, f"dropped fraction {(~kept).mean():.3f}, expected about {p}"
     dy = rng(1).standard_normal(x.shape)
-    dx = layer.backward(dy)  # the same mask and scale as the forward pass
+    out.backward(dy)  # the same mask and scale as the forward pass
+    dx = xt.grad
     np.testing.assert_array_equal(dx == 0, ~kept)
     np.testing.assert_allclose(dx[kept], dy[kept] / (1 - p), rtol=1e-15)
     # The seed fixes the mask; a second draw differs.
     nn.manual_seed(7)
-    np.testing.assert_array_equal(layer.forward(x), y)
-    assert not np.array_equal(layer.forward(x) != 0, kept)
+    np.testing.assert_array_equal(layer(x), y)
+    assert not np.array_equal(layer(x).numpy() != 0, kept)
 
 
 def test_dropout_eval_and_p0_are_identity():
     x = rng().standard_normal((4, 5)).astype(np.float32)
     layer = nn.Dropout(0.5).eval()
-    assert layer.forward(x) is x
+    assert layer(x).data is x  # a tensor of the same array, no copy
+    xt = input_tensor(x)
+    assert layer(xt) is xt
     dy = np.ones_like(x)
-    assert layer.backward(dy) is dy
-    assert nn.Dropout(0.0).forward(x) is x
-    y = nn.Dropout(0.5).forward(x)
+    layer(xt).backward(dy)
+    np.testing.assert_array_equal(xt.grad, dy)
+    assert xt.grad is not dy  # the caller's array never becomes a .grad
+    assert nn.Dropout(0.0)(x).data is x
+    y = nn.Dropout(0.5)(x)
     assert y.dtype == np.float32
-    for p in (-0.1, 1.0, 1.5):
-        with pytest.raises(ValueError, match=rf"dropout probability p must be in \[0, 1\), got {p}"):
+    for p in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=rf"dropout probability p must be in \[0, 1\], got {p}"):
             nn.Dropout(p)
+
+
+def test_dropout_p1_drops_everything():
+    """p = 1 is allowed now, as in PyTorch: every element and every gradient is zero, none NaN."""
+    x = rng().standard_normal((4, 5)).astype(np.float32)
+    xt = input_tensor(x)
+    y = nn.Dropout(1.0)(xt)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, np.zeros_like(x))
+    y.backward(np.ones_like(x))
+    np.testing.assert_array_equal(xt.grad, np.zeros_like(x))
+    assert nn.Dropout(1.0).eval()(x).data is x
 
 
 # ------------------------------------------------------------------ loss ---
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_cross_entropy_gradient(reduction):
-    loss_fn = nn.CrossEntropyLoss(reduction)
+    loss_fn = nn.CrossEntropyLoss(reduction=reduction)
     logits = rng().standard_normal((5, 4)) * 3
     target = np.array([0, 3, 1, 1, 2])
-    loss_fn(logits, target)
-    analytic = loss_fn.backward()
+    lt = input_tensor(logits)
+    loss = loss_fn(lt, target)
+    assert loss.shape == ()
+    loss.backward()
+    analytic = lt.grad
     np.testing.assert_allclose(analytic, numerical_grad(lambda: loss_fn(logits, target), logits), rtol=RTOL,
                                atol=ATOL)
     # The gradient of each row is softmax - onehot (divided by the batch for "mean"): rows sum to 0.
     np.testing.assert_allclose(analytic.sum(axis=1), 0, atol=1e-15)
-    loss_fn(logits, target)  # numerical_grad left the loss holding a perturbed forward pass
-    np.testing.assert_allclose(loss_fn.backward(2.0), 2 * analytic, rtol=1e-15)
+    lt.grad = None
+    loss_fn(lt, target).backward(2.0)  # an upstream gradient scales it
+    np.testing.assert_allclose(lt.grad, 2 * analytic, rtol=1e-15)
+
+
+def test_cross_entropy_gradient_none_reduction_and_spatial_logits():
+    """reduction="none" gives one loss per sample; (N, C, d1, d2) logits one per sample and position."""
+    logits = rng().standard_normal((2, 4, 3, 2)) * 3
+    target = rng(1).integers(0, 4, size=(2, 3, 2))
+    loss_fn = nn.CrossEntropyLoss(reduction="none")
+    lt = input_tensor(logits)
+    losses = loss_fn(lt, target)
+    assert losses.shape == (2, 3, 2)
+    dy = rng(2).standard_normal(losses.shape)
+    losses.backward(dy)
+    np.testing.assert_allclose(lt.grad, numerical_grad(lambda: (loss_fn(logits, target).numpy() * dy).sum(),
+                                                       logits), rtol=RTOL, atol=ATOL)
+    # The same as the 2-D loss of the logits with the class axis moved last and the positions flattened.
+    flat = np.moveaxis(logits, 1, -1).reshape(-1, 4)
+    np.testing.assert_allclose(losses.numpy().ravel(), loss_fn(flat, target.ravel()), rtol=1e-14)
 
 
 def test_cross_entropy_value():
@@ -236,14 +369,18 @@ def test_cross_entropy_is_stable_for_huge_logits(dtype):
     for offset in (1e4, -1e4):
         huge = (small + offset).astype(dtype)  # exp(1e4) overflows; the shifted computation must not
         loss_fn = nn.CrossEntropyLoss()
-        loss = loss_fn(huge, target)
-        grad = loss_fn.backward()
-        assert np.isfinite(loss) and np.all(np.isfinite(grad))
-        reference_fn = nn.CrossEntropyLoss()
-        expected = reference_fn(small.astype(dtype), target)
+        ht = input_tensor(huge)
+        loss = loss_fn(ht, target)
+        loss.backward()
+        grad = ht.grad
+        assert np.isfinite(float(loss)) and np.all(np.isfinite(grad))
+        st = input_tensor(small.astype(dtype))
+        expected = loss_fn(st, target)
+        expected.backward()
         tol = 1e-12 if dtype == np.float64 else 1e-3  # float32 rounds small + 1e4 to ~1e-3
+        assert loss.dtype == dtype and grad.dtype == dtype
         assert float(loss) == pytest.approx(float(expected), rel=tol, abs=tol)
-        np.testing.assert_allclose(grad, reference_fn.backward(), atol=tol)
+        np.testing.assert_allclose(grad, st.grad, atol=tol)
 
 
 # ---------------------------------------------------------- initialisation ---
@@ -309,8 +446,12 @@ def test_parameters_order_count_and_state_dict_names():
     assert [p.shape for p in params] == [(4, 3, 3, 3), (4,), (4,), (4,), (5, 16), (5,)]
     assert params[0] is model[0].weight and params[-1] is model[6].bias
     state = model.state_dict()
-    assert list(state) == names + ["1.running_mean", "1.running_var"]
+    # PyTorch's order: module by module, its parameters, then its buffers.
+    assert list(state) == ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var",
+                           "1.num_batches_tracked", "6.weight", "6.bias"]
     assert all(isinstance(v, np.ndarray) for v in state.values())
+    counter = state["1.num_batches_tracked"]
+    assert counter.shape == () and counter.dtype == np.int64 and counter == 0
     state["0.weight"][...] = 0  # a copy, not a view of the model's weights
     assert np.any(model[0].weight.data != 0)
 
@@ -323,15 +464,22 @@ def test_state_dict_names_and_values_load_from_torch():
     with torch.no_grad():
         theirs[1].running_mean.uniform_(-1, 1)
         theirs[1].running_var.uniform_(0.5, 2)
-    their_state = {k: v.numpy() for k, v in theirs.state_dict().items() if not k.endswith("num_batches_tracked")}
+        theirs[1].num_batches_tracked.fill_(5)
+    their_state = {k: v.numpy() for k, v in theirs.state_dict().items()}
     assert [k for k, _ in theirs.named_parameters()] == [k for k, _ in small_model().named_parameters()]
     ours = small_model().to(np.float64)
-    assert set(ours.state_dict()) == set(their_state)
+    assert list(ours.state_dict()) == list(their_state)  # the same names in the same order
+    for name, value in ours.state_dict().items():
+        assert value.dtype == their_state[name].dtype and value.shape == their_state[name].shape, name
     ours.load_state_dict(their_state)
+    assert ours[1].num_batches_tracked == 5 and ours[1].num_batches_tracked.dtype == np.int64
     ours.eval(), theirs.eval()
     x = rng().standard_normal((2, 3, 4, 4))
-    np.testing.assert_allclose(ours.forward(x), theirs(torch.from_numpy(x)).detach().numpy(), rtol=1e-10,
-                               atol=1e-12)
+    np.testing.assert_allclose(ours(x), theirs(torch.from_numpy(x)).detach().numpy(), rtol=1e-10, atol=1e-12)
+    # PyTorch tensors load as they are, too.
+    again = small_model().to(np.float64)
+    again.load_state_dict(theirs.state_dict())
+    np.testing.assert_array_equal(again.eval()(x), ours(x))
 
 
 def test_train_eval_switching():
@@ -342,25 +490,30 @@ def test_train_eval_switching():
     assert not any(m.training for m in modules)
     x = rng().standard_normal((2, 3, 4, 4)).astype(np.float32)
     running = model[1].running_mean.copy()
-    first = model.forward(x)
-    np.testing.assert_array_equal(model.forward(x), first)  # eval: no dropout, running statistics
+    first = model(x).numpy()
+    np.testing.assert_array_equal(model(x), first)  # eval: no dropout, running statistics
     np.testing.assert_array_equal(model[1].running_mean, running)  # and they are not updated
+    assert model[1].num_batches_tracked == 0
     model.train()
     assert all(m.training for m in modules)
-    model.forward(x)
+    model(x)
     assert not np.array_equal(model[1].running_mean, running)
+    assert model[1].num_batches_tracked == 1 and model[1].num_batches_tracked.shape == ()
     model.train(False)
     assert not any(m.training for m in modules)
 
 
 def test_to_float64_casts_parameters_buffers_and_gradients():
     model = small_model()
-    model.forward(rng().standard_normal((2, 3, 4, 4)).astype(np.float32))
-    model.backward(np.ones((2, 5), np.float32))
+    model(rng().standard_normal((2, 3, 4, 4)).astype(np.float32)).backward(np.ones((2, 5), np.float32))
+    assert all(p.grad.dtype == np.float32 for p in model.parameters())
     assert model.to(np.float64) is model
     for name, value in model.state_dict().items():
-        assert value.dtype == np.float64, name
+        # The counter is an integer buffer: a cast leaves it int64, as PyTorch's .double() does.
+        expected = np.int64 if name.endswith("num_batches_tracked") else np.float64
+        assert value.dtype == expected, name
     assert all(p.grad.dtype == np.float64 for p in model.parameters())
+    assert all(p.dtype == np.float64 for p in model.parameters())
     with pytest.raises(TypeError, match="a module can only be cast to a floating dtype, got int32"):
         model.to(np.int32)
 
@@ -390,11 +543,13 @@ def test_conv2d_matches_torch(torch, kwargs, x_shape):
     x = rng().standard_normal(x_shape)
     xt = torch_tensor(torch, x, grad=True)
     yt = theirs(xt)
-    y = ours.forward(x)
+    ours_x = input_tensor(x)
+    y = ours(ours_x)
     np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
     dy = rng(1).standard_normal(y.shape)
     yt.backward(torch.from_numpy(dy))
-    np.testing.assert_allclose(ours.backward(dy), xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    y.backward(dy)
+    np.testing.assert_allclose(ours_x.grad, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(ours.weight.grad, theirs.weight.grad.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(ours.bias.grad, theirs.bias.grad.numpy(), rtol=1e-10, atol=1e-12)
 
@@ -408,10 +563,13 @@ def test_linear_matches_torch(torch):
     x = rng().standard_normal((5, 7))
     xt = torch_tensor(torch, x, grad=True)
     yt = theirs(xt)
-    np.testing.assert_allclose(ours.forward(x), yt.detach().numpy(), rtol=1e-12)
+    ours_x = input_tensor(x)
+    y = ours(ours_x)
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12)
     dy = rng(1).standard_normal((5, 4))
     yt.backward(torch.from_numpy(dy))
-    np.testing.assert_allclose(ours.backward(dy), xt.grad.numpy(), rtol=1e-12)
+    y.backward(dy)
+    np.testing.assert_allclose(ours_x.grad, xt.grad.numpy(), rtol=1e-12)
     np.testing.assert_allclose(ours.weight.grad, theirs.weight.grad.numpy(), rtol=1e-12)
     np.testing.assert_allclose(ours.bias.grad, theirs.bias.grad.numpy(), rtol=1e-12)
 
@@ -428,43 +586,73 @@ def test_batchnorm_matches_torch(torch):
         x = rng(10 + step).standard_normal((4, 3, 5, 3)) * 2 + step
         xt = torch_tensor(torch, x, grad=True)
         yt = theirs(xt)
-        y = ours.forward(x)
+        ours_x = input_tensor(x)
+        y = ours(ours_x)
         np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
         dy = rng(20 + step).standard_normal(y.shape)
         ours.zero_grad()
         theirs.zero_grad()
         yt.backward(torch.from_numpy(dy))
-        np.testing.assert_allclose(ours.backward(dy), xt.grad.numpy(), rtol=1e-9, atol=1e-12)
+        y.backward(dy)
+        np.testing.assert_allclose(ours_x.grad, xt.grad.numpy(), rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(ours.weight.grad, theirs.weight.grad.numpy(), rtol=1e-10)
         np.testing.assert_allclose(ours.bias.grad, theirs.bias.grad.numpy(), rtol=1e-10)
         np.testing.assert_allclose(ours.running_mean, theirs.running_mean.numpy(), rtol=1e-12)
         np.testing.assert_allclose(ours.running_var, theirs.running_var.numpy(), rtol=1e-12)
+        assert ours.num_batches_tracked == theirs.num_batches_tracked.item() == step + 1
     ours.eval(), theirs.eval()
     x = rng(30).standard_normal((2, 3, 4, 4))
     xt = torch_tensor(torch, x, grad=True)
     yt = theirs(xt)
-    np.testing.assert_allclose(ours.forward(x), yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    ours_x = input_tensor(x)
+    y = ours(ours_x)
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
     dy = rng(31).standard_normal(x.shape)
     yt.backward(torch.from_numpy(dy))
-    np.testing.assert_allclose(ours.backward(dy), xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    y.backward(dy)
+    np.testing.assert_allclose(ours_x.grad, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    assert ours.num_batches_tracked == 3  # eval mode does not count
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_cross_entropy_matches_torch(torch, reduction):
     logits = rng().standard_normal((6, 5)) * 4
     target = np.array([0, 4, 2, 2, 1, 3])
-    ours = nn.CrossEntropyLoss(reduction)
+    ours = nn.CrossEntropyLoss(reduction=reduction)
     lt = torch_tensor(torch, logits, grad=True)
     loss_t = torch.nn.CrossEntropyLoss(reduction=reduction)(lt, torch.from_numpy(target))
     loss_t.backward()
-    assert float(ours(logits, target)) == pytest.approx(loss_t.item(), rel=1e-12)
-    np.testing.assert_allclose(ours.backward(), lt.grad.numpy(), rtol=1e-10, atol=1e-15)
+    ours_logits = input_tensor(logits)
+    loss = ours(ours_logits, target)
+    assert float(loss) == pytest.approx(loss_t.item(), rel=1e-12)
+    loss.backward()
+    np.testing.assert_allclose(ours_logits.grad, lt.grad.numpy(), rtol=1e-10, atol=1e-15)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2], ids=["hard", "smoothed"])
+def test_cross_entropy_options_match_torch(torch, reduction, label_smoothing):
+    """Spatial logits (N, C, d1, d2), ignore_index, label smoothing and every reduction, against PyTorch."""
+    logits = rng().standard_normal((3, 5, 4, 2)) * 3
+    target = rng(1).integers(0, 5, size=(3, 4, 2))
+    target[0, 0, 0] = target[1, 2, 1] = target[2, 3, 0] = -1
+    kwargs = dict(ignore_index=-1, reduction=reduction, label_smoothing=label_smoothing)
+    lt = torch_tensor(torch, logits, grad=True)
+    loss_t = torch.nn.CrossEntropyLoss(**kwargs)(lt, torch.from_numpy(target))
+    ours_logits = input_tensor(logits)
+    loss = nn.CrossEntropyLoss(**kwargs)(ours_logits, target)
+    assert loss.shape == tuple(loss_t.shape)
+    np.testing.assert_allclose(loss, loss_t.detach().numpy(), rtol=1e-12, atol=1e-15)
+    dy = rng(2).standard_normal(loss.shape)
+    loss_t.backward(torch.from_numpy(dy))
+    loss.backward(dy)
+    np.testing.assert_allclose(ours_logits.grad, lt.grad.numpy(), rtol=1e-10, atol=1e-15)
 
 
 def test_dropout_statistics_match_torch_semantics(torch):
     # Not the same random stream, but the same rule: inverted dropout, identity in eval.
     x = np.ones((200, 200))
-    ours = nn.Dropout(0.4).forward(x)
+    ours = nn.Dropout(0.4)(x).numpy()
     theirs = torch.nn.Dropout(0.4)(torch.from_numpy(x)).numpy()
     assert set(np.unique(ours)) == set(np.unique(theirs)) == {0.0, 1 / 0.6}
     assert abs((ours == 0).mean() - (theirs == 0).mean()) < 0.01

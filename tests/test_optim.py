@@ -116,29 +116,49 @@ def test_optimizer_trains_a_model_parameter_list():
     opt = optim.Adam(model.parameters(), lr=0.05)
     first = None
     for _ in range(60):
-        loss = float(loss_fn(model.forward(x), y))
-        first = loss if first is None else first
+        loss = loss_fn(model(x), y)
+        first = float(loss) if first is None else first
         opt.zero_grad()
-        model.backward(loss_fn.backward())
+        loss.backward()
         opt.step()
-    assert loss < 0.5 * first
+    assert float(loss) < 0.5 * first
+    assert all(opt.state[p]["step"] == 60 for p in model.parameters())  # the model's own Parameters, by key
+
+
+@pytest.mark.parametrize("make", [lambda p: optim.SGD(p, lr=0),
+                                  lambda p: optim.SGD(p, lr=0.0, momentum=0.9, weight_decay=0.1, nesterov=True),
+                                  lambda p: optim.Adam(p, lr=0.0, weight_decay=0.1),
+                                  lambda p: optim.AdamW(p, lr=0)],
+                         ids=["sgd", "sgd-nesterov-wd", "adam-wd", "adamw"])
+def test_a_zero_learning_rate_leaves_the_weights_unchanged(make):
+    """lr = 0 is allowed, as in PyTorch (a warm-up may start there): steps run but move nothing."""
+    params = make_params()
+    before = [p.data.copy() for p in params]
+    opt = make(params)
+    assert all(group["lr"] == 0 for group in opt.param_groups)
+    for step in range(3):
+        for i, p in enumerate(params):
+            p.grad = gradient(step, i, p.data)
+        opt.step()
+    for p, w0 in zip(params, before):
+        np.testing.assert_array_equal(p.data, w0)
+        assert p.data.dtype == w0.dtype
 
 
 @pytest.mark.parametrize("make,error,match", [
-    (lambda p: optim.SGD(p, lr=0), ValueError, r"learning rate must be > 0, got 0"),
-    (lambda p: optim.SGD(p, lr=-0.1), ValueError, r"learning rate must be > 0, got -0.1"),
-    (lambda p: optim.Adam(p, lr=float("nan")), ValueError, r"learning rate must be > 0, got nan"),
-    (lambda p: optim.Adam(p, lr=0.0), ValueError, r"learning rate must be > 0"),
+    (lambda p: optim.SGD(p, lr=-0.1), ValueError, r"learning rate must be >= 0, got -0.1"),
+    (lambda p: optim.Adam(p, lr=float("nan")), ValueError, r"learning rate must be >= 0, got nan"),
+    (lambda p: optim.Adam(p, lr=-1e-3), ValueError, r"learning rate must be >= 0, got -0.001"),
     (lambda p: optim.SGD([], lr=0.1), ValueError, r"optimizer got an empty parameter list"),
     (lambda p: optim.Adam(iter([])), ValueError, r"optimizer got an empty parameter list"),
     (lambda p: optim.SGD([q.data for q in p], lr=0.1), TypeError,
      r"optimizer takes gpuconv.nn.Parameter objects, got ndarray"),
-    (lambda p: optim.SGD(p, lr=0.1, momentum=-0.5), ValueError, r"momentum and weight_decay must be >= 0"),
-    (lambda p: optim.SGD(p, lr=0.1, weight_decay=-1), ValueError, r"momentum and weight_decay must be >= 0"),
+    (lambda p: optim.SGD(p, lr=0.1, momentum=-0.5), ValueError, r"momentum must be >= 0, got -0.5"),
+    (lambda p: optim.SGD(p, lr=0.1, weight_decay=-1), ValueError, r"weight_decay must be >= 0, got -1"),
     (lambda p: optim.SGD(p, lr=0.1, nesterov=True), ValueError, r"nesterov momentum needs momentum > 0"),
     (lambda p: optim.Adam(p, betas=(1.0, 0.999)), ValueError, r"betas must be in \[0, 1\), got \(1.0, 0.999\)"),
     (lambda p: optim.Adam(p, betas=(0.9, -0.1)), ValueError, r"betas must be in \[0, 1\)"),
-], ids=["sgd-lr-0", "sgd-lr-negative", "adam-lr-nan", "adam-lr-0", "sgd-empty", "adam-empty-iterator",
+], ids=["sgd-lr-negative", "adam-lr-nan", "adam-lr-negative", "sgd-empty", "adam-empty-iterator",
         "arrays-not-parameters", "momentum-negative", "weight-decay-negative", "nesterov-without-momentum",
         "beta1-one", "beta2-negative"])
 def test_bad_arguments_raise(make, error, match):

@@ -210,7 +210,7 @@ def test_weight_file_round_trip(model_spec, seed):
     _, channels, size = spec[0]
     model = build(spec, dtype, seed)
     x = np.random.default_rng(seed).standard_normal((3, channels, size, size)).astype(dtype)
-    model.forward(x)  # training mode: BN running statistics move
+    model(x)  # training mode: BN running statistics (and their counter) move
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.npz")
         model.save(path)
@@ -220,7 +220,11 @@ def test_weight_file_round_trip(model_spec, seed):
     state, loaded_state = model.state_dict(), loaded.state_dict()
     assert list(state) == list(loaded_state)
     for name in state:
-        assert state[name].dtype == loaded_state[name].dtype == dtype, name
+        # Every parameter and statistic has the model's dtype; the batch counter is int64, as in PyTorch.
+        expected = np.int64 if name.endswith("num_batches_tracked") else dtype
+        assert state[name].dtype == loaded_state[name].dtype == expected, name
         assert state[name].tobytes() == loaded_state[name].tobytes(), name
+        if name.endswith("num_batches_tracked"):
+            assert state[name] == 1, name
     model.eval(), loaded.eval()
-    np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
+    np.testing.assert_array_equal(loaded(x), model(x))

@@ -405,7 +405,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     """
     x = as_array(input)
     array_module(x=x)
-    check_float_dtype(x, "x")
+    check_same_dtype(x=x, weight=as_array(weight), bias=as_array(bias))
     if x.ndim < 2:
         raise ValueError(f"batch_norm expects an input of shape (N, C, ...), got {tuple(x.shape)}")
     axes = (0,) + tuple(range(2, x.ndim))
@@ -453,7 +453,6 @@ class _NLLLoss(Function):
         lp = xp.moveaxis(log_probs, 1, -1).reshape(-1, classes)
         if self.from_logits:
             lp = _softmax_parts(lp, 1)
-            self.log_probs = lp
         t = target.reshape(-1)
         valid = t != self.ignore_index
         safe = xp.where(valid, t, 0)
@@ -462,7 +461,7 @@ class _NLLLoss(Function):
         if self.smoothing:
             losses = losses - lp.sum(axis=1) * (self.smoothing / classes)
         losses = xp.where(valid, losses, losses.dtype.type(0))
-        self.saved = (safe, valid, log_probs.shape, target.shape)
+        self.saved = (safe, valid, log_probs.shape, lp if self.from_logits else None)
         if self.reduction == "none":
             return losses.reshape(target.shape)
         total = losses.sum()
@@ -473,7 +472,7 @@ class _NLLLoss(Function):
             return total / losses.dtype.type(self.count) if self.count else total * losses.dtype.type(np.nan)
 
     def backward(self, grad):
-        safe, valid, shape, target_shape = self.saved
+        safe, valid, shape, log_probs = self.saved
         xp = array_module(grad=grad)
         classes = shape[1]
         m = safe.shape[0]
@@ -488,7 +487,7 @@ class _NLLLoss(Function):
         row_weight = xp.where(valid, scale, grad.dtype.type(0))[:, None]
         coef *= row_weight
         # d/d log p = -coef; through the log-softmax, -coef + softmax * sum(coef) with sum(coef) = row weight
-        dinput = xp.exp(self.log_probs) * row_weight - coef if self.from_logits else -coef
+        dinput = xp.exp(log_probs) * row_weight - coef if self.from_logits else -coef
         moved = (shape[0],) + tuple(shape[2:]) + (classes,)
         return xp.moveaxis(dinput.reshape(moved), -1, 1), None
 

@@ -14,7 +14,7 @@ from collections import OrderedDict, namedtuple
 
 import numpy as np
 
-from .._backend import array_module, as_numpy, device_of, normalize_device, to_device
+from .._backend import array_module, as_numpy, device_of, is_device, normalize_device, to_device
 from ..autograd import Tensor
 
 
@@ -109,8 +109,8 @@ class Module:
         for p in self.parameters():
             if set_to_none or p.grad is None:
                 p.grad = None
-            else:
-                p.grad = p.grad * 0
+            else:  # zeros, not grad * 0: that would keep NaN and turn inf into NaN
+                p.grad = array_module(grad=p.grad).zeros_like(p.grad)
 
     def requires_grad_(self, requires_grad: bool = True):
         for p in self.parameters():
@@ -151,7 +151,7 @@ class Module:
 
         A cast changes the parameters and floating buffers; integer buffers (``num_batches_tracked``) stay.
         """
-        if isinstance(target, str) or hasattr(target, "type"):
+        if is_device(target):
             device = normalize_device(target)
             self._map_arrays(lambda a: to_device(a, device), floating_only=False)
         else:
