@@ -425,6 +425,7 @@ def run_backward(root: Tensor, grad, retain_graph: bool = False) -> None:
             if out_grad is None:
                 continue
             grads = fn.backward(out_grad)
+            del out_grad  # freed as soon as it is used: the peak of a backward pass is one gradient lower
             if not isinstance(grads, tuple):
                 grads = (grads,)
             for t, g, wanted in zip(fn.inputs, grads, fn.needs_input_grad):
@@ -444,6 +445,7 @@ def run_backward(root: Tensor, grad, retain_graph: bool = False) -> None:
                     given_to_leaves.add(id(g))
                 else:
                     t.grad = t.grad + g
+            grads = g = None
             if not retain_graph:
                 fn.release()
 

@@ -3,17 +3,19 @@
 The old code is the package as it was before autograd (``--baseline``, a git revision), extracted from git
 into a temporary directory as the package ``gpuconv_legacy``; both train the same small CNN from the same
 weights on the same batches of the default data, steps interleaved in rounds so that both see the same
-machine state. First both run a few steps and their weights are compared (validate, then time).
+machine state (each path first in turn). First both run a few steps and their weights are compared (validate, then time).
 
     python scripts/autograd_overhead.py [--baseline REV] [--rounds 15] [--steps 20]
 
-Reports the median time per step (forward, loss, backward, optimizer step) of:
+Reports the median and the fastest time per step (forward, loss, backward, optimizer step), and the median
+over rounds of each path's time relative to the old code's in the same round, of:
 the old per-layer backward (which also computes the input gradient of the first layer), autograd, and
 autograd asked for the input gradient too (the same work as the old code).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import platform
@@ -23,6 +25,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +74,48 @@ def autograd_step(model, loss_fn, optimizer, x, y, input_grad=False):
     optimizer.step()
 
 
+def traced(fn, warm=lambda: None):
+    """Bytes by tracemalloc (NumPy reports its arrays to it), from before ``warm`` (run first, traced):
+    (held after warm, the peak during fn, held while fn's result is, held after its result is dropped)."""
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        warm()
+        between = tracemalloc.get_traced_memory()[0] - start
+        tracemalloc.reset_peak()
+        kept = fn()
+        now, peak = tracemalloc.get_traced_memory()
+        del kept
+        return between, peak - start, now - start, tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+
+
+def memory_report(paths, x, y) -> None:
+    """What a training step holds between steps and at its peak, counted from before a first step (so
+    that the parameters, their gradients and the optimizer state count in both), and a forward pass with
+    and without recording (what it keeps alive while its output is held)."""
+    mib = 2 ** 20
+    print("\n| memory (tracemalloc), default model, one batch | held between steps MiB | peak MiB |")
+    print("| --- | --- | --- |")
+    for name in ("old per-layer backward", "autograd"):
+        step, m, loss_fn, opt = paths[name]
+
+        def one_step():
+            step(m, loss_fn, opt, x, y)
+        between, peak, _, _ = traced(one_step, warm=one_step)  # the second step replaces the first's arrays
+        print(f"| training step, {name} | {between / mib:.3f} | {peak / mib:.2f} |")
+    model = paths["autograd"][1]
+    print("\n| forward pass, autograd | peak MiB | held with its output MiB |")
+    print("| --- | --- | --- |")
+    for label, context in (("recording", contextlib.nullcontext), ("no_grad", gpuconv.no_grad)):
+        def forward():
+            with context():
+                return model(x)
+        _, peak, held, _ = traced(forward)
+        print(f"| {label} | {peak / mib:.2f} | {held / mib:.3f} |")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", default=BASELINE, help=f"git revision of the old code (default {BASELINE})")
@@ -114,23 +159,27 @@ def main(argv=None) -> int:
             print("the paths disagree: not timing them", file=sys.stderr)
             return 1
 
+        memory_report(paths, data.x_train[batches[0]], data.y_train[batches[0]])
         times = {name: [] for name in paths}
-        for _ in range(args.rounds):
-            for name, (step, m, loss_fn, opt) in paths.items():
+        names = list(paths)
+        for r in range(args.rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:  # each path first in turn
+                step, m, loss_fn, opt = paths[name]
                 start = time.perf_counter()
                 for idx in batches:
                     step(m, loss_fn, opt, data.x_train[idx], data.y_train[idx])
                 times[name].append((time.perf_counter() - start) / len(batches))
 
-    base = statistics.median(times["old per-layer backward"])
+    old = times["old per-layer backward"]
     print(f"\nCPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, NumPy {np.__version__}, "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; baseline {args.baseline}; "
           f"batch {DEFAULT_BATCH_SIZE}, {args.rounds} rounds of {args.steps} steps each\n")
-    print("| path | median ms/step | min ms/step | vs old |")
+    # The ratio within each round, then its median: drifts of the machine's speed between rounds cancel.
+    print("| path | median ms/step | min ms/step | vs old (median of per-round ratios) |")
     print("| --- | --- | --- | --- |")
     for name, samples in times.items():
-        med = statistics.median(samples)
-        print(f"| {name} | {med * 1e3:.3f} | {min(samples) * 1e3:.3f} | {med / base - 1:+.1%} |")
+        ratio = statistics.median(t / o for t, o in zip(samples, old))
+        print(f"| {name} | {statistics.median(samples) * 1e3:.3f} | {min(samples) * 1e3:.3f} | {ratio - 1:+.1%} |")
     return 0
 
 

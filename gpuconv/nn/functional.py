@@ -454,20 +454,22 @@ class _NLLLoss(Function):
         if self.from_logits:
             lp = _softmax_parts(lp, 1)
         t = target.reshape(-1)
-        valid = t != self.ignore_index
-        safe = xp.where(valid, t, 0)
-        rows = xp.arange(lp.shape[0])
-        losses = -lp[rows, safe] * (1 - self.smoothing)
+        m = lp.shape[0]
+        # valid is None when no sample is ignored (the common case: no masking work)
+        valid = None if self.all_valid else t != self.ignore_index
+        safe = t if valid is None else xp.where(valid, t, 0)
+        losses = -lp[xp.arange(m), safe] * (1 - self.smoothing)
         if self.smoothing:
             losses = losses - lp.sum(axis=1) * (self.smoothing / classes)
-        losses = xp.where(valid, losses, losses.dtype.type(0))
+        if valid is not None:
+            losses = xp.where(valid, losses, losses.dtype.type(0))
         self.saved = (safe, valid, log_probs.shape, lp if self.from_logits else None)
         if self.reduction == "none":
             return losses.reshape(target.shape)
         total = losses.sum()
         if self.reduction == "sum":
             return total
-        self.count = int(valid.sum())
+        self.count = m if valid is None else int(valid.sum())
         with np.errstate(invalid="ignore", divide="ignore"):  # every sample ignored: NaN, as PyTorch
             return total / losses.dtype.type(self.count) if self.count else total * losses.dtype.type(np.nan)
 
@@ -484,7 +486,7 @@ class _NLLLoss(Function):
             scale = xp.broadcast_to(grad, (m,))
         else:
             scale = xp.broadcast_to(grad / grad.dtype.type(max(self.count, 1)), (m,))
-        row_weight = xp.where(valid, scale, grad.dtype.type(0))[:, None]
+        row_weight = (scale if valid is None else xp.where(valid, scale, grad.dtype.type(0)))[:, None]
         coef *= row_weight
         # d/d log p = -coef; through the log-softmax, -coef + softmax * sum(coef) with sum(coef) = row weight
         dinput = xp.exp(log_probs) * row_weight - coef if self.from_logits else -coef
@@ -511,12 +513,15 @@ def _classification_loss(input, target, name, from_logits, ignore_index, reducti
     x, t = as_array(input), as_array(target)
     _check_classification(x, t, name)
     classes = x.shape[1]
-    real = t[t != ignore_index] if t.size else t
-    if real.size and (int(real.min()) < 0 or int(real.max()) >= classes):
-        raise ValueError(f"target holds class indices outside [0, {classes}) (ignore_index={ignore_index}): "
-                         f"min {int(real.min())}, max {int(real.max())}")
+    low, high = (int(t.min()), int(t.max())) if t.size else (0, 0)
+    all_valid = not low <= ignore_index <= high
+    if low < 0 or high >= classes:  # out of range, unless those are ignored samples
+        real = t[t != ignore_index]
+        if real.size and (int(real.min()) < 0 or int(real.max()) >= classes):
+            raise ValueError(f"target holds class indices outside [0, {classes}) (ignore_index={ignore_index}): "
+                             f"min {int(real.min())}, max {int(real.max())}")
     return _NLLLoss.apply(input, t, ignore_index=ignore_index, reduction=reduction, smoothing=label_smoothing,
-                          from_logits=from_logits)
+                          from_logits=from_logits, all_valid=all_valid)
 
 
 def nll_loss(input, target, *, ignore_index: int = -100, reduction: str = "mean",
