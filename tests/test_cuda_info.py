@@ -51,3 +51,20 @@ def test_format_shows_gpus_and_compile_failures():
     assert "NVIDIA H100, compute capability 9.0, 80.0 GiB, 132 SMs" in text
     assert "im2col.cu   ok (6 kernels: im2col_nchw, col2im_nchw)" in text
     assert "pooling.cu  FAILED: KernelCompileError: bad" in text and "line 2 of log" in text
+
+
+@pytest.mark.skipif(cuda_available() or not HAS_NVRTC, reason="the NVRTC check runs only without a GPU")
+def test_a_second_report_answers_from_the_cache_and_progress_names_only_compiles(report, monkeypatch):
+    """The module's first report compiled every file (and cached the verdicts); the next compiles nothing."""
+    monkeypatch.setattr(info.loader, "compile_file", lambda *a, **k: (_ for _ in ()).throw(AssertionError("compiled")))
+    told = []
+    again = info.collect_info(progress=lambda file, index, count: told.append(file))
+    assert told == [] and again["kernels"]["files"] == report["kernels"]["files"]
+    assert f"{len(registry.sources())} of {len(registry.sources())} files answered from the cache" in \
+        again["kernels"]["compiler"]
+    # Another architecture (as another kernel text or NVRTC) is another key: compiled again, and reported.
+    monkeypatch.setattr(info, "FALLBACK_ARCH", "sm_89")
+    monkeypatch.setattr(info.loader, "compile_file", lambda *a, **k: None)
+    fresh = info.collect_info(progress=lambda file, index, count: told.append((file, index, count)))
+    assert len(told) == len(registry.sources()) and told[0][1:] == (1, len(registry.sources()))
+    assert all(status == "ok" for status in fresh["kernels"]["files"].values())

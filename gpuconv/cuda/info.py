@@ -2,18 +2,25 @@
 
 ``collect_info()`` never raises: on a machine without CuPy, without a GPU or
 without a driver every missing piece is None and ``cuda_unavailable_reason``
-says why. Kernels are compiled on the GPU through CuPy when CUDA is usable,
-otherwise with NVRTC from cuda-bindings for ``FALLBACK_ARCH`` (no GPU needed).
+says why. Kernels are compiled on the GPU through CuPy when CUDA is usable (CuPy's
+disk cache makes a second check fast), otherwise with NVRTC from cuda-bindings for
+``FALLBACK_ARCH`` (no GPU needed); NVRTC's verdict is cached in ``info-v1.json`` beside
+the autotuner's cache, keyed by the compiled text, the architecture and NVRTC's version,
+so a second ``gpuconv info`` answers at once. ``progress(file, index, count)`` is told of
+each file that must really be compiled.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import platform
 
 import numpy as np
 
 from .. import __version__
 from .._backend import cuda_available, cuda_unavailable_reason, cupy_module
-from . import loader, registry
+from . import autotune, loader, registry
 
 #: The architecture kernels are compiled for when there is no GPU to compile for.
 FALLBACK_ARCH = "sm_90"
@@ -83,11 +90,14 @@ def _devices_from_cupy(cupy) -> list:
     return devices
 
 
-def _check_kernels_on_gpu(cupy) -> dict:
+def _check_kernels_on_gpu(cupy, progress=None) -> dict:
     """Compile every registered variant for every dtype, as the first calls would (one module each)."""
     device = cupy.cuda.Device()
     results = {}
-    for file in registry.sources():
+    files = registry.sources()
+    for index, file in enumerate(files):
+        if progress is not None:
+            progress(file, index + 1, len(files))
         errors = []
         for variant, dtype in registry.instantiations(file):
             try:
@@ -98,22 +108,61 @@ def _check_kernels_on_gpu(cupy) -> dict:
     return {"compiler": f"CuPy (NVRTC) on GPU {device.id}, sm_{device.compute_capability}", "files": results}
 
 
-def _check_kernels_with_nvrtc(arch: str) -> dict:
+def _cache_path():
+    return autotune.cache_dir() / "info-v1.json"
+
+
+def _read_cache() -> dict:
     try:
-        compiler = f"NVRTC {'.'.join(map(str, loader.nvrtc_version()))} (cuda-bindings) for {arch}, no GPU used"
+        with open(_cache_path(), encoding="utf-8") as f:
+            entries = json.load(f)
+        return entries if isinstance(entries, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(entries: dict) -> None:
+    path = _cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entries, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:  # an unwritable cache only costs the next call its compile time
+        pass
+
+
+def _check_kernels_with_nvrtc(arch: str, progress=None) -> dict:
+    try:
+        version = ".".join(map(str, loader.nvrtc_version()))
     except Exception as exc:  # noqa: BLE001 -- cuda-bindings missing or NVRTC not loadable
         return {"compiler": None, "files": {}, "reason": f"kernels not compiled: {_error(exc)}"}
-    results = {}
-    for file in registry.sources():
+    compiler = f"NVRTC {version} (cuda-bindings) for {arch}, no GPU used"
+    cache = _read_cache()
+    results, cached, files = {}, 0, registry.sources()
+    for index, file in enumerate(files):
+        text = loader.unit_source(registry.instantiations(file))
+        key = hashlib.sha256(f"{arch}\0{version}\0{text}".encode()).hexdigest()
+        if key in cache:
+            results[file] = cache[key]
+            cached += 1
+            continue
+        if progress is not None:
+            progress(file, index + 1, len(files))
         try:
             loader.compile_file(file, arch)  # all of a file's variants in one NVRTC run: a quick check
             results[file] = "ok"
         except Exception as exc:  # noqa: BLE001
             results[file] = _error(exc)
+        cache[key] = results[file]
+    if cached < len(files):
+        _write_cache(cache)
+    if cached:
+        compiler += f"; {cached} of {len(files)} files answered from the cache ({_cache_path()})"
     return {"compiler": compiler, "files": results}
 
 
-def collect_info(check_kernels: bool = True) -> dict:
+def collect_info(check_kernels: bool = True, progress=None) -> dict:
     """Everything ``gpuconv info`` prints, as a dict of plain values. Never raises."""
     cupy = cupy_module()
     usable = cuda_available()
@@ -138,7 +187,8 @@ def collect_info(check_kernels: bool = True) -> dict:
             info["devices_error"] = _error(exc)
     if check_kernels:
         try:
-            info["kernels"] = _check_kernels_on_gpu(cupy) if usable else _check_kernels_with_nvrtc(FALLBACK_ARCH)
+            info["kernels"] = (_check_kernels_on_gpu(cupy, progress) if usable
+                               else _check_kernels_with_nvrtc(FALLBACK_ARCH, progress))
         except Exception as exc:  # noqa: BLE001
             info["kernels"] = {"compiler": None, "files": {}, "reason": _error(exc)}
     return info
