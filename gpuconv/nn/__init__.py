@@ -4,9 +4,11 @@ from .init import manual_seed
 from .layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, ConvTranspose2d, Dropout,
                      Flatten, Identity, LeakyReLU, Linear, LogSoftmax, MaxPool2d, ReLU, Sigmoid, Softmax, Tanh)
 from .loss import CrossEntropyLoss, MSELoss, NLLLoss
-from .module import IncompatibleKeys, Module, ModuleList, Parameter, Sequential, load_arrays, save_arrays
+from .module import (IncompatibleKeys, Module, ModuleList, Parameter, Sequential, load_arrays, read_metadata,
+                     save_arrays)
 
 __all__ = ["Module", "Parameter", "Sequential", "ModuleList", "IncompatibleKeys", "Conv2d", "ConvTranspose2d",
            "Linear", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "MaxPool2d",
            "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "Dropout", "BatchNorm1d", "BatchNorm2d",
-           "CrossEntropyLoss", "NLLLoss", "MSELoss", "functional", "manual_seed", "save_arrays", "load_arrays"]
+           "CrossEntropyLoss", "NLLLoss", "MSELoss", "functional", "manual_seed", "save_arrays", "load_arrays",
+           "read_metadata"]

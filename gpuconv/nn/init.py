@@ -21,6 +21,15 @@ def generator() -> np.random.Generator:
     return _generator
 
 
+def get_rng_state() -> dict:
+    """The state of the generator behind initialisation and dropout on the CPU (a checkpoint records it)."""
+    return _generator.bit_generator.state
+
+
+def set_rng_state(state: dict) -> None:
+    _generator.bit_generator.state = state
+
+
 def kaiming_uniform(shape, fan_in: int, dtype=np.float32) -> np.ndarray:
     """PyTorch's default for Conv2d/Linear weights: kaiming_uniform_(a=sqrt(5)), i.e. U(+-1/sqrt(fan_in))."""
     gain = math.sqrt(2.0 / (1 + 5))

@@ -7,6 +7,7 @@ one call to the next, so it can be used at several places of a model, and a para
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import zipfile
@@ -239,13 +240,22 @@ class Module:
                 setattr(owner, attr, value)
         return IncompatibleKeys(missing, unexpected)
 
-    def save(self, path) -> None:
-        """Write the weights to ``path`` (.npz), atomically: a crash never leaves half a file."""
-        save_arrays(path, self.state_dict())
+    def save(self, path, metadata: dict | None = None) -> None:
+        """Write the weights to ``path`` (.npz), atomically: a crash never leaves half a file.
+
+        ``metadata`` (JSON-serialisable: architecture, input shape, classes...) is stored beside them in the
+        entry ``__metadata__``; ``read_metadata`` reads it back.
+        """
+        arrays = self.state_dict()
+        if metadata is not None:
+            arrays[METADATA] = np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8)
+        save_arrays(path, arrays)
 
     def load(self, path) -> None:
         """Read weights written by ``save``; refuses mismatched or damaged files with a clear error."""
-        self.load_state_dict(load_arrays(path))
+        arrays = load_arrays(path)
+        arrays.pop(METADATA, None)
+        self.load_state_dict(arrays)
 
     def extra_repr(self) -> str:
         return ""
@@ -258,12 +268,37 @@ class Module:
         return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
 
 
+#: The entry of a weights file that holds its metadata (JSON as bytes).
+METADATA = "__metadata__"
+
+
+def read_metadata(path) -> dict | None:
+    """The metadata ``Module.save`` stored in a weights file, or None if it has none."""
+    arrays = load_arrays(path)
+    if METADATA not in arrays:
+        return None
+    try:
+        return json.loads(arrays[METADATA].tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: damaged metadata in the weights file ({exc})") from exc
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_arrays(path, arrays) -> None:
-    """np.savez into a temporary file beside ``path``, then an atomic rename."""
+    """np.savez into a temporary file beside ``path``, then an atomic rename.
+
+    The file gets the usual permissions (0666 less the umask), not the 0600 of a temporary file.
+    """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
