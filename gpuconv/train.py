@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import __version__, checkpoint, models, nn, optim
+from . import __version__, checkpoint, distributed, models, nn, optim
 from ._backend import to_device
 from .autograd import no_grad
 from .data import Dataset, normalization
@@ -123,12 +123,20 @@ def make_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):
     return None
 
 
-def augment_batch(x: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
+AUGMENT_PAD = 4
+
+
+def augmentation(rng: np.random.Generator, n: int, pad: int = AUGMENT_PAD):
+    """For n images: (crop offsets y, x in 0..2*pad, horizontal flips), drawn for a whole global batch so that
+    every process of a data-parallel run, taking its slice, augments as one process would."""
+    return rng.integers(0, 2 * pad + 1, n), rng.integers(0, 2 * pad + 1, n), rng.random(n) < 0.5
+
+
+def augment_batch(x: np.ndarray, params, pad: int = AUGMENT_PAD) -> np.ndarray:
     """Random crop of each image from its zero-padded copy, and a horizontal flip with probability 1/2."""
     n, _, h, w = x.shape
+    dy, dx, flip = params
     padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    dy, dx = rng.integers(0, 2 * pad + 1, n), rng.integers(0, 2 * pad + 1, n)
-    flip = rng.random(n) < 0.5
     out = np.empty_like(x)
     for i in range(n):
         crop = padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
@@ -137,8 +145,14 @@ def augment_batch(x: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.n
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, device: str, batch_size: int = 512,
-             loss_fn=None):
-    """Accuracy of ``model`` on (x, y) (inputs as the model takes them); with ``loss_fn`` also the mean loss."""
+             loss_fn=None, comm=None):
+    """Accuracy of ``model`` on (x, y) (inputs as the model takes them); with ``loss_fn`` also the mean loss.
+
+    With a communicator of several processes each evaluates its slice and the counts are summed.
+    """
+    comm = comm or distributed.SingleProcess()
+    part = np.array_split(np.arange(len(x)), comm.size)[comm.rank]
+    x, y = x[part], y[part]
     model.eval()
     correct, total_loss = 0, 0.0
     with no_grad():
@@ -149,8 +163,16 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, device: str, batch_
             if loss_fn is not None:
                 total_loss += float(loss_fn(logits, to_device(yb, device))) * len(yb)
     model.train()
-    accuracy = correct / max(len(x), 1)
-    return (accuracy, total_loss / max(len(x), 1)) if loss_fn is not None else accuracy
+    sums = [np.array([correct, total_loss, len(x)], np.float64)]
+    comm_cpu(comm).allreduce_sum(sums)
+    correct, total_loss, count = sums[0]
+    accuracy = correct / max(count, 1)
+    return (accuracy, total_loss / max(count, 1)) if loss_fn is not None else accuracy
+
+
+def comm_cpu(comm):
+    """The communicator for small host-side sums (NCCL's MPI bootstrap carries them)."""
+    return getattr(comm, "mpi", comm)
 
 
 def weights_metadata(config: TrainConfig, data: Dataset, mean, std, source: dict) -> dict:
@@ -169,11 +191,14 @@ def weights_metadata(config: TrainConfig, data: Dataset, mean, std, source: dict
 class Run:
     """A run's whole state: what a checkpoint holds."""
 
-    def __init__(self, config: TrainConfig, data: Dataset, device: str, steps_per_epoch: int):
+    def __init__(self, config: TrainConfig, data: Dataset, device: str, steps_per_epoch: int, comm=None):
         self.config = config
+        self.comm = comm or distributed.SingleProcess()
         nn.manual_seed(config.seed)
         c, h, w = data.image_shape
         self.model = models.build(config.model, c, h, w, data.num_classes).to(device)
+        # Every process starts from rank 0's weights (the same seed gives the same ones; this makes sure).
+        self.comm.broadcast([p.data for p in self.model.parameters()] + self.model.buffers())
         self.optimizer = make_optimizer(config, self.model.parameters())
         self.scheduler = make_scheduler(config, self.optimizer, steps_per_epoch)
         self.order_rng = np.random.default_rng(config.seed)
@@ -228,23 +253,45 @@ def _write_jsonl(path, record) -> None:
 
 
 def _run_epoch(run: "Run", epoch: int, x_train, y_train, device, loss_fn, bar):
-    """One pass over the training set in the run's order: (summed loss, correct, images seen, last loss)."""
-    config, n = run.config, len(x_train)
+    """One pass over the training set in the run's order: (summed loss, correct, images seen, last loss).
+
+    Data-parallel: each process takes its slice of every global batch, its loss weighted by its share of the
+    batch, and one bucketed all-reduce sums the gradients (with the loss, for a check every rank agrees on);
+    the result is the global batch's mean gradient, as one process would compute it (up to rounding).
+    """
+    config, n, comm = run.config, len(x_train), run.comm
     order = run.order_rng.permutation(n)
     seen = correct = 0
     running_loss, loss_value = 0.0, float("nan")
+    params = run.model.parameters()
     for step_index, i in enumerate(range(0, n, config.batch_size)):
         idx = order[i:i + config.batch_size]
-        xb = augment_batch(x_train[idx], run.augment_rng) if config.augment else x_train[idx]
-        yb = y_train[idx]
+        share = slice(None)
+        if comm.size > 1:
+            bounds = np.linspace(0, len(idx), comm.size + 1).astype(int)
+            share = slice(bounds[comm.rank], bounds[comm.rank + 1])
+        xb = x_train[idx[share]]
+        if config.augment:
+            xb = augment_batch(xb, [p[share] for p in augmentation(run.augment_rng, len(idx))])
+        yb = y_train[idx[share]]
         logits = run.model(to_device(xb, device))
         loss = loss_fn(logits, to_device(yb, device))
-        loss_value = float(loss)
+        run.optimizer.zero_grad()
+        if comm.size > 1:
+            loss = loss * (len(yb) / len(idx))  # this process's part of the global batch's mean loss
+            loss.backward()
+            for p in params:
+                if p.grad is None:  # a parameter this batch did not reach still takes part in the sum
+                    p.grad = p.data * 0
+            total = loss.data.astype(params[0].dtype).reshape(1)
+            comm.allreduce_sum([p.grad for p in params] + [total])  # in place
+            loss_value = float(total[0])
+        else:
+            loss.backward()
+            loss_value = float(loss)
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(f"the loss became {loss_value} in epoch {epoch}, step {step_index + 1}: "
                                      f"training stopped (try a lower --lr than {config.lr})")
-        run.optimizer.zero_grad()
-        loss.backward()
         run.optimizer.step()
         if run.scheduler is not None:
             run.scheduler.step()
@@ -256,13 +303,15 @@ def _run_epoch(run: "Run", epoch: int, x_train, y_train, device, loss_fn, bar):
             bar.set_postfix(loss=f"{running_loss / seen:.4f}", acc=f"{correct / seen:.2%}")
     if bar is not None:
         bar.close()
-    return running_loss, correct, seen, loss_value
+    counts = [np.array([correct], np.float64)]
+    comm_cpu(comm).allreduce_sum(counts)
+    return running_loss, int(counts[0][0]), seen, loss_value
 
 
 def train(data: Dataset, config: TrainConfig | None = None, *, device: str = "cpu", save: str | None = None,
           checkpoint_dir: str | None = None, resume: dict | None = None, log_file: str | None = None,
           plot: str | None = None, progress: bool = True, source: dict | None = None, log=print,
-          interrupt_dir: str | None = None) -> TrainResult:
+          interrupt_dir: str | None = None, comm=None) -> TrainResult:
     """Train ``config.model`` on ``data`` (checked beforehand: ``gpuconv.data.check_dataset``).
 
     Prints a line per epoch (and a progress bar when ``progress``), writes a JSON line per epoch to
@@ -270,13 +319,20 @@ def train(data: Dataset, config: TrainConfig | None = None, *, device: str = "cp
     weights with their metadata to ``save``, and the curves to ``plot``. ``resume`` is a checkpoint's state.
     Raises ``NonFiniteLossError`` when the loss is not finite, ``Interrupted`` on Ctrl-C (after saving the
     last completed epoch's checkpoint to ``checkpoint_dir``, else ``interrupt_dir``).
+
+    ``comm`` (``gpuconv.distributed``) makes it one process of a data-parallel run: each process trains on
+    its slice of every batch; rank 0 alone prints and writes logs, checkpoints, weights and plots.
     """
     config = config or TrainConfig()
+    comm = comm or distributed.SingleProcess()
+    if comm.rank != 0:
+        log, save, checkpoint_dir, log_file, plot, interrupt_dir, progress = (
+            lambda *a, **k: None), None, None, None, None, None, False
     mean, std = normalization(data.x_train)
     x_train, x_test = normalize(data.x_train, mean, std), normalize(data.x_test, mean, std)
     n = len(x_train)
     steps_per_epoch = -(-n // config.batch_size)
-    run = Run(config, data, device, steps_per_epoch)
+    run = Run(config, data, device, steps_per_epoch, comm)
     metadata = weights_metadata(config, data, mean, std, source or {"name": data.name})
     if resume is not None:
         run.restore(resume)
@@ -296,7 +352,7 @@ def train(data: Dataset, config: TrainConfig | None = None, *, device: str = "cp
                 running_loss, correct, seen, loss_value = _run_epoch(run, epoch, x_train, data.y_train, device,
                                                                      loss_fn, bar)
             seconds = time.perf_counter() - start
-            test_accuracy, test_loss = evaluate(run.model, x_test, data.y_test, device, loss_fn=loss_fn)
+            test_accuracy, test_loss = evaluate(run.model, x_test, data.y_test, device, loss_fn=loss_fn, comm=comm)
             epoch_times.append(seconds)
             record = {"epoch": epoch, "train_loss": running_loss / seen, "train_accuracy": correct / seen,
                       "test_loss": test_loss, "test_accuracy": test_accuracy,
@@ -320,12 +376,14 @@ def train(data: Dataset, config: TrainConfig | None = None, *, device: str = "cp
             checkpoint.save(last_state, saved)
         raise Interrupted(run.epoch + 1, saved) from None
 
-    accuracy = run.history[-1]["test_accuracy"] if run.history else evaluate(run.model, x_test, data.y_test, device)
+    accuracy = run.history[-1]["test_accuracy"] if run.history else evaluate(run.model, x_test, data.y_test, device,
+                                                                             comm=comm)
     # The first epoch includes one-off costs (kernel compilation on the GPU); report the steady state too.
     steady = epoch_times[1:] or epoch_times or [0.0]
     per_epoch = sum(steady) / len(steady)
     first = epoch_times[0] if epoch_times else 0.0
-    log(f"test accuracy {accuracy:.2%} on {len(x_test)} images | {per_epoch:.3f} s/epoch on {device} "
+    where = device if comm.size == 1 else f"{comm.size} processes ({device})"
+    log(f"test accuracy {accuracy:.2%} on {len(x_test)} images | {per_epoch:.3f} s/epoch on {where} "
         f"(first epoch {first:.3f} s)")
     if save:
         metadata["result"] = {"epochs": run.epoch, "test_accuracy": accuracy}
