@@ -324,23 +324,24 @@ def load_arrays(path, what: str = "gpuconv weight file") -> "OrderedDict[str, np
         raise ValueError(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") from exc
 
 
-class Sequential(Module):
-    """Modules applied in order."""
+class _ModuleSequence(Module):
+    """Modules held in order under the names "0", "1", ...: what Sequential and ModuleList share."""
 
-    def __init__(self, *layers):
-        super().__init__()
-        for layer in layers:
-            self.append(layer)
+    def append(self, module: Module):
+        if not isinstance(module, Module):
+            raise TypeError(f"{type(self).__name__} holds Modules, got {type(module).__name__} at position "
+                            f"{len(self)}")
+        setattr(self, str(len(self)), module)
+        return self
 
-    def append(self, layer: Module) -> "Sequential":
-        if not isinstance(layer, Module):
-            raise TypeError(f"Sequential takes Modules, got {type(layer).__name__} at position {len(self)}")
-        setattr(self, str(len(self)), layer)
+    def extend(self, modules):
+        for module in modules:
+            self.append(module)
         return self
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return type(self)(*self.children()[i])
+            return type(self)._of(self.children()[i])
         return self.children()[i]
 
     def __len__(self):
@@ -348,6 +349,18 @@ class Sequential(Module):
 
     def __iter__(self):
         return iter(self.children())
+
+
+class Sequential(_ModuleSequence):
+    """Modules applied in order."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        self.extend(layers)
+
+    @classmethod
+    def _of(cls, modules):
+        return cls(*modules)
 
     def forward(self, x):
         for layer in self.children():
@@ -355,31 +368,13 @@ class Sequential(Module):
         return x
 
 
-class ModuleList(Module):
+class ModuleList(_ModuleSequence):
     """A list of modules that belong to the model (their parameters, state and modes); no forward of its own."""
 
     def __init__(self, modules=()):
         super().__init__()
         self.extend(modules)
 
-    def append(self, module: Module) -> "ModuleList":
-        if not isinstance(module, Module):
-            raise TypeError(f"ModuleList holds Modules, got {type(module).__name__} at position {len(self)}")
-        setattr(self, str(len(self)), module)
-        return self
-
-    def extend(self, modules) -> "ModuleList":
-        for module in modules:
-            self.append(module)
-        return self
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return ModuleList(self.children()[i])
-        return self.children()[i]
-
-    def __len__(self):
-        return len(self.children())
-
-    def __iter__(self):
-        return iter(self.children())
+    @classmethod
+    def _of(cls, modules):
+        return cls(modules)
