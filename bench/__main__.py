@@ -1,4 +1,4 @@
-"""python -m bench run | compare | list   (run from the repository root; see bench/README.md)."""
+"""python -m bench run | net | compare | list   (run from the repository root; see bench/README.md)."""
 from __future__ import annotations
 
 import argparse
@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=_run)
+
+    from .net import add_parser as add_net_parser
+    add_net_parser(sub)
 
     c = sub.add_parser("compare", help="compare two result .json files as a markdown table")
     c.add_argument("a", help="result A (e.g. before, or card A)")

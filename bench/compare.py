@@ -69,4 +69,8 @@ def render_comparison(a: dict, b: dict, path_a="A", path_b="B") -> str:
 
 
 def compare_files(path_a, path_b) -> str:
-    return render_comparison(load_result(path_a), load_result(path_b), path_a, path_b)
+    results = [load_result(path_a), load_result(path_b)]
+    for path, result in zip((path_a, path_b), results):
+        if result.get("kind") == "net":  # whole-network results have no layers to match
+            raise ValueError(f"{path} is a 'bench net' result; compare takes 'bench run' results (layers)")
+    return render_comparison(*results, path_a, path_b)

@@ -60,6 +60,8 @@ def _versions(env: dict) -> str:
     for blas in env.get("blas") or []:
         parts.append(f"{blas.get('internal_api')} {blas.get('version')} ({blas.get('architecture') or '?'} kernels, "
                      f"{blas.get('num_threads')} threads)")
+    if env.get("openblas_coretype"):
+        parts.append(f"OPENBLAS_CORETYPE={env['openblas_coretype']}")
     return ", ".join(parts)
 
 

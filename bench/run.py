@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import os
 import platform
 import re
 import subprocess
@@ -73,6 +74,8 @@ def environment(device: str) -> dict:
            "python": platform.python_version(), "platform": platform.platform(), "numpy": np.__version__,
            "cupy": None, "torch": None, "torch_cuda": None, "cudnn": None, "cuda_runtime": None,
            "cuda_driver": None, "nvrtc": None}
+    # OpenBLAS runs the kernels this names instead of detecting the CPU's (an older, slower set, perhaps).
+    env["openblas_coretype"] = os.environ.get("OPENBLAS_CORETYPE")
     status = _git("status", "--porcelain", "--untracked-files=no")  # earlier results do not change the code
     env["git_dirty"] = None if status is None else bool(status)
     cupy = cupy_module()

@@ -199,6 +199,46 @@ class ConvGeometry:
                              f"got {tuple(grad_output.shape)}")
 
 
+def conv_transpose_geometry(input_shape, weight_shape, stride=1, padding=0, output_padding=0, dilation=1,
+                            groups=1) -> ConvGeometry:
+    """The convolution whose input gradient a transposed convolution is (``torch.nn.functional.conv_transpose2d``).
+
+    The transposed convolution of x (N, C_in, H, W) with weight (C_in, C_out/groups, kH, kW) is
+    ``conv2d_grad_input(x, weight, g.input_shape, g.stride, g.pad, g.dilation, g.groups)`` of the returned g:
+    g's input is the transposed convolution's output, (H - 1) * stride - 2 * padding + dilation * (kH - 1) +
+    output_padding + 1 rows high, and g's output is x. With output_padding >= stride (PyTorch allows it when it
+    is below the dilation) g has more output rows than x has (g.P > H): x then takes g.P - H rows (g.Q - W
+    columns) of zeros at the bottom (right), which add nothing to any output.
+    """
+    input_shape = _check_shape(input_shape, 4, "conv_transpose2d input", "N, C_in, H, W")
+    weight_shape = _check_shape(weight_shape, 4, "conv_transpose2d weight", "C_in, C_out/groups, kH, kW")
+    (N, C_in, H, W), (C_w, C_out_g, kH, kW) = input_shape, weight_shape
+    if C_in != C_w:
+        raise ValueError(f"conv_transpose2d: the input has {C_in} channels but the weight expects {C_w} "
+                         f"(its first dimension)")
+    stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
+    padding, output_padding = pair(padding, "padding", 0), pair(output_padding, "output_padding", 0)
+    for op, s, d in zip(output_padding, stride, dilation):
+        if not (op < s or op < d):
+            raise ValueError(f"output_padding {output_padding} must be smaller than the stride {stride} or the "
+                             f"dilation {dilation}")
+    if not _is_int(groups) or groups < 1 or C_in % groups:
+        raise ValueError(f"groups={groups!r} must be a positive int dividing the {C_in} input channels")
+    out_hw = [(size - 1) * s - 2 * p + d * (k - 1) + op + 1
+              for size, k, s, p, op, d in zip((H, W), (kH, kW), stride, padding, output_padding, dilation)]
+    if min(out_hw) < 1:
+        raise ValueError(f"conv_transpose2d output would be {out_hw[0]}x{out_hw[1]}: check padding")
+    return ConvGeometry.create((N, C_out_g * groups, *out_hw), weight_shape, stride, padding, dilation, groups)
+
+
+def pad_bottom_right(xp, x, rows: int, cols: int):
+    """x (N, C, H, W) with ``rows`` zero rows below and ``cols`` zero columns to the right (x itself when none):
+    the rows a transposed convolution's input takes when ``conv_transpose_geometry`` says g.P > H."""
+    if rows == 0 and cols == 0:
+        return x
+    return xp.pad(x, ((0, 0), (0, 0), (0, rows), (0, cols)))
+
+
 def conv_output_size(size: int, kernel: int, stride: int, total_pad: int, dilation: int) -> int:
     return (size + total_pad - dilation * (kernel - 1) - 1) // stride + 1
 

@@ -13,9 +13,8 @@ import pytest
 import gpuconv
 from gpuconv import functional, nn
 from gpuconv.nn import functional as F
-from gpuconv.cuda import conv as cuda_conv, pool as cuda_pool
 
-from cuda_emulation.backend import EmulatorBackend
+from cuda_emulation.backend import EmulatorBackend, route_functional
 
 
 def rand(*shape, seed=0, low=None):
@@ -69,6 +68,7 @@ CONV_TRANSPOSE_CASES = [
     ("plain", dict(), (2, 3, 4, 4), (3, 2, 3, 3)),
     ("stride-pad-outpad", dict(stride=2, padding=1, output_padding=1), (1, 2, 3, 4), (2, 3, 3, 3)),
     ("groups-dilation", dict(groups=2, dilation=2), (1, 4, 3, 3), (4, 1, 2, 2)),
+    ("outpad-above-stride", dict(dilation=3, padding=2, output_padding=2), (1, 2, 4, 3), (2, 2, 3, 2)),
 ]
 POOL_CASES = [
     ("max-2x2", lambda x: F.max_pool2d(x, 2)),
@@ -163,29 +163,7 @@ def emulated_cuda(monkeypatch, request):
     run with algo "auto" (the fixed rule: im2col + GEMM for most of these shapes) or on the implicit-GEMM
     kernels."""
     backend = EmulatorBackend()
-
-    def run_conv(pass_name, xp, algo, *args):
-        return getattr(cuda_conv, pass_name)(*args, algo=request.param, backend=backend)
-
-    class EmulatedPool:
-        @staticmethod
-        def max_pool2d_forward(x, g):
-            return cuda_pool.max_pool2d_forward(x, g, backend=backend)
-
-        @staticmethod
-        def max_pool2d_grad(dy, x, g):
-            return cuda_pool.max_pool2d_grad(dy, x, g, backend=backend)
-
-        @staticmethod
-        def avg_pool2d_forward(x, g, count_include_pad):
-            return cuda_pool.avg_pool2d_forward(x, g, count_include_pad, backend=backend)
-
-        @staticmethod
-        def avg_pool2d_grad(dy, g, count_include_pad):
-            return cuda_pool.avg_pool2d_grad(dy, g, count_include_pad, backend=backend)
-
-    monkeypatch.setattr(functional, "_run_conv", run_conv)
-    monkeypatch.setattr(functional, "_pool_module", lambda xp: EmulatedPool)
+    route_functional(monkeypatch, backend, algo=request.param)
     return backend
 
 

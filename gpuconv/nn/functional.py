@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import functional as arrays
 from .._backend import array_module
-from .._shapes import check_float_dtype, check_same_dtype, pair
+from .._shapes import check_float_dtype, check_same_dtype, conv_transpose_geometry, pad_bottom_right
 from ..autograd import Function, Tensor, as_array
 from ..ops import flatten  # noqa: F401  (torch.flatten's place in this namespace)
 from . import init
@@ -47,50 +47,29 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
                                                         groups=groups, algo=algo))
 
 
-def conv_transpose_output_size(size: int, kernel: int, stride: int, padding: int, output_padding: int,
-                               dilation: int) -> int:
-    return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
-
-
 class _ConvTranspose2d(Function):
-    """y = dgrad(x, w): the input gradient of the convolution that maps y's shape to x's."""
+    """y = dgrad(x, w): the input gradient of the convolution that maps y's shape to x's
+    (``gpuconv._shapes.conv_transpose_geometry``)."""
 
     def forward(self, x, weight, bias):
-        array_module(x=x, weight=weight, bias=bias)
+        xp = array_module(x=x, weight=weight, bias=bias)
         check_same_dtype(x=x, weight=weight, bias=bias)
-        if x.ndim != 4 or weight.ndim != 4:
-            raise ValueError(f"conv_transpose2d takes a 4-D input (N, C_in, H, W) and a 4-D weight "
-                             f"(C_in, C_out/groups, kH, kW), got shapes {tuple(x.shape)} and {tuple(weight.shape)}")
-        if x.shape[1] != weight.shape[0]:
-            raise ValueError(f"conv_transpose2d: the input has {x.shape[1]} channels but the weight expects "
-                             f"{weight.shape[0]} (its first dimension)")
-        stride, padding = pair(self.stride, "stride"), pair(self.padding, "padding", 0)
-        output_padding = pair(self.output_padding, "output_padding", 0)
-        dilation = pair(self.dilation, "dilation")
-        for op, s, d in zip(output_padding, stride, dilation):
-            if op < 0 or not (op < s or op < d):
-                raise ValueError(f"output_padding {self.output_padding} must be >= 0 and smaller than the stride "
-                                 f"{self.stride} or the dilation {self.dilation}")
-        groups = self.groups
-        if not isinstance(groups, numbers.Integral) or groups < 1 or weight.shape[0] % groups:
-            raise ValueError(f"groups={groups!r} must be a positive int dividing the {weight.shape[0]} input channels")
-        out_hw = tuple(conv_transpose_output_size(x.shape[2 + i], weight.shape[2 + i], stride[i], padding[i],
-                                                  output_padding[i], dilation[i]) for i in range(2))
-        if min(out_hw) < 1:
-            raise ValueError(f"conv_transpose2d output would be {out_hw[0]}x{out_hw[1]}: check padding")
-        self.output_shape = (x.shape[0], weight.shape[1] * groups) + out_hw
-        self.args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, algo=self.algo)
+        g = conv_transpose_geometry(x.shape, weight.shape, self.stride, self.padding, self.output_padding,
+                                    self.dilation, self.groups)
+        self.args = dict(stride=g.stride, padding=g.pad, dilation=g.dilation, groups=g.groups, algo=self.algo)
+        self.input_hw = x.shape[2:]
+        x = pad_bottom_right(xp, x, g.P - x.shape[2], g.Q - x.shape[3])
         self.saved = (x if self.needs_input_grad[1] else None, weight if self.needs_input_grad[0] else None)
-        self.weight_shape = weight.shape
+        self.output_shape, self.weight_shape = g.input_shape, weight.shape
         y = arrays.conv2d_grad_input(x, weight, self.output_shape, **self.args)
         return y if bias is None else y + bias.reshape(1, -1, 1, 1)
 
     def backward(self, grad):
         x, weight = self.saved
         need_x, need_w, need_b = self.needs_input_grad
-        args = dict(self.args)
-        return (arrays.conv2d(grad, weight, None, **args) if need_x else None,
-                arrays.conv2d_grad_weight(grad, x, self.weight_shape, **args) if need_w else None,
+        H, W = self.input_hw
+        return (arrays.conv2d(grad, weight, None, **self.args)[:, :, :H, :W] if need_x else None,
+                arrays.conv2d_grad_weight(grad, x, self.weight_shape, **self.args) if need_w else None,
                 arrays.conv2d_grad_bias(grad) if need_b else None)
 
 

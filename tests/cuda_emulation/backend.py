@@ -85,4 +85,36 @@ class EmulatorBackend:
         return "CPU emulator", "0.0"
 
 
-__all__ = ["EmulatorBackend", "NumpyAsCupy", "emulated_module"]
+def route_functional(monkeypatch, backend, algo=None) -> None:
+    """Send ``gpuconv.functional``'s convolution and pooling calls to the CUDA planner and kernels, run by
+    ``backend`` (an ``EmulatorBackend``): NumPy arrays stand in for CuPy arrays, and everything above the
+    array API (gpuconv's autograd, the PyTorch bridge) is unchanged. ``algo`` replaces every convolution's
+    own (None: keep the caller's)."""
+    from gpuconv import functional
+    from gpuconv.cuda import conv as cuda_conv, pool as cuda_pool
+
+    def run_conv(pass_name, xp, call_algo, *args):
+        return getattr(cuda_conv, pass_name)(*args, algo=call_algo if algo is None else algo, backend=backend)
+
+    class EmulatedPool:
+        @staticmethod
+        def max_pool2d_forward(x, g):
+            return cuda_pool.max_pool2d_forward(x, g, backend=backend)
+
+        @staticmethod
+        def max_pool2d_grad(dy, x, g):
+            return cuda_pool.max_pool2d_grad(dy, x, g, backend=backend)
+
+        @staticmethod
+        def avg_pool2d_forward(x, g, count_include_pad):
+            return cuda_pool.avg_pool2d_forward(x, g, count_include_pad, backend=backend)
+
+        @staticmethod
+        def avg_pool2d_grad(dy, g, count_include_pad):
+            return cuda_pool.avg_pool2d_grad(dy, g, count_include_pad, backend=backend)
+
+    monkeypatch.setattr(functional, "_run_conv", run_conv)
+    monkeypatch.setattr(functional, "_pool_module", lambda xp: EmulatedPool)
+
+
+__all__ = ["EmulatorBackend", "NumpyAsCupy", "emulated_module", "route_functional"]
