@@ -361,8 +361,11 @@ class Function:
             fn.needs_input_grad = (False,) * len(inputs)
         out = fn.forward(*(t.data if isinstance(t, Tensor) else t for t in inputs))
         result = Tensor(out)
-        if recording and out.dtype.kind in "fc":
-            fn.inputs = tuple(t if isinstance(t, Tensor) else None for t in inputs)
+        if recording and result.dtype.kind in "fc":
+            # Leaves are kept (backward fills their .grad); of a recorded tensor only its place in the graph:
+            # its array is kept only if the Function saved it.
+            fn.inputs = tuple(None if not isinstance(t, Tensor) else t if t._creator is None else _Edge(t)
+                              for t in inputs)
             result.requires_grad = True
             result._creator = fn
         return result
@@ -380,6 +383,16 @@ class Function:
 
     def __repr__(self):
         return f"<{type(self).__name__} backward>"
+
+
+class _Edge:
+    """What the graph needs of a recorded (non-leaf) input: its creator, shape and dtype, not its array."""
+
+    __slots__ = ("_creator", "shape", "dtype")
+    requires_grad = True
+
+    def __init__(self, t: Tensor):
+        self._creator, self.shape, self.dtype = t._creator, t.shape, t.dtype
 
 
 def _graph_order(root: Function) -> list:
@@ -432,7 +445,7 @@ def run_backward(root: Tensor, grad, retain_graph: bool = False) -> None:
                 if not wanted or g is None:
                     continue
                 g = np.asarray(g) if isinstance(g, np.generic) else g
-                if g.shape != t.data.shape or g.dtype != t.data.dtype:
+                if tuple(g.shape) != t.shape or g.dtype != t.dtype:
                     raise AssertionError(f"{type(fn).__name__}.backward gave a {g.dtype} gradient of shape "
                                          f"{tuple(g.shape)} for a {t.dtype} input of shape {t.shape}")
                 if t._creator is not None:
@@ -444,7 +457,7 @@ def run_backward(root: Tensor, grad, retain_graph: bool = False) -> None:
                     t.grad = g
                     given_to_leaves.add(id(g))
                 else:
-                    t.grad = t.grad + g
+                    t.grad = _accumulate(t.grad, g)
             grads = g = None
             if not retain_graph:
                 fn.release()

@@ -113,6 +113,8 @@ class Pow(Function):
 
     def backward(self, grad):
         a = self.saved
+        if self.exponent == 0:  # a ** 0 is constant: 0, not the NaN that 0 * a ** -1 gives at a = 0
+            return _xp(grad).zeros_like(a)
         return (grad * (self.exponent * a ** (self.exponent - 1))).astype(a.dtype, copy=False)
 
 
@@ -147,8 +149,8 @@ class MatMul(Function):
     def backward(self, grad):
         a, b = self.saved
         xp = _xp(grad)
-        da = unbroadcast(grad @ xp.swapaxes(b, -1, -2), a.shape) if self.needs_input_grad[0] else None
-        db = unbroadcast(xp.swapaxes(a, -1, -2) @ grad, b.shape) if self.needs_input_grad[1] else None
+        da = _grad_for(grad @ xp.swapaxes(b, -1, -2), a) if self.needs_input_grad[0] else None
+        db = _grad_for(xp.swapaxes(a, -1, -2) @ grad, b) if self.needs_input_grad[1] else None
         return da, db
 
 
@@ -207,6 +209,7 @@ def flatten(t, start_dim: int = 0, end_dim: int = -1):
 
 class Permute(Function):
     def forward(self, a):
+        self.axes = tuple(axis % a.ndim for axis in self.axes)  # argsort in backward needs them non-negative
         return _xp(a).transpose(a, self.axes)
 
     def backward(self, grad):
@@ -241,22 +244,24 @@ class GetItem(Function):
 class Concatenate(Function):
     def forward(self, *arrays):
         self.sizes = [a.shape[self.axis] for a in arrays]
+        self.dtypes = [a.dtype for a in arrays]
         return _xp(*arrays).concatenate(arrays, axis=self.axis)
 
     def backward(self, grad):
         xp = _xp(grad)
         bounds = np.cumsum(self.sizes)[:-1].tolist()
-        return tuple(xp.split(grad, bounds, axis=self.axis))
+        return tuple(g.astype(d, copy=False) for g, d in zip(xp.split(grad, bounds, axis=self.axis), self.dtypes))
 
 
 class Stack(Function):
     def forward(self, *arrays):
+        self.dtypes = [a.dtype for a in arrays]
         return _xp(*arrays).stack(arrays, axis=self.axis)
 
     def backward(self, grad):
         xp = _xp(grad)
         axis = self.axis % grad.ndim
-        return tuple(xp.take(grad, i, axis=axis) for i in range(grad.shape[axis]))
+        return tuple(xp.take(grad, i, axis=axis).astype(d, copy=False) for i, d in enumerate(self.dtypes))
 
 
 def cat(tensors, dim: int = 0) -> Tensor:

@@ -124,13 +124,11 @@ class Optimizer:
                 raise ValueError(f"the state refers to parameter {key}, which no group holds")
             loaded = {}
             for name, value in entries.items():
-                if hasattr(value, "shape") and value.ndim:
+                if hasattr(value, "shape"):  # per-element state (moments, momentum): an array like the parameter
                     if tuple(value.shape) != p.shape:
                         raise ValueError(f"parameter {key}: state {name!r} has shape {tuple(value.shape)}, the "
                                          f"parameter {p.shape}")
                     value = array_module(p=p.data).asarray(value).astype(p.dtype, copy=True)
-                elif hasattr(value, "shape"):
-                    value = value.item()
                 loaded[name] = value
             new_state[p] = loaded
         self.state = new_state
@@ -146,7 +144,8 @@ class Optimizer:
 
 
 def _cast(value, like):
-    return value.astype(like.dtype, copy=False)
+    """``value`` as an array of ``like``'s dtype (NumPy turns 0-d results into scalars: a parameter stays an array)."""
+    return array_module(like=like).asarray(value).astype(like.dtype, copy=False)
 
 
 class SGD(Optimizer):
