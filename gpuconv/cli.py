@@ -15,6 +15,7 @@ import sys
 
 from . import __version__
 from ._backend import CUDAUnavailableError, normalize_device
+from .distributed import DistributedUnavailableError
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PIPE = 2, 1, 130, 141
 DEFAULT_INTERRUPT_DIR = "gpuconv-checkpoint"
@@ -121,8 +122,11 @@ def collectively(comm, check):
     message (one rank's missing file must end the run, not leave the others waiting in a collective)."""
     try:
         result, problem = check(), None
-    except (ValueError, OSError, CUDAUnavailableError) as exc:
-        result, problem = None, str(exc)
+    except Exception as exc:  # noqa: BLE001 -- any failure must reach the allgather, or the others wait forever
+        if comm.size == 1:
+            raise
+        user_error = isinstance(exc, (ValueError, OSError, CUDAUnavailableError, ImportError))
+        result, problem = None, str(exc) if user_error else f"{type(exc).__name__}: {exc}"
     if comm.size == 1:
         if problem is not None:
             raise UsageError(problem)
@@ -162,10 +166,13 @@ def _train(args) -> int:
         if config.batch_size < comm.size:
             problems.append(f"--batch-size {config.batch_size} is smaller than the {comm.size} processes: each "
                             f"takes a slice of every batch")
+        if args.plot and importlib.util.find_spec("matplotlib") is None:
+            problems.append("--plot needs matplotlib: pip install 'gpuconv[train]'")
         if comm.rank == 0:  # only rank 0 writes
             problems += writable_file_problems("--save", args.save) + writable_file_problems("--plot", args.plot)
             problems += writable_file_problems("--log", args.log)
             problems += writable_dir_problems("--checkpoint-dir", args.checkpoint_dir)
+            problems += writable_dir_problems("--resume", args.resume)  # its checkpoints are rewritten
         _raise_problems(problems)
         source = state.get("metadata", {}).get("data") if state else None
         if source and not (args.data or args.dataset):  # resume on the data the run started with
@@ -186,7 +193,8 @@ def _train(args) -> int:
             f"-{-(-config.batch_size // comm.size)} images of every batch of {config.batch_size}")
     if state is not None:
         say(f"resuming from {args.resume} after epoch {state['epoch']} of {config.epochs}")
-    progress = not args.no_progress and sys.stderr.isatty()  # a bar in a log file is thousands of updates
+    # A bar in a log file is thousands of updates; without tqdm, the lines per epoch are progress enough.
+    progress = not args.no_progress and sys.stderr.isatty() and importlib.util.find_spec("tqdm") is not None
     try:
         training.train(data, config, device=device, save=args.save, checkpoint_dir=args.checkpoint_dir or args.resume,
                        resume=state, log_file=args.log, plot=args.plot, progress=progress, source=source,
@@ -253,6 +261,8 @@ def _predict(args) -> int:
         except (ValueError, OSError) as exc:
             raise UsageError(f"--images {args.images}: not a readable .npy or .npz file ({exc})") from None
     x = as_model_input(images, metadata, f"--images {args.images}")
+    if len(x) == 0:
+        raise UsageError(f"--images {args.images}: holds no images (shape {images.shape})")
     p = probabilities(model, x, device)
     classes = metadata["classes"]
     lines = [f"{i}\t{classes[k]}\t{p[i, k]:.4f}" for i, k in enumerate(p.argmax(axis=1))]
@@ -356,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "mpiexec -n N (needs gpuconv[mpi]), as starting it with "
                                                           "mpiexec yourself does; each process takes a slice of "
                                                           "every batch. BatchNorm normalises with each process's "
-                                                          "slice (its statistics are not synchronised)")
+                                                          "slice; its running statistics are averaged over the "
+                                                          "processes after every epoch")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", formatter_class=_Formatter, help="accuracy of saved weights, per class, and the "
@@ -406,6 +417,9 @@ def run_command(parser: argparse.ArgumentParser, argv=None) -> int:
         return args.func(args)
     except CUDAUnavailableError as exc:
         print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (DistributedUnavailableError, ImportError) as exc:  # something to install: the message says what
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (ValueError, OSError) as exc:
         if isinstance(exc, BrokenPipeError):

@@ -165,7 +165,7 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, device: str, batch_
     model.train()
     sums = [np.array([correct, total_loss, len(x)], np.float64)]
     comm_cpu(comm).allreduce_sum(sums)
-    correct, total_loss, count = sums[0]
+    correct, total_loss, count = (float(v) for v in sums[0])  # Python floats: they go into JSON
     accuracy = correct / max(count, 1)
     return (accuracy, total_loss / max(count, 1)) if loss_fn is not None else accuracy
 
@@ -206,13 +206,23 @@ class Run:
         self.epoch = 0
         self.history: list[dict] = []
 
+    def average_buffers(self) -> None:
+        """Running statistics (BatchNorm's) averaged over the processes, so that every rank evaluates, and
+        rank 0 saves, one model: each rank's batches moved its own."""
+        if self.comm.size == 1:
+            return
+        floating = [b for b in self.model.buffers() if b.dtype.kind == "f"]
+        self.comm.allreduce_sum(floating)
+        for b in floating:
+            b /= self.comm.size
+
     def state(self, metadata: dict) -> dict:
         return {"format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(self.config), "epoch": self.epoch,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
                 "rng": {"order": self.order_rng.bit_generator.state, "augment": self.augment_rng.bit_generator.state,
                         "init": nn.init.get_rng_state()},
-                "history": self.history, "metadata": metadata}
+                "history": list(self.history), "metadata": metadata}
 
     def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -274,11 +284,18 @@ def _run_epoch(run: "Run", epoch: int, x_train, y_train, device, loss_fn, bar):
         if config.augment:
             xb = augment_batch(xb, [p[share] for p in augmentation(run.augment_rng, len(idx))])
         yb = y_train[idx[share]]
-        logits = run.model(to_device(xb, device))
-        loss = loss_fn(logits, to_device(yb, device))
         run.optimizer.zero_grad()
-        if comm.size > 1:
-            loss = loss * (len(yb) / len(idx))  # this process's part of the global batch's mean loss
+        if comm.size > 1 and len(yb) == 0:
+            # A last batch smaller than the processes leaves this one nothing: it adds zeros to the sums.
+            for p in params:
+                p.grad = p.data * 0
+            total = params[0].data.reshape(-1)[:1] * 0
+            comm.allreduce_sum([p.grad for p in params] + [total])
+            loss_value = float(total[0])
+            logits = None
+        elif comm.size > 1:
+            logits = run.model(to_device(xb, device))
+            loss = loss_fn(logits, to_device(yb, device)) * (len(yb) / len(idx))  # its part of the batch's mean
             loss.backward()
             for p in params:
                 if p.grad is None:  # a parameter this batch did not reach still takes part in the sum
@@ -287,6 +304,8 @@ def _run_epoch(run: "Run", epoch: int, x_train, y_train, device, loss_fn, bar):
             comm.allreduce_sum([p.grad for p in params] + [total])  # in place
             loss_value = float(total[0])
         else:
+            logits = run.model(to_device(xb, device))
+            loss = loss_fn(logits, to_device(yb, device))
             loss.backward()
             loss_value = float(loss)
         if not math.isfinite(loss_value):
@@ -296,7 +315,8 @@ def _run_epoch(run: "Run", epoch: int, x_train, y_train, device, loss_fn, bar):
         if run.scheduler is not None:
             run.scheduler.step()
         running_loss += loss_value * len(idx)
-        correct += int((logits.numpy().argmax(axis=1) == yb).sum())
+        if logits is not None:
+            correct += int((logits.numpy().argmax(axis=1) == yb).sum())
         seen += len(idx)
         if bar is not None:
             bar.update()
@@ -352,6 +372,7 @@ def train(data: Dataset, config: TrainConfig | None = None, *, device: str = "cp
                 running_loss, correct, seen, loss_value = _run_epoch(run, epoch, x_train, data.y_train, device,
                                                                      loss_fn, bar)
             seconds = time.perf_counter() - start
+            run.average_buffers()
             test_accuracy, test_loss = evaluate(run.model, x_test, data.y_test, device, loss_fn=loss_fn, comm=comm)
             epoch_times.append(seconds)
             record = {"epoch": epoch, "train_loss": running_loss / seen, "train_accuracy": correct / seen,

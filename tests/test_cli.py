@@ -268,3 +268,18 @@ def test_version_help_and_python_m_gpuconv(capsys):
 def test_no_progress_bar_when_stderr_is_not_a_terminal(capsys):
     rc, out, err = train(capsys, "--epochs", 1)
     assert rc == 0 and err == ""
+
+
+def test_resuming_a_finished_run_only_writes_its_weights(capsys, tmp_path):
+    assert train(capsys, "--epochs", 1, "--checkpoint-dir", tmp_path / "ck")[0] == 0
+    rc, out, err = train(capsys, "--resume", tmp_path / "ck", "--epochs", 1, "--save", tmp_path / "w.npz")
+    assert rc == 0, err
+    assert not re.search(r"^epoch +\d", out, re.M)  # nothing left to train
+    assert nn.read_metadata(tmp_path / "w.npz")["result"]["epochs"] == 1
+
+
+def test_predict_refuses_an_empty_file(capsys, trained, tmp_path):
+    _, weights = trained
+    np.save(tmp_path / "none.npy", np.zeros((0, 8, 8), np.float32))
+    rc, out, err = run(capsys, "predict", "--weights", weights, "--images", tmp_path / "none.npy")
+    assert rc == 2 and "holds no images" in err

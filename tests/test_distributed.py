@@ -129,3 +129,36 @@ def test_nccl_all_reduce_and_broadcast_pass_each_bucket_by_pointer_size_and_type
     assert calls[2:] == [("bcast", 8, "F32", 0), ("bcast", 1, "I64", 0)]
     with pytest.raises(TypeError, match="NCCL all-reduce of int8 arrays is not supported"):
         comm.allreduce_sum([np.zeros(2, np.int8)])
+
+
+def tiny_npz(path, n=7):
+    rng = np.random.default_rng(3)
+    np.savez(path, x_train=rng.random((n, 8, 8)).astype(np.float32), y_train=np.arange(n) % 2,
+             x_test=rng.random((4, 8, 8)).astype(np.float32), y_test=np.arange(4) % 2)
+    return path
+
+
+@needs_mpi
+def test_a_last_batch_smaller_than_the_processes_leaves_one_empty_and_still_matches(tmp_path):
+    """7 images in batches of 3: the last batch has 1 image, so rank 0 gets none in that step."""
+    data = tiny_npz(tmp_path / "tiny.npz")
+    args = ("train", "--device", "cpu", "--data", data, "--batch-size", 3, "--epochs", 2)
+    one, two = gpuconv(*args, "--save", tmp_path / "one.npz"), gpuconv(*args, "--nproc", 2, "--save", tmp_path / "two.npz")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    w1, w2 = nn.load_arrays(tmp_path / "one.npz"), nn.load_arrays(tmp_path / "two.npz")
+    for name in w1:
+        if name != nn.module.METADATA:
+            np.testing.assert_allclose(w2[name], w1[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@needs_mpi
+def test_batch_norm_running_statistics_are_one_models_on_every_rank(tmp_path):
+    """With BatchNorm each rank's batches move its own statistics; they are averaged after every epoch, so the
+    accuracy printed is that of the weights saved (which eval recomputes from the file)."""
+    data = tiny_npz(tmp_path / "tiny.npz", n=16)
+    two = gpuconv("train", "--device", "cpu", "--data", data, "--model", "resnet8", "--batch-size", 8, "--epochs", 2,
+                  "--nproc", 2, "--save", tmp_path / "w.npz")
+    assert two.returncode == 0, two.stderr
+    printed = FINAL.search(two.stdout)["acc"]
+    evaluated = gpuconv("eval", "--weights", tmp_path / "w.npz", "--device", "cpu")
+    assert f"accuracy {printed}% on 4 images" in evaluated.stdout, (two.stdout, evaluated.stdout)
