@@ -279,7 +279,7 @@ def _predict(args) -> int:
 def _info(args) -> int:
     from .cuda.info import collect_info, format_info
 
-    def progress(file, index, count):  # only files that must really be compiled are reported
+    def progress(file, index, count):  # files answered from a cache are not reported
         print(f"gpuconv info: compiling kernels/{file} ({index}/{count})...", file=sys.stderr, flush=True)
 
     print(format_info(collect_info(progress=progress)))

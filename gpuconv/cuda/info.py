@@ -7,7 +7,7 @@ disk cache makes a second check fast), otherwise with NVRTC from cuda-bindings f
 ``FALLBACK_ARCH`` (no GPU needed); NVRTC's verdict is cached in ``info-v1.json`` beside
 the autotuner's cache, keyed by the compiled text, the architecture and NVRTC's version,
 so a second ``gpuconv info`` answers at once. ``progress(file, index, count)`` is told of
-each file that must really be compiled.
+each file before it is compiled (on a GPU: every file, which CuPy may then load from its cache).
 """
 from __future__ import annotations
 
