@@ -23,8 +23,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import telemetry
-from .report import _telemetry_line, _versions, fmt, md_table, write_json
+from . import report, telemetry
+from .report import _telemetry_line, _versions, fmt, md_table
 from .run import RESULTS_DIR, _blas_threads, environment, resolve_device
 from .timing import summarize
 
@@ -384,18 +384,8 @@ def write_plot(result: dict, path) -> Path | None:
 
 
 def write_outputs(result: dict, prefix) -> list:
-    """<prefix>.json, <prefix>.md and, with matplotlib, <prefix>.png; returns the paths written."""
-    prefix = Path(prefix)
-    if prefix.suffix in (".json", ".md", ".png"):
-        prefix = prefix.with_suffix("")
-    written = [write_json(result, prefix.with_name(prefix.name + ".json"))]
-    md = prefix.with_name(prefix.name + ".md")
-    md.write_text(render_markdown(result))
-    written.append(md)
-    png = write_plot(result, prefix.with_name(prefix.name + ".png"))
-    if png is not None:
-        written.append(png)
-    return written
+    """<prefix>.json, <prefix>.md and, with matplotlib, <prefix>.png (the kernel runs' writer); the paths."""
+    return report.write_outputs(result, prefix, markdown=render_markdown, plot=write_plot)
 
 
 def add_parser(sub) -> None:

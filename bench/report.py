@@ -291,16 +291,19 @@ def write_plot(result: dict, path) -> Path | None:
     return path
 
 
-def write_outputs(result: dict, prefix) -> list:
-    """<prefix>.json, <prefix>.md and, with matplotlib, <prefix>.png; returns the paths written."""
+def write_outputs(result: dict, prefix, markdown=None, plot=None) -> list:
+    """<prefix>.json, <prefix>.md and, with matplotlib, <prefix>.png; returns the paths written.
+
+    ``markdown`` and ``plot`` render another kind of result (``bench net``'s); default: a kernel run's.
+    """
     prefix = Path(prefix)
     if prefix.suffix in (".json", ".md", ".png"):
         prefix = prefix.with_suffix("")
     written = [write_json(result, prefix.with_name(prefix.name + ".json"))]
     md = prefix.with_name(prefix.name + ".md")
-    md.write_text(render_markdown(result))
+    md.write_text((markdown or render_markdown)(result))
     written.append(md)
-    png = write_plot(result, prefix.with_name(prefix.name + ".png"))
+    png = (plot or write_plot)(result, prefix.with_name(prefix.name + ".png"))
     if png is not None:
         written.append(png)
     return written
