@@ -13,7 +13,8 @@ import numpy as np
 
 from . import reference
 from ._backend import array_module
-from ._shapes import ConvGeometry, PoolGeometry, accumulation_dtype, check_float_dtype, check_same_dtype
+from ._shapes import (ConvGeometry, PoolGeometry, accumulation_dtype, check_float_dtype, check_same_dtype,
+                      pad_bottom_right)
 from .cuda import plan, registry
 
 #: Algorithms each device accepts. On the CPU "auto" is the fast path and
@@ -128,6 +129,37 @@ def conv2d_grad_bias(grad_output):
     # Contiguous as in every other pass: the summation order, and so the rounding, then does not depend on
     # the memory layout of grad_output.
     return _contiguous(xp, grad_output).sum(axis=(0, 2, 3), dtype=acc).astype(dtype, copy=False)
+
+
+# -------------------------------------------------- transposed convolution ---
+# A transposed convolution is the input gradient of the convolution g (``_shapes.conv_transpose_geometry``)
+# whose output x is: forward runs g's dgrad, its input gradient g's fprop, its weight gradient g's wgrad with
+# x in the role of g's output gradient. The autograd function and the PyTorch bridge both run these.
+
+def _transpose_args(g: ConvGeometry, algo: str) -> dict:
+    return dict(stride=g.stride, padding=g.pad, dilation=g.dilation, groups=g.groups, algo=algo)
+
+
+def _as_transpose_input(x, g: ConvGeometry):
+    """x with the rows and columns g's output has beyond x's (output_padding >= stride), as zeros."""
+    return pad_bottom_right(array_module(x=x), x, g.P - x.shape[2], g.Q - x.shape[3])
+
+
+def conv_transpose2d_forward(x, weight, bias, g: ConvGeometry, algo: str = "auto"):
+    """y (N, C_out, H_out, W_out) = g's dgrad of x (N, C_in, H, W) with weight (C_in, C_out/groups, kH, kW)."""
+    y = conv2d_grad_input(_as_transpose_input(x, g), weight, g.input_shape, **_transpose_args(g, algo))
+    return y if bias is None else y + bias.reshape(1, -1, 1, 1)
+
+
+def conv_transpose2d_grad_input(grad_output, weight, g: ConvGeometry, input_hw, algo: str = "auto"):
+    """d loss / d x of ``conv_transpose2d_forward``: g's fprop of the output gradient, cut to x's H x W."""
+    h, w = input_hw
+    return conv2d(grad_output, weight, None, **_transpose_args(g, algo))[:, :, :h, :w]
+
+
+def conv_transpose2d_grad_weight(grad_output, x, g: ConvGeometry, weight_shape, algo: str = "auto"):
+    """d loss / d weight of ``conv_transpose2d_forward``: g's wgrad, x standing for g's output gradient."""
+    return conv2d_grad_weight(grad_output, _as_transpose_input(x, g), weight_shape, **_transpose_args(g, algo))
 
 
 # ---------------------------------------------------------------- pooling ---

@@ -44,8 +44,8 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
 from torch.autograd.function import once_differentiable
 
 from . import functional as arrays
-from ._backend import array_module, require_cuda
-from ._shapes import conv_transpose_geometry, pad_bottom_right
+from ._backend import require_cuda
+from ._shapes import conv_transpose_geometry
 
 #: Every dtype gpuconv.torch knows, and whether gpuconv computes in it: None where it does, else why not.
 #: The one dtype rule of the bridge (bfloat16 joins with its kernels); torch.autocast falls back to float32
@@ -232,17 +232,12 @@ class _ConvTranspose2d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, g, algo):
-        args = dict(stride=g.stride, padding=g.pad, dilation=g.dilation, groups=g.groups, algo=algo)
         with _running_on(x.device):
-            xa, wa = _as_array(x), _as_array(weight)
-            xa = pad_bottom_right(array_module(x=xa), xa, g.P - x.shape[2], g.Q - x.shape[3])
-            y = arrays.conv2d_grad_input(xa, wa, g.input_shape, **args)
-            if bias is not None:
-                y = y + _as_array(bias).reshape(1, -1, 1, 1)
-            y = _as_tensor(y)
+            y = _as_tensor(arrays.conv_transpose2d_forward(_as_array(x), _as_array(weight), _as_array(bias), g,
+                                                           algo))
         need_x, need_w = ctx.needs_input_grad[:2]
         ctx.save_for_backward(x if need_w else None, weight if need_x else None)
-        ctx.g, ctx.args, ctx.input_hw, ctx.weight_shape = g, args, tuple(x.shape[2:]), tuple(weight.shape)
+        ctx.g, ctx.algo, ctx.input_hw, ctx.weight_shape = g, algo, tuple(x.shape[2:]), tuple(weight.shape)
         return y
 
     @staticmethod
@@ -250,18 +245,13 @@ class _ConvTranspose2d(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        (H, W), g = ctx.input_hw, ctx.g
         with _running_on(grad.device):
             dy = _as_array(grad)
-            dx = dw = db = None
-            if need_x:
-                dx = arrays.conv2d(dy, _as_array(weight), None, **ctx.args)[:, :, :H, :W]
-            if need_w:
-                xa = _as_array(x)
-                xa = pad_bottom_right(array_module(x=xa), xa, g.P - H, g.Q - W)
-                dw = arrays.conv2d_grad_weight(dy, xa, ctx.weight_shape, **ctx.args)
-            if need_b:
-                db = arrays.conv2d_grad_bias(dy)
+            dx = arrays.conv_transpose2d_grad_input(dy, _as_array(weight), ctx.g, ctx.input_hw, ctx.algo) \
+                if need_x else None
+            dw = arrays.conv_transpose2d_grad_weight(dy, _as_array(x), ctx.g, ctx.weight_shape, ctx.algo) \
+                if need_w else None
+            db = arrays.conv2d_grad_bias(dy) if need_b else None
             return _as_tensor(dx), _as_tensor(dw), _as_tensor(db), None, None
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import functional as arrays
 from .._backend import array_module
-from .._shapes import check_float_dtype, check_same_dtype, conv_transpose_geometry, pad_bottom_right
+from .._shapes import check_float_dtype, check_same_dtype, conv_transpose_geometry
 from ..autograd import Function, Tensor, as_array
 from ..ops import flatten  # noqa: F401  (torch.flatten's place in this namespace)
 from . import init
@@ -49,27 +49,23 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 
 class _ConvTranspose2d(Function):
     """y = dgrad(x, w): the input gradient of the convolution that maps y's shape to x's
-    (``gpuconv._shapes.conv_transpose_geometry``)."""
+    (``gpuconv._shapes.conv_transpose_geometry``; the array-level passes are ``gpuconv.functional``'s)."""
 
     def forward(self, x, weight, bias):
-        xp = array_module(x=x, weight=weight, bias=bias)
+        array_module(x=x, weight=weight, bias=bias)
         check_same_dtype(x=x, weight=weight, bias=bias)
-        g = conv_transpose_geometry(x.shape, weight.shape, self.stride, self.padding, self.output_padding,
-                                    self.dilation, self.groups)
-        self.args = dict(stride=g.stride, padding=g.pad, dilation=g.dilation, groups=g.groups, algo=self.algo)
-        self.input_hw = x.shape[2:]
-        x = pad_bottom_right(xp, x, g.P - x.shape[2], g.Q - x.shape[3])
+        self.g = conv_transpose_geometry(x.shape, weight.shape, self.stride, self.padding, self.output_padding,
+                                         self.dilation, self.groups)
         self.saved = (x if self.needs_input_grad[1] else None, weight if self.needs_input_grad[0] else None)
-        self.output_shape, self.weight_shape = g.input_shape, weight.shape
-        y = arrays.conv2d_grad_input(x, weight, self.output_shape, **self.args)
-        return y if bias is None else y + bias.reshape(1, -1, 1, 1)
+        self.input_hw, self.weight_shape = x.shape[2:], weight.shape
+        return arrays.conv_transpose2d_forward(x, weight, bias, self.g, self.algo)
 
     def backward(self, grad):
         x, weight = self.saved
         need_x, need_w, need_b = self.needs_input_grad
-        H, W = self.input_hw
-        return (arrays.conv2d(grad, weight, None, **self.args)[:, :, :H, :W] if need_x else None,
-                arrays.conv2d_grad_weight(grad, x, self.weight_shape, **self.args) if need_w else None,
+        g, algo = self.g, self.algo
+        return (arrays.conv_transpose2d_grad_input(grad, weight, g, self.input_hw, algo) if need_x else None,
+                arrays.conv_transpose2d_grad_weight(grad, x, g, self.weight_shape, algo) if need_w else None,
                 arrays.conv2d_grad_bias(grad) if need_b else None)
 
 
