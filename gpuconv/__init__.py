@@ -16,22 +16,37 @@ from ._backend import (  # noqa: E402
 from ._shapes import ConvGeometry, PoolGeometry  # noqa: E402
 from .autograd import Tensor, enable_grad, is_grad_enabled, no_grad, tensor  # noqa: E402
 from .functional import (  # noqa: E402
+    adaptive_avg_pool1d,
+    adaptive_avg_pool2d,
+    adaptive_max_pool1d,
+    adaptive_max_pool2d,
+    avg_pool1d,
     avg_pool2d,
     avg_pool2d_grad,
+    conv1d,
     conv2d,
     conv2d_grad_bias,
     conv2d_grad_input,
     conv2d_grad_weight,
+    conv_transpose2d,
+    global_avg_pool2d,
+    global_max_pool2d,
+    max_pool1d,
     max_pool2d,
     max_pool2d_grad,
+    max_unpool1d,
+    max_unpool2d,
+    pad,
 )
 from .ops import cat, stack  # noqa: E402
 from . import nn, optim  # noqa: E402
 from .checkpoint import load, save  # noqa: E402
 
 __all__ = [
-    "__version__", "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias",
-    "max_pool2d", "max_pool2d_grad", "avg_pool2d", "avg_pool2d_grad", "ConvGeometry", "PoolGeometry",
+    "__version__", "conv1d", "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias",
+    "conv_transpose2d", "pad", "max_pool1d", "max_pool2d", "max_pool2d_grad", "avg_pool1d", "avg_pool2d",
+    "avg_pool2d_grad", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool1d", "adaptive_max_pool2d",
+    "global_avg_pool2d", "global_max_pool2d", "max_unpool1d", "max_unpool2d", "ConvGeometry", "PoolGeometry",
     "CUDAUnavailableError", "GPUOutOfMemoryError", "cuda_available", "cuda_unavailable_reason", "to_device",
     "Tensor", "tensor", "no_grad", "enable_grad", "is_grad_enabled", "cat", "stack", "save", "load",
     "nn", "optim",

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PADDING_STRINGS = ("valid", "same", "full")
+PADDING_STRINGS = ("valid", "same", "same_upper", "same_lower", "full")
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+#: The integer dtypes max pooling's forward pass takes (on every device; it only compares).
+INTEGER_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.int8, np.int16, np.int32, np.int64))
 
 
 def _is_int(value) -> bool:
@@ -32,6 +34,32 @@ def pair(value, name: str, minimum: int = 1) -> tuple[int, int]:
     return result
 
 
+def line_as_plane(value, name: str, fill: int = 1):
+    """A 1-D operation's kernel_size / stride / dilation (an int or a 1-tuple) as its 2-D one over a 1-row
+    plane: (fill, value). None stays None (a pooling stride defaulting to the kernel)."""
+    if value is None:
+        return None
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int (or a 1-tuple) for a 1-D operation, got {value!r}")
+    return (fill, int(value))
+
+
+def line_padding_as_plane(padding):
+    """A 1-D operation's padding as the 2-D one of its 1-row plane: an int or (p,) pads both ends, a pair is
+    (left, right), a string ("same", "valid", ...) applies along the line (a 1-tap axis needs none)."""
+    if isinstance(padding, str):
+        return padding
+    if isinstance(padding, (tuple, list)) and len(padding) == 1:
+        padding = padding[0]
+    if _is_int(padding):
+        return (0, 0, int(padding), int(padding))
+    if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(_is_int(p) for p in padding):
+        return (0, 0, int(padding[0]), int(padding[1]))
+    raise TypeError(f"padding of a 1-D operation must be an int, (left, right) or a string, got {padding!r}")
+
+
 def _check_shape(shape, ndim: int, name: str, layout: str) -> tuple[int, ...]:
     if not all(_is_int(s) for s in shape):  # int(6.5) would silently truncate a bad shape
         raise TypeError(f"{name} shape must hold ints, got {tuple(shape)!r}")
@@ -46,7 +74,9 @@ def resolve_padding(padding, in_hw, kernel_hw, stride, dilation) -> tuple[int, i
 
     Accepts an int, a pair (pad_h, pad_w), a 4-tuple (top, bottom, left, right),
     or "valid", "same" (TensorFlow's rule: output ceil(H / stride), the odd pixel
-    on the bottom/right) and "full" (dilation * (k - 1) on every side).
+    on the bottom/right; ONNX's SAME_UPPER, also spelled "same_upper"), "same_lower"
+    (ONNX's SAME_LOWER: the odd pixel on the top/left) and "full" (dilation * (k - 1)
+    on every side).
     """
     if isinstance(padding, str):
         mode = padding.lower()
@@ -55,12 +85,13 @@ def resolve_padding(padding, in_hw, kernel_hw, stride, dilation) -> tuple[int, i
         if mode == "full":
             ph, pw = (d * (k - 1) for d, k in zip(dilation, kernel_hw))
             return (ph, ph, pw, pw)
-        if mode == "same":
+        if mode in ("same", "same_upper", "same_lower"):
             pads = []
             for size, k, s, d in zip(in_hw, kernel_hw, stride, dilation):
                 out = ceil_div(size, s)
                 total = max((out - 1) * s + d * (k - 1) + 1 - size, 0)
-                pads += [total // 2, total - total // 2]
+                small, large = total // 2, total - total // 2
+                pads += [large, small] if mode == "same_lower" else [small, large]
             return tuple(pads)
         raise ValueError(f"padding must be an int, a pair, a 4-tuple or one of {PADDING_STRINGS}, "
                          f"got unknown padding string {padding!r}")
@@ -91,6 +122,21 @@ def check_float_dtype(array, name: str) -> np.dtype:
     dtype = np.dtype(array.dtype)
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have a floating dtype (float16, float32 or float64), got {dtype}")
+    return dtype
+
+
+def check_pool_dtype(array, name: str, integers: bool) -> np.dtype:
+    """A floating dtype, or with ``integers`` (max pooling's forward pass) also one of ``INTEGER_DTYPES``."""
+    dtype = np.dtype(array.dtype)
+    if integers and dtype in INTEGER_DTYPES:
+        return dtype
+    if not integers and dtype in INTEGER_DTYPES:
+        raise TypeError(f"{name} has the integer dtype {dtype}: only max pooling's forward pass takes integers "
+                        f"(average pooling and every gradient need float16, float32 or float64)")
+    if dtype not in FLOAT_DTYPES:
+        kinds = "a floating or integer dtype (" + ", ".join(str(d) for d in FLOAT_DTYPES + INTEGER_DTYPES) + ")" \
+            if integers else "a floating dtype (float16, float32 or float64)"
+        raise TypeError(f"{name} must have {kinds}, got {dtype}")
     return dtype
 
 
@@ -243,47 +289,90 @@ def conv_output_size(size: int, kernel: int, stride: int, total_pad: int, dilati
     return (size + total_pad - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def pool_output_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool) -> int:
-    """PyTorch's rule, including dropping a last window that would start in the padding."""
-    numerator = size + 2 * pad - kernel + ((stride - 1) if ceil_mode else 0)
+def pool_output_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool, dilation: int = 1,
+                     pad_end: int | None = None) -> int:
+    """PyTorch's rule, including dropping a last window that would start in the padding after the input;
+    ``pad`` is the padding before the input and ``pad_end`` (default: ``pad``) the padding after it."""
+    pad_end = pad if pad_end is None else pad_end
+    numerator = size + pad + pad_end - dilation * (kernel - 1) - 1 + ((stride - 1) if ceil_mode else 0)
     out = numerator // stride + 1
     if ceil_mode and (out - 1) * stride >= size + pad:
         out -= 1
     return out
 
 
+def _output_sizes(output_size, input_hw, what: str) -> tuple[int, ...]:
+    """An adaptive pooling's output_size (an int, or one entry per dimension, None keeping that input size)."""
+    n = len(input_hw)
+    sizes = (output_size,) * n if output_size is None or _is_int(output_size) else output_size
+    if not isinstance(sizes, (tuple, list)) or len(sizes) != n:
+        raise TypeError(f"{what}: output_size must be an int or {n} ints (None keeps an input size), "
+                        f"got {output_size!r}")
+    sizes = tuple(size if s is None else s for s, size in zip(sizes, input_hw))
+    if not all(_is_int(s) for s in sizes) or min(sizes) < 1:
+        raise ValueError(f"{what}: output_size must hold positive ints (or None), got {output_size!r}")
+    return tuple(int(s) for s in sizes)
+
+
 @dataclass(frozen=True)
 class PoolGeometry:
-    """A 2-D pooling window over input (N, C, H, W) giving output (N, C, P, Q)."""
+    """A 2-D pooling window over input (N, C, H, W) giving output (N, C, P, Q).
+
+    Window (p, q) reads taps (i, j) < kernel at rows p * stride_h - pad_top + i * dilation_h and columns
+    q * stride_w - pad_left + j * dilation_w. A tap outside the input is padding: it never wins a maximum and
+    adds nothing to a sum; padding may exceed half the kernel (ONNX allows it), so a window may hold no input
+    pixel at all. An adaptive geometry (``PoolGeometry.adaptive``) has PyTorch's adaptive bins instead: row
+    bin p covers [floor(p * H / P), ceil((p + 1) * H / P)), ``kernel`` being the longest bin.
+    ``taps`` gives every window's taps, the one definition the reference, the fast path and the kernels follow.
+    """
     N: int
     C: int
     H: int
     W: int
     kernel: tuple[int, int]
     stride: tuple[int, int]
-    pad: tuple[int, int]  # symmetric (pad_h, pad_w), as PyTorch pools take it
+    pad: tuple[int, int, int, int]  # top, bottom, left, right
     P: int
     Q: int
-    ceil_mode: bool
+    ceil_mode: bool = False
+    dilation: tuple[int, int] = (1, 1)
+    is_adaptive: bool = False
 
     @classmethod
-    def create(cls, input_shape, kernel_size, stride=None, padding=0, ceil_mode=False) -> "PoolGeometry":
+    def create(cls, input_shape, kernel_size, stride=None, padding=0, ceil_mode=False,
+               dilation=1) -> "PoolGeometry":
+        """``padding``: an int, a pair (pad_h, pad_w), (top, bottom, left, right), "valid", "same" / "same_upper"
+        (the odd pixel bottom/right) or "same_lower" (top/left), as for convolutions."""
         N, C, H, W = _check_shape(input_shape, 4, "input", "N, C, H, W")
-        if min(C, H, W) < 1:
+        if min(C, H, W) < 1 or N < 0:
             raise ValueError(f"input shape {tuple(input_shape)} has an empty channel or spatial dimension")
         kernel = pair(kernel_size, "kernel_size")
         stride = kernel if stride is None else pair(stride, "stride")
-        pad = pair(padding, "padding", minimum=0)
-        for p, k in zip(pad, kernel):
-            if p > k // 2:
-                raise ValueError(f"padding must be at most half the kernel size, got padding={padding!r} "
-                                 f"for kernel_size={kernel_size!r}")
-        P = pool_output_size(H, kernel[0], stride[0], pad[0], bool(ceil_mode))
-        Q = pool_output_size(W, kernel[1], stride[1], pad[1], bool(ceil_mode))
+        dilation = pair(dilation, "dilation")
+        if isinstance(ceil_mode, str) or not isinstance(ceil_mode, (bool, np.bool_, int)):
+            raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
+        pad = resolve_padding(padding, (H, W), kernel, stride, dilation)
+        P = pool_output_size(H, kernel[0], stride[0], pad[0], bool(ceil_mode), dilation[0], pad[1])
+        Q = pool_output_size(W, kernel[1], stride[1], pad[2], bool(ceil_mode), dilation[1], pad[3])
         if P < 1 or Q < 1:
-            raise ValueError(f"pooling window {kernel} larger than the padded input "
-                             f"{H + 2 * pad[0]}x{W + 2 * pad[1]}")
-        return cls(N, C, H, W, kernel, stride, pad, P, Q, bool(ceil_mode))
+            spread = "" if dilation == (1, 1) else f" (dilation {dilation})"
+            raise ValueError(f"pooling window {kernel}{spread} larger than the padded input "
+                             f"{H + pad[0] + pad[1]}x{W + pad[2] + pad[3]}")
+        return cls(N, C, H, W, kernel, stride, pad, P, Q, bool(ceil_mode), dilation)
+
+    @classmethod
+    def adaptive(cls, input_shape, output_size, what: str = "adaptive pooling") -> "PoolGeometry":
+        """PyTorch's adaptive pooling to ``output_size``; sizes that divide the input are ordinary pooling
+        (kernel = stride = H / P), so every path runs them as such."""
+        N, C, H, W = _check_shape(input_shape, 4, "input", "N, C, H, W")
+        if min(C, H, W) < 1 or N < 0:
+            raise ValueError(f"input shape {tuple(input_shape)} has an empty channel or spatial dimension")
+        P, Q = _output_sizes(output_size, (H, W), what)
+        if H % P == 0 and W % Q == 0:
+            return cls.create(input_shape, (H // P, W // Q))
+        longest = tuple(max(ceil_div((i + 1) * size, out) - i * size // out for i in range(out))
+                        for size, out in ((H, P), (W, Q)))
+        return cls(N, C, H, W, longest, (1, 1), (0, 0, 0, 0), P, Q, is_adaptive=True)
 
     @property
     def input_shape(self):
@@ -293,20 +382,32 @@ class PoolGeometry:
     def output_shape(self):
         return (self.N, self.C, self.P, self.Q)
 
-    def window(self, p: int, q: int, count_include_pad: bool = True):
-        """(h0, h1, w0, w1, divisor) of output pixel (p, q), clipped to the input.
+    def taps(self, axis: int):
+        """Rows (axis 0) or columns (axis 1) of every window's taps: ``(position, real, counted)``, each of
+        shape (P, kernel_h) (or (Q, kernel_w)). ``position`` is the input row a tap reads, ``real`` whether it
+        lies in the input, ``counted`` whether average pooling's count_include_pad divisor counts it (in the
+        input or its padding; PyTorch clips ceil_mode windows at the end of the padding)."""
+        size, out, k = (self.H, self.P, self.kernel[0]) if axis == 0 else (self.W, self.Q, self.kernel[1])
+        i = np.arange(k)
+        p = np.arange(out)[:, None]
+        if self.is_adaptive:
+            start, stop = p * size // out, -(-(p + 1) * size // out)
+            position = start + i
+            real = position < stop
+            return position, real, real
+        stride, dilation = self.stride[axis], self.dilation[axis]
+        pad_begin, pad_end = self.pad[2 * axis], self.pad[2 * axis + 1]
+        position = p * stride - pad_begin + i * dilation
+        return position, (position >= 0) & (position < size), position < size + pad_end
 
-        The divisor follows PyTorch's avg_pool2d: with count_include_pad the
-        window is clipped to the padded input, otherwise to the input itself.
-        """
-        h0 = p * self.stride[0] - self.pad[0]
-        w0 = q * self.stride[1] - self.pad[1]
-        h1 = min(h0 + self.kernel[0], self.H + self.pad[0])
-        w1 = min(w0 + self.kernel[1], self.W + self.pad[1])
-        padded_count = (h1 - h0) * (w1 - w0)
-        h0, w0, h1, w1 = max(h0, 0), max(w0, 0), min(h1, self.H), min(w1, self.W)
-        divisor = padded_count if count_include_pad else (h1 - h0) * (w1 - w0)
-        return h0, h1, w0, w1, divisor
+    def divisors(self, count_include_pad: bool = True, divisor_override: int | None = None) -> np.ndarray:
+        """Average pooling's divisor of every window, (P, Q) ints: ``divisor_override`` when given, else its
+        counted taps (count_include_pad) or its real ones; 0 for a window with none (its average is 0)."""
+        if divisor_override is not None:
+            return np.full((self.P, self.Q), divisor_override, dtype=np.int64)
+        pick = 2 if count_include_pad else 1
+        rows, cols = self.taps(0)[pick].sum(axis=1), self.taps(1)[pick].sum(axis=1)
+        return rows[:, None] * cols[None, :]
 
     def check_output(self, grad_output, name: str = "grad_output") -> None:
         if tuple(grad_output.shape) != self.output_shape:
@@ -319,4 +420,5 @@ def ceil_div(a: int, b: int) -> int:
 
 
 __all__ = ["ConvGeometry", "PoolGeometry", "pair", "resolve_padding", "conv_output_size",
-           "pool_output_size", "accumulation_dtype", "check_float_dtype", "check_same_dtype", "ceil_div"]
+           "pool_output_size", "accumulation_dtype", "check_float_dtype", "check_pool_dtype", "check_same_dtype",
+           "ceil_div", "FLOAT_DTYPES", "INTEGER_DTYPES", "line_as_plane", "line_padding_as_plane"]

@@ -51,7 +51,8 @@ import threading
 
 import numpy as np
 
-from ._shapes import ConvGeometry, accumulation_dtype, ceil_div
+from . import reference
+from ._shapes import ConvGeometry, PoolGeometry, accumulation_dtype, ceil_div
 
 # ------------------------------------------------------------- workspace ---
 
@@ -703,6 +704,90 @@ def _pointwise_grad_weight(x, dy, g, acc):
     return dw.reshape(g.weight_shape)
 
 
-__all__ = ["conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight", "set_workspace_limit",
+# ---------------------------------------------------------------- pooling ---
+# The reference gathers every window through index tables; here a tap of a regular geometry is one strided
+# slice of the padded input (the backward pass adds it back the same way), several times faster. Adaptive
+# geometries, whose bins are not strided, run the reference. The rules (first_max, divisors) are the
+# reference's own.
+
+def _padded_extent(g: PoolGeometry):
+    """(rows, cols) of the padded input every tap of every window lies in."""
+    (kh, kw), (sh, sw), (dh, dw), (pt, _, pl, _) = g.kernel, g.stride, g.dilation, g.pad
+    return (max((g.P - 1) * sh + (kh - 1) * dh + 1, pt + g.H), max((g.Q - 1) * sw + (kw - 1) * dw + 1, pl + g.W))
+
+
+def _tap_slices(g: PoolGeometry):
+    (kh, kw), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
+    for i in range(kh):
+        for j in range(kw):
+            yield (slice(None), slice(None), slice(i * dh, i * dh + (g.P - 1) * sh + 1, sh),
+                   slice(j * dw, j * dw + (g.Q - 1) * sw + 1, sw))
+
+
+def _windows(x: np.ndarray, g: PoolGeometry, fill) -> np.ndarray:
+    rows, cols = _padded_extent(g)
+    pt, pl = g.pad[0], g.pad[2]
+    img = np.full(x.shape[:2] + (rows, cols), fill, dtype=x.dtype)
+    img[:, :, pt:pt + g.H, pl:pl + g.W] = x
+    win = np.empty(x.shape[:2] + (g.P, g.Q, g.kernel[0] * g.kernel[1]), dtype=x.dtype)
+    for tap, where in enumerate(_tap_slices(g)):
+        win[..., tap] = img[where]
+    return win
+
+
+def _scatter(grad_win: np.ndarray, g: PoolGeometry) -> np.ndarray:
+    rows, cols = _padded_extent(g)
+    pt, pl = g.pad[0], g.pad[2]
+    img = np.zeros((g.N, g.C, rows, cols), dtype=grad_win.dtype)
+    for tap, where in enumerate(_tap_slices(g)):
+        img[where] += grad_win[..., tap]
+    return img[:, :, pt:pt + g.H, pl:pl + g.W]
+
+
+def max_pool2d_forward(x: np.ndarray, g: PoolGeometry, return_indices: bool = False):
+    if g.is_adaptive or return_indices:
+        return reference.max_pool2d_forward(x, g, return_indices)
+    # The first maximum's value is the window's maximum: np.max propagates NaN, padding holds the lowest value.
+    return _windows(x, g, reference.lowest(x.dtype)).max(axis=-1)
+
+
+def max_pool2d_grad(grad_output: np.ndarray, x: np.ndarray, g: PoolGeometry) -> np.ndarray:
+    if g.is_adaptive:
+        return reference.max_pool2d_grad(grad_output, x, g)
+    win = _windows(x, g, reference.lowest(x.dtype))
+    tap, has_pixel = reference.first_max(win, reference.real_taps(g))
+    grad_win = np.zeros(win.shape, dtype=grad_output.dtype)
+    np.put_along_axis(grad_win, tap[..., None], np.where(has_pixel, grad_output, 0)[..., None], axis=-1)
+    return _scatter(grad_win, g)
+
+
+def avg_pool2d_forward(x: np.ndarray, g: PoolGeometry, count_include_pad: bool = True,
+                       divisor_override: int | None = None) -> np.ndarray:
+    if g.is_adaptive:
+        return reference.avg_pool2d_forward(x, g, count_include_pad, divisor_override)
+    acc = accumulation_dtype(x.dtype)
+    sums = _windows(x.astype(acc, copy=False), g, 0).sum(axis=-1)
+    divisors = g.divisors(count_include_pad, divisor_override).astype(acc)
+    return np.divide(sums, divisors, out=np.zeros_like(sums), where=divisors != 0)
+
+
+def avg_pool2d_grad(grad_output: np.ndarray, g: PoolGeometry, count_include_pad: bool = True,
+                    divisor_override: int | None = None) -> np.ndarray:
+    if g.is_adaptive:
+        return reference.avg_pool2d_grad(grad_output, g, count_include_pad, divisor_override)
+    acc = accumulation_dtype(grad_output.dtype)
+    divisors = g.divisors(count_include_pad, divisor_override).astype(acc)
+    grad = grad_output.astype(acc, copy=False)
+    share = np.divide(grad, divisors, out=np.zeros_like(grad), where=divisors != 0)
+    rows, cols = _padded_extent(g)
+    pt, pl = g.pad[0], g.pad[2]
+    img = np.zeros((g.N, g.C, rows, cols), dtype=acc)
+    for where in _tap_slices(g):  # padding taps land outside the kept part
+        img[where] += share
+    return img[:, :, pt:pt + g.H, pl:pl + g.W]
+
+
+__all__ = ["conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight", "max_pool2d_forward", "max_pool2d_grad",
+           "avg_pool2d_forward", "avg_pool2d_grad", "set_workspace_limit",
            "get_workspace_limit", "peak_workspace_bytes", "reset_peak_workspace_bytes", "release_workspace",
            "PER_SAMPLE_MIN_PIXELS", "COPY_THREADS", "PARALLEL_MIN_BYTES", "DEPTHWISE_BLOCK_BYTES"]

@@ -86,60 +86,90 @@ def conv2d_grad_weight(x: np.ndarray, grad_output: np.ndarray, g: ConvGeometry) 
 
 
 # ---------------------------------------------------------------- pooling ---
+# Every window is gathered whole through ``PoolGeometry.taps``: a tap outside the input reads a fill row /
+# column appended after the input (row H, column W), so any padding, dilation, ceil_mode window or adaptive
+# bin is the same code. The backward passes are the exact adjoint (np.add.at sums repeated taps).
 
-def _pool_windows(x: np.ndarray, g: PoolGeometry, fill: float) -> np.ndarray:
-    """x (N, C, H, W) -> windows (N, C, P, Q, kh*kw), out-of-input taps set to ``fill``."""
-    (kh, kw), (sh, sw), (ph, pw) = g.kernel, g.stride, g.pad
-    # Pad enough for ceil_mode windows that run past the bottom/right edge.
-    extra_h = max((g.P - 1) * sh + kh - g.H - ph, 0)
-    extra_w = max((g.Q - 1) * sw + kw - g.W - pw, 0)
-    img = np.pad(x, [(0, 0), (0, 0), (ph, extra_h), (pw, extra_w)], constant_values=fill)
-    win = np.empty(x.shape[:2] + (g.P, g.Q, kh * kw), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            win[..., i * kw + j] = img[:, :, i:i + sh * g.P:sh, j:j + sw * g.Q:sw]
-    return win
+def _tap_index(g: PoolGeometry):
+    """(rows (P, 1, kh, 1), cols (1, Q, 1, kw)): the input pixel of every tap, H / W for a padding tap."""
+    (rows, real_rows, _), (cols, real_cols, _) = g.taps(0), g.taps(1)
+    rows, cols = np.where(real_rows, rows, g.H), np.where(real_cols, cols, g.W)
+    return rows[:, None, :, None], cols[None, :, None, :]
 
 
-def _scatter_windows(grad_win: np.ndarray, g: PoolGeometry) -> np.ndarray:
-    """The adjoint of ``_pool_windows``: sum window gradients back onto the input."""
-    (kh, kw), (sh, sw), (ph, pw) = g.kernel, g.stride, g.pad
-    extra_h = max((g.P - 1) * sh + kh - g.H - ph, 0)
-    extra_w = max((g.Q - 1) * sw + kw - g.W - pw, 0)
-    img = np.zeros((g.N, g.C, g.H + ph + extra_h, g.W + pw + extra_w), dtype=grad_win.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            img[:, :, i:i + sh * g.P:sh, j:j + sw * g.Q:sw] += grad_win[..., i * kw + j]
-    return img[:, :, ph:ph + g.H, pw:pw + g.W]
+def real_taps(g: PoolGeometry) -> np.ndarray:
+    """(P, Q, kh*kw): whether each tap of each window reads an input pixel."""
+    real_rows, real_cols = g.taps(0)[1], g.taps(1)[1]
+    return (real_rows[:, None, :, None] & real_cols[None, :, None, :]).reshape(g.P, g.Q, -1)
 
 
-def max_pool2d_forward(x: np.ndarray, g: PoolGeometry) -> np.ndarray:
-    # NaN propagates (np.max), as PyTorch's max pooling does.
-    return _pool_windows(x, g, -np.inf).max(axis=-1)
+def pool_windows(x: np.ndarray, g: PoolGeometry, fill) -> np.ndarray:
+    """x (N, C, H, W) -> windows (N, C, P, Q, kh*kw), padding taps set to ``fill``."""
+    img = np.pad(x, [(0, 0), (0, 0), (0, 1), (0, 1)], constant_values=fill)
+    rows, cols = _tap_index(g)
+    return img[:, :, rows, cols].reshape(g.N, g.C, g.P, g.Q, -1)
+
+
+def scatter_windows(grad_win: np.ndarray, g: PoolGeometry) -> np.ndarray:
+    """The adjoint of ``pool_windows``: window gradients (N, C, P, Q, kh*kw) summed back onto the input."""
+    img = np.zeros((g.N, g.C, g.H + 1, g.W + 1), dtype=grad_win.dtype)
+    rows, cols = _tap_index(g)
+    np.add.at(img, (slice(None), slice(None), rows, cols), grad_win.reshape(g.N, g.C, g.P, g.Q, *g.kernel))
+    return img[:, :, :g.H, :g.W]
+
+
+def lowest(dtype):
+    """What a padding tap holds for max pooling: -inf, or an integer dtype's minimum."""
+    dtype = np.dtype(dtype)
+    return np.iinfo(dtype).min if dtype.kind in "iu" else -np.inf
+
+
+def first_max(win: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(tap, has_pixel) of each window's maximum: the first NaN, else the first real tap holding the largest
+    value, so that when every real pixel is -inf it is the first of them, never padding (PyTorch's rule);
+    has_pixel is False for a window of padding only."""
+    is_nan = np.isnan(win) if win.dtype.kind == "f" else np.zeros(win.shape, bool)
+    best = np.where(real, win, lowest(win.dtype)).max(axis=-1, keepdims=True)  # NaN when the window has one
+    hit = real & ((win == best) | is_nan)
+    return hit.argmax(axis=-1), hit.any(axis=-1)
+
+
+def max_pool2d_forward(x: np.ndarray, g: PoolGeometry, return_indices: bool = False):
+    """The maximum of every window (NaN propagates); with ``return_indices`` also its per-plane flat index
+    h * W + w (int64), -1 for a window of padding only (its value is ``lowest``)."""
+    win = pool_windows(x, g, lowest(x.dtype))
+    tap, has_pixel = first_max(win, real_taps(g))
+    y = np.take_along_axis(win, tap[..., None], axis=-1)[..., 0]
+    if not return_indices:
+        return y
+    rows, cols = _tap_index(g)
+    flat = np.broadcast_to(rows * g.W + cols, (g.P, g.Q, *g.kernel)).reshape(g.P, g.Q, -1)
+    index = np.take_along_axis(np.broadcast_to(flat, win.shape), tap[..., None], axis=-1)[..., 0]
+    return y, np.where(has_pixel, index, -1).astype(np.int64)
 
 
 def max_pool2d_grad(grad_output: np.ndarray, x: np.ndarray, g: PoolGeometry) -> np.ndarray:
-    """Each output's gradient goes to the first maximum of its window (PyTorch's choice)."""
-    win = _pool_windows(x, g, -np.inf)
-    first_max = win.argmax(axis=-1)
-    grad_win = np.zeros_like(win)
-    np.put_along_axis(grad_win, first_max[..., None], grad_output[..., None], axis=-1)
-    return _scatter_windows(grad_win, g)
+    """Each output's gradient goes to its window's maximum (``first_max``); nowhere for a padding-only one."""
+    win = pool_windows(x, g, lowest(x.dtype))
+    tap, has_pixel = first_max(win, real_taps(g))
+    grad_win = np.zeros(win.shape, dtype=grad_output.dtype)
+    np.put_along_axis(grad_win, tap[..., None], np.where(has_pixel, grad_output, 0)[..., None], axis=-1)
+    return scatter_windows(grad_win, g)
 
 
-def _avg_divisors(g: PoolGeometry, count_include_pad: bool) -> np.ndarray:
-    return np.array([[g.window(p, q, count_include_pad)[4] for q in range(g.Q)] for p in range(g.P)])
-
-
-def avg_pool2d_forward(x: np.ndarray, g: PoolGeometry, count_include_pad: bool = True) -> np.ndarray:
+def avg_pool2d_forward(x: np.ndarray, g: PoolGeometry, count_include_pad: bool = True,
+                       divisor_override: int | None = None) -> np.ndarray:
     acc = accumulation_dtype(x.dtype)
-    sums = _pool_windows(x.astype(acc, copy=False), g, 0.0).sum(axis=-1)
-    return sums / _avg_divisors(g, count_include_pad).astype(acc)
+    sums = pool_windows(x.astype(acc, copy=False), g, 0).sum(axis=-1)
+    divisors = g.divisors(count_include_pad, divisor_override).astype(acc)
+    return np.divide(sums, divisors, out=np.zeros_like(sums), where=divisors != 0)
 
 
-def avg_pool2d_grad(grad_output: np.ndarray, g: PoolGeometry, count_include_pad: bool = True) -> np.ndarray:
+def avg_pool2d_grad(grad_output: np.ndarray, g: PoolGeometry, count_include_pad: bool = True,
+                    divisor_override: int | None = None) -> np.ndarray:
     acc = accumulation_dtype(grad_output.dtype)
-    share = grad_output.astype(acc, copy=False) / _avg_divisors(g, count_include_pad).astype(acc)
-    (kh, kw) = g.kernel
-    grad_win = np.broadcast_to(share[..., None], share.shape + (kh * kw,))
-    return _scatter_windows(np.ascontiguousarray(grad_win), g)
+    divisors = g.divisors(count_include_pad, divisor_override).astype(acc)
+    grad = grad_output.astype(acc, copy=False)
+    share = np.divide(grad, divisors, out=np.zeros_like(grad), where=divisors != 0)
+    grad_win = np.broadcast_to(share[..., None], share.shape + (g.kernel[0] * g.kernel[1],))
+    return scatter_windows(grad_win, g)  # padding taps land on the fill row / column, which is dropped

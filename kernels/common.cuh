@@ -106,15 +106,31 @@ template <typename T> struct AccT;
 template <> struct AccT<gpuconv_half> { typedef float type; };
 template <> struct AccT<float> { typedef float type; };
 template <> struct AccT<double> { typedef double type; };
+// Integers are only compared (max pooling): their "accumulator" is the integer itself.
+template <> struct AccT<unsigned char> { typedef unsigned char type; };
+template <> struct AccT<signed char> { typedef signed char type; };
+template <> struct AccT<short> { typedef short type; };
+template <> struct AccT<int> { typedef int type; };
+template <> struct AccT<long long> { typedef long long type; };
 
 __device__ __forceinline__ float to_acc(gpuconv_half v) { return half_to_float(v); }
 __device__ __forceinline__ float to_acc(float v) { return v; }
 __device__ __forceinline__ double to_acc(double v) { return v; }
+__device__ __forceinline__ unsigned char to_acc(unsigned char v) { return v; }
+__device__ __forceinline__ signed char to_acc(signed char v) { return v; }
+__device__ __forceinline__ short to_acc(short v) { return v; }
+__device__ __forceinline__ int to_acc(int v) { return v; }
+__device__ __forceinline__ long long to_acc(long long v) { return v; }
 
 template <typename T> __device__ __forceinline__ T from_acc(typename AccT<T>::type v);
 template <> __device__ __forceinline__ gpuconv_half from_acc<gpuconv_half>(float v) { return float_to_half(v); }
 template <> __device__ __forceinline__ float from_acc<float>(float v) { return v; }
 template <> __device__ __forceinline__ double from_acc<double>(double v) { return v; }
+template <> __device__ __forceinline__ unsigned char from_acc<unsigned char>(unsigned char v) { return v; }
+template <> __device__ __forceinline__ signed char from_acc<signed char>(signed char v) { return v; }
+template <> __device__ __forceinline__ short from_acc<short>(short v) { return v; }
+template <> __device__ __forceinline__ int from_acc<int>(int v) { return v; }
+template <> __device__ __forceinline__ long long from_acc<long long>(long long v) { return v; }
 
 // A zero of storage type T (all-zero bits is +0 for each of them).
 template <typename T> __device__ __forceinline__ T zero_value() {
@@ -125,11 +141,17 @@ template <typename T> __device__ __forceinline__ T zero_value() {
 
 template <typename A> __device__ __forceinline__ bool is_nan(A v) { return v != v; }
 
-template <typename A> __device__ __forceinline__ A negative_infinity();
-template <> __device__ __forceinline__ float negative_infinity<float>() { return float_from_bits(0xff800000u); }
-template <> __device__ __forceinline__ double negative_infinity<double>() {
+// The least value of a type: what a padding tap holds for max pooling (-inf; an integer type's minimum).
+template <typename A> __device__ __forceinline__ A lowest_value();
+template <> __device__ __forceinline__ float lowest_value<float>() { return float_from_bits(0xff800000u); }
+template <> __device__ __forceinline__ double lowest_value<double>() {
     return double_from_bits(0xfff0000000000000ull);
 }
+template <> __device__ __forceinline__ unsigned char lowest_value<unsigned char>() { return 0; }
+template <> __device__ __forceinline__ signed char lowest_value<signed char>() { return -128; }
+template <> __device__ __forceinline__ short lowest_value<short>() { return -32768; }
+template <> __device__ __forceinline__ int lowest_value<int>() { return -2147483647 - 1; }
+template <> __device__ __forceinline__ long long lowest_value<long long>() { return -9223372036854775807ll - 1; }
 
 template <typename I> __device__ __forceinline__ I min_of(I a, I b) { return b < a ? b : a; }
 template <typename I> __device__ __forceinline__ I max_of(I a, I b) { return a < b ? b : a; }

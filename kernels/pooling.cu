@@ -1,156 +1,194 @@
-// pooling.cu -- 2-D max and average pooling, forward and backward, PyTorch semantics.
+// pooling.cu -- 2-D max and average pooling, forward and backward, PyTorch semantics (plus ONNX's padding).
 //
-// Input (N, C, H, W), output (N, C, P, Q); window (p, q) covers rows
-// [p*stride_h - pad_h, p*stride_h - pad_h + kernel_h) and the same for columns;
-// P and Q (ceil_mode included) come from gpuconv._shapes.PoolGeometry, so every
-// window holds at least one input pixel.
+// Input (N, C, H, W), output (N, C, P, Q). Along each axis window p reads taps i < kernel at
+// p * stride - pad_begin + i * dilation (gpuconv._shapes.PoolGeometry.taps, the one definition); a tap outside
+// the input is padding, which never wins a maximum and adds nothing to a sum. Padding may exceed half the
+// kernel, so a window may hold no input pixel: its maximum is the type's lowest value with index -1, its
+// average 0. An adaptive geometry has PyTorch's bins instead: window p covers
+// [floor(p * size / out), ceil((p + 1) * size / out)).
 //
-// Both backward kernels are gathers: each input pixel sums, in a fixed order, the
-// gradients of the windows that cover it. No atomics, bitwise reproducible.
+// Both backward kernels are gathers: each input pixel sums, in a fixed order, the gradients of the windows
+// that read it. No atomics, bitwise reproducible.
 //
 // Launch: any 1-D grid (grid-stride loops), any block size up to 256.
 #include "common.cuh"
 
 namespace gpuconv {
 
+// One axis of the pooling geometry.
+struct PoolAxis {
+    int size, out, kernel, stride, dilation, pad_begin, pad_end;
+    bool adaptive;
+};
+
 struct PoolShape {
-    int N, C, H, W, P, Q;
-    int kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w;
+    int N, C;
+    PoolAxis rows, cols;
 };
 
 #define GPUCONV_POOL_SHAPE_PARAMS                                                              \
-    int N, int C, int H, int W, int P, int Q,                                                  \
-    int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w
+    int N, int C, int H, int W, int P, int Q, int kernel_h, int kernel_w, int stride_h,        \
+    int stride_w, int dilation_h, int dilation_w, int pad_top, int pad_bottom, int pad_left,   \
+    int pad_right, int adaptive
 #define GPUCONV_POOL_SHAPE                                                                     \
-    gpuconv::PoolShape{N, C, H, W, P, Q, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w}
+    gpuconv::PoolShape{N, C,                                                                   \
+        gpuconv::PoolAxis{H, P, kernel_h, stride_h, dilation_h, pad_top, pad_bottom, adaptive != 0}, \
+        gpuconv::PoolAxis{W, Q, kernel_w, stride_w, dilation_w, pad_left, pad_right, adaptive != 0}}
 
-// Window (p, q) clipped to the input: rows [h0, h1), columns [w0, w1).
-struct Window {
-    int h0, h1, w0, w1;
+// The taps of window p along one axis: positions first + i * step; those in the input are
+// i in [real_lo, real_hi); `counted` of them (from i = 0) count for count_include_pad.
+struct AxisTaps {
+    int first, step, real_lo, real_hi, counted;
 };
 
-__device__ __forceinline__ Window input_window(const PoolShape& s, int p, int q) {
-    const int h0 = p * s.stride_h - s.pad_h, w0 = q * s.stride_w - s.pad_w;
-    return Window{max_of(h0, 0), min_of(h0 + s.kernel_h, s.H), max_of(w0, 0), min_of(w0 + s.kernel_w, s.W)};
-}
-
-// PyTorch's avg_pool2d divisor (PoolGeometry.window): the window clipped to the
-// padded input when padding counts, to the input itself when it does not.
-__device__ __forceinline__ int avg_divisor(const PoolShape& s, int p, int q, bool count_include_pad) {
-    if (!count_include_pad) {
-        const Window win = input_window(s, p, q);
-        return (win.h1 - win.h0) * (win.w1 - win.w0);
+__device__ __forceinline__ AxisTaps axis_taps(const PoolAxis& a, int p) {
+    if (a.adaptive) {
+        const int start = (int)((long long)p * a.size / a.out);
+        const int stop = (int)(((long long)(p + 1) * a.size + a.out - 1) / a.out);
+        return AxisTaps{start, 1, 0, stop - start, stop - start};
     }
-    const int h0 = p * s.stride_h - s.pad_h, w0 = q * s.stride_w - s.pad_w;
-    const int h1 = min_of(h0 + s.kernel_h, s.H + s.pad_h), w1 = min_of(w0 + s.kernel_w, s.W + s.pad_w);
-    return (h1 - h0) * (w1 - w0);
+    const int first = p * a.stride - a.pad_begin;
+    const int lo = first >= 0 ? 0 : ceil_div(-first, a.dilation);
+    const int hi = min_of(a.kernel, ceil_div(a.size - first, a.dilation));
+    // PyTorch clips a ceil_mode window at the end of the padding: later taps are not counted.
+    const int counted = min_of(a.kernel, max_of(ceil_div(a.size + a.pad_end - first, a.dilation), 0));
+    return AxisTaps{first, a.dilation, lo, max_of(hi, lo), counted};
 }
 
-// The outputs whose windows cover input pixel (h, w): rows [p0, p1], columns [q0, q1].
-struct Coverage {
-    int p0, p1, q0, q1;
-};
+// Calls visit(p) for every window p with a tap on input position h (each once, in a fixed order).
+template <typename Visit>
+__device__ __forceinline__ void for_each_window(const PoolAxis& a, int h, Visit visit) {
+    if (a.adaptive) {
+        const int p0 = (int)((long long)h * a.out / a.size);
+        const int p1 = min_of((int)(((long long)(h + 1) * a.out + a.size - 1) / a.size) - 1, a.out - 1);
+        for (int p = p0; p <= p1; ++p) visit(p);
+        return;
+    }
+    for (int i = 0; i < a.kernel; ++i) {
+        const int offset = h + a.pad_begin - i * a.dilation;  // p * stride, if tap i of some window p reads h
+        if (offset < 0) break;
+        if (offset % a.stride == 0 && offset / a.stride < a.out) visit(offset / a.stride);
+    }
+}
 
-__device__ __forceinline__ Coverage windows_covering(const PoolShape& s, int h, int w) {
-    return Coverage{max_of(ceil_div(h + s.pad_h - s.kernel_h + 1, s.stride_h), 0),
-                    min_of(floor_div(h + s.pad_h, s.stride_h), s.P - 1),
-                    max_of(ceil_div(w + s.pad_w - s.kernel_w + 1, s.stride_w), 0),
-                    min_of(floor_div(w + s.pad_w, s.stride_w), s.Q - 1)};
+// Average pooling's divisor of window (p, q) (PoolGeometry.divisors): divisor_override when > 0, else its
+// counted taps or its real ones; 0 for a window without any (its average is 0).
+__device__ __forceinline__ int avg_divisor(const PoolShape& s, int p, int q, bool count_include_pad,
+                                           int divisor_override) {
+    if (divisor_override > 0) return divisor_override;
+    const AxisTaps r = axis_taps(s.rows, p), c = axis_taps(s.cols, q);
+    if (count_include_pad) return r.counted * c.counted;
+    return (r.real_hi - r.real_lo) * (c.real_hi - c.real_lo);
 }
 
 template <typename Acc>
 struct WindowMax {
     Acc value;
-    int index;  // h * W + w within the plane
+    int index;  // h * W + w within the plane; -1 for a window of padding only
 };
 
-// The maximum of window (p, q) and where it first occurs, scanning row by row.
-// A NaN is the maximum (the first NaN, as NumPy's argmax picks), so NaN
-// propagates to the output; padding never wins (it acts as -inf).
+// The maximum of window (p, q) and where it first occurs, scanning taps row by row. A NaN is the maximum
+// (the first NaN, as NumPy's argmax picks), so NaN propagates; padding never wins, and when every pixel is
+// -inf the first of them does (PyTorch's rule).
 template <typename T>
 __device__ __forceinline__ WindowMax<typename AccT<T>::type> window_first_max(const T* __restrict__ plane,
                                                                              const PoolShape& s, int p, int q) {
     typedef typename AccT<T>::type Acc;
-    const Window win = input_window(s, p, q);
-    WindowMax<Acc> best{negative_infinity<Acc>(), win.h0 * s.W + win.w0};
-    for (int h = win.h0; h < win.h1; ++h) {
-        for (int w = win.w0; w < win.w1; ++w) {
-            const Acc v = to_acc(plane[h * s.W + w]);
-            if (is_nan(v)) return WindowMax<Acc>{v, h * s.W + w};
-            if (v > best.value) best = WindowMax<Acc>{v, h * s.W + w};
+    const AxisTaps r = axis_taps(s.rows, p), c = axis_taps(s.cols, q);
+    const int W = s.cols.size;
+    WindowMax<Acc> best{lowest_value<Acc>(), -1};
+    for (int i = r.real_lo; i < r.real_hi; ++i) {
+        const int h = r.first + i * r.step;
+        for (int j = c.real_lo; j < c.real_hi; ++j) {
+            const int index = h * W + c.first + j * c.step;
+            const Acc v = to_acc(plane[index]);
+            if (is_nan(v)) return WindowMax<Acc>{v, index};
+            if (best.index < 0 || v > best.value) best = WindowMax<Acc>{v, index};
         }
     }
     return best;
 }
 
-template <typename T>
-__device__ __forceinline__ void max_pool2d_forward(const T* __restrict__ x, T* __restrict__ y, const PoolShape s) {
-    const long long PQ = (long long)s.P * s.Q, HW = (long long)s.H * s.W;
+// y[e] = the maximum of window e; with WITH_INDICES also its index (indices is unused otherwise).
+template <typename T, bool WITH_INDICES>
+__device__ __forceinline__ void max_pool2d_forward(const T* __restrict__ x, T* __restrict__ y,
+                                                   long long* __restrict__ indices, const PoolShape s) {
+    const int Q = s.cols.out;
+    const long long PQ = (long long)s.rows.out * Q, HW = (long long)s.rows.size * s.cols.size;
     const long long total = (long long)s.N * s.C * PQ;
     for (long long e = first_index(); e < total; e += index_stride()) {
         const long long plane = e / PQ;
         const int pq = (int)(e - plane * PQ);
-        y[e] = from_acc<T>(window_first_max(x + plane * HW, s, pq / s.Q, pq % s.Q).value);
+        const WindowMax<typename AccT<T>::type> best = window_first_max(x + plane * HW, s, pq / Q, pq % Q);
+        y[e] = from_acc<T>(best.value);
+        if (WITH_INDICES) indices[e] = best.index;
     }
 }
 
-// dx[h, w] = sum of dy[p, q] over the windows whose first maximum is (h, w); the
-// argmax is recomputed from x exactly as the forward pass found it.
+// dx[h, w] = sum of dy[p, q] over the windows whose maximum is (h, w); the maximum is recomputed from x
+// exactly as the forward pass found it.
 template <typename T>
 __device__ __forceinline__ void max_pool2d_backward(const T* __restrict__ dy, const T* __restrict__ x,
                                                     T* __restrict__ dx, const PoolShape s) {
     typedef typename AccT<T>::type Acc;
-    const long long PQ = (long long)s.P * s.Q, HW = (long long)s.H * s.W;
+    const int W = s.cols.size, Q = s.cols.out;
+    const long long PQ = (long long)s.rows.out * Q, HW = (long long)s.rows.size * W;
     const long long total = (long long)s.N * s.C * HW;
     for (long long e = first_index(); e < total; e += index_stride()) {
         const long long plane = e / HW;
         const int hw = (int)(e - plane * HW);
-        const Coverage cover = windows_covering(s, hw / s.W, hw % s.W);
         const T* x_plane = x + plane * HW;
         const T* dy_plane = dy + plane * PQ;
         Acc sum = Acc(0);
-        for (int p = cover.p0; p <= cover.p1; ++p)
-            for (int q = cover.q0; q <= cover.q1; ++q)
-                if (window_first_max(x_plane, s, p, q).index == hw) sum += to_acc(dy_plane[p * s.Q + q]);
+        for_each_window(s.rows, hw / W, [&](int p) {
+            for_each_window(s.cols, hw % W, [&](int q) {
+                if (window_first_max(x_plane, s, p, q).index == hw) sum += to_acc(dy_plane[p * Q + q]);
+            });
+        });
         dx[e] = from_acc<T>(sum);
     }
 }
 
 template <typename T>
 __device__ __forceinline__ void avg_pool2d_forward(const T* __restrict__ x, T* __restrict__ y, const PoolShape s,
-                                                   bool count_include_pad) {
+                                                   bool count_include_pad, int divisor_override) {
     typedef typename AccT<T>::type Acc;
-    const long long PQ = (long long)s.P * s.Q, HW = (long long)s.H * s.W;
+    const int W = s.cols.size, Q = s.cols.out;
+    const long long PQ = (long long)s.rows.out * Q, HW = (long long)s.rows.size * W;
     const long long total = (long long)s.N * s.C * PQ;
     for (long long e = first_index(); e < total; e += index_stride()) {
         const long long plane = e / PQ;
         const int pq = (int)(e - plane * PQ);
-        const int p = pq / s.Q, q = pq % s.Q;
-        const Window win = input_window(s, p, q);
+        const int p = pq / Q, q = pq % Q;
+        const AxisTaps r = axis_taps(s.rows, p), c = axis_taps(s.cols, q);
         const T* x_plane = x + plane * HW;
         Acc sum = Acc(0);
-        for (int h = win.h0; h < win.h1; ++h)
-            for (int w = win.w0; w < win.w1; ++w) sum += to_acc(x_plane[h * s.W + w]);
-        y[e] = from_acc<T>(sum / Acc(avg_divisor(s, p, q, count_include_pad)));
+        for (int i = r.real_lo; i < r.real_hi; ++i)
+            for (int j = c.real_lo; j < c.real_hi; ++j)
+                sum += to_acc(x_plane[(r.first + i * r.step) * W + c.first + j * c.step]);
+        const int divisor = avg_divisor(s, p, q, count_include_pad, divisor_override);
+        y[e] = from_acc<T>(divisor == 0 ? Acc(0) : sum / Acc(divisor));
     }
 }
 
-// dx[h, w] = sum of dy[p, q] / divisor(p, q) over the windows covering (h, w).
+// dx[h, w] = sum of dy[p, q] / divisor(p, q) over the windows reading (h, w).
 template <typename T>
 __device__ __forceinline__ void avg_pool2d_backward(const T* __restrict__ dy, T* __restrict__ dx, const PoolShape s,
-                                                    bool count_include_pad) {
+                                                    bool count_include_pad, int divisor_override) {
     typedef typename AccT<T>::type Acc;
-    const long long PQ = (long long)s.P * s.Q, HW = (long long)s.H * s.W;
+    const int W = s.cols.size, Q = s.cols.out;
+    const long long PQ = (long long)s.rows.out * Q, HW = (long long)s.rows.size * W;
     const long long total = (long long)s.N * s.C * HW;
     for (long long e = first_index(); e < total; e += index_stride()) {
         const long long plane = e / HW;
         const int hw = (int)(e - plane * HW);
-        const Coverage cover = windows_covering(s, hw / s.W, hw % s.W);
         const T* dy_plane = dy + plane * PQ;
         Acc sum = Acc(0);
-        for (int p = cover.p0; p <= cover.p1; ++p)
-            for (int q = cover.q0; q <= cover.q1; ++q)
-                sum += to_acc(dy_plane[p * s.Q + q]) / Acc(avg_divisor(s, p, q, count_include_pad));
+        for_each_window(s.rows, hw / W, [&](int p) {
+            for_each_window(s.cols, hw % W, [&](int q) {  // a window reading a pixel has a divisor > 0
+                sum += to_acc(dy_plane[p * Q + q]) / Acc(avg_divisor(s, p, q, count_include_pad, divisor_override));
+            });
+        });
         dx[e] = from_acc<T>(sum);
     }
 }
@@ -160,13 +198,19 @@ __device__ __forceinline__ void avg_pool2d_backward(const T* __restrict__ dy, T*
 // ------------------------------------------------------------------ exports
 // The loader instantiates each macro once per dtype (gpuconv/cuda/registry.py): NAME, the
 // storage type T and its accumulator type ACC.
-// Forward: x (N, C, H, W) -> y (N, C, P, Q). Backward: dy (N, C, P, Q) -> dx (N, C, H, W).
-// count_include_pad is 0 or 1.
+// Forward: x (N, C, H, W) -> y (N, C, P, Q) [and indices (N, C, P, Q), int64].
+// Backward: dy (N, C, P, Q) -> dx (N, C, H, W). count_include_pad is 0 or 1; divisor_override 0 for none.
 
 #define GPUCONV_MAXPOOL_FORWARD_KERNEL(NAME, T, ACC)                                           \
     extern "C" __global__ void NAME(const T* __restrict__ x, T* __restrict__ y,                \
                                     GPUCONV_POOL_SHAPE_PARAMS) {                               \
-        gpuconv::max_pool2d_forward<T>(x, y, GPUCONV_POOL_SHAPE);                              \
+        gpuconv::max_pool2d_forward<T, false>(x, y, nullptr, GPUCONV_POOL_SHAPE);              \
+    }
+
+#define GPUCONV_MAXPOOL_FORWARD_INDICES_KERNEL(NAME, T, ACC)                                   \
+    extern "C" __global__ void NAME(const T* __restrict__ x, T* __restrict__ y,                \
+                                    long long* __restrict__ indices, GPUCONV_POOL_SHAPE_PARAMS) { \
+        gpuconv::max_pool2d_forward<T, true>(x, y, indices, GPUCONV_POOL_SHAPE);               \
     }
 
 #define GPUCONV_MAXPOOL_BACKWARD_KERNEL(NAME, T, ACC)                                          \
@@ -177,12 +221,16 @@ __device__ __forceinline__ void avg_pool2d_backward(const T* __restrict__ dy, T*
 
 #define GPUCONV_AVGPOOL_FORWARD_KERNEL(NAME, T, ACC)                                           \
     extern "C" __global__ void NAME(const T* __restrict__ x, T* __restrict__ y,                \
-                                    GPUCONV_POOL_SHAPE_PARAMS, int count_include_pad) {        \
-        gpuconv::avg_pool2d_forward<T>(x, y, GPUCONV_POOL_SHAPE, count_include_pad != 0);      \
+                                    GPUCONV_POOL_SHAPE_PARAMS, int count_include_pad,          \
+                                    int divisor_override) {                                    \
+        gpuconv::avg_pool2d_forward<T>(x, y, GPUCONV_POOL_SHAPE, count_include_pad != 0,       \
+                                       divisor_override);                                      \
     }
 
 #define GPUCONV_AVGPOOL_BACKWARD_KERNEL(NAME, T, ACC)                                          \
     extern "C" __global__ void NAME(const T* __restrict__ dy, T* __restrict__ dx,              \
-                                    GPUCONV_POOL_SHAPE_PARAMS, int count_include_pad) {        \
-        gpuconv::avg_pool2d_backward<T>(dy, dx, GPUCONV_POOL_SHAPE, count_include_pad != 0);   \
+                                    GPUCONV_POOL_SHAPE_PARAMS, int count_include_pad,          \
+                                    int divisor_override) {                                    \
+        gpuconv::avg_pool2d_backward<T>(dy, dx, GPUCONV_POOL_SHAPE, count_include_pad != 0,    \
+                                        divisor_override);                                     \
     }

@@ -89,15 +89,26 @@ def test_a_variant_exists_only_for_its_dtypes():
     with pytest.raises(TypeError, match="exists for float16, not float32"):
         only_half.kernel_name(np.float32)
     assert not only_half.can_run(DENSE, np.float32)
-    with pytest.raises(TypeError, match="float16, float32 or float64"):
-        registry.dtype_suffix(np.int32)
+    with pytest.raises(TypeError, match="no CUDA kernels for dtype .*uint32"):
+        registry.dtype_suffix(np.uint32)
+    assert registry.dtype_suffix(np.int32) == "i32"  # max pooling's integer kernels
+
+
+def test_only_max_pooling_forward_has_integer_kernels():
+    with_ints = {v.name for v in registry.VARIANTS if set(registry.INT_DTYPES) & set(v.dtypes)}
+    assert with_ints == {"maxpool2d_forward", "maxpool2d_forward_indices"}
+    g = PoolGeometry.create((1, 1, 4, 4), 2)
+    assert plan.plan_pool("maxpool2d_forward", g, np.int8).launch.kernel_name == "gpuconv_maxpool2d_forward_i8"
+    with pytest.raises(TypeError, match="avgpool2d_forward: no kernel for dtype int8"):
+        plan.plan_pool("avgpool2d_forward", g, np.int8)
 
 
 def test_every_kernel_file_and_instantiation_comes_from_the_registry():
     assert set(registry.sources()) == {"conv2d_fprop.cu", "conv2d_dgrad.cu", "conv2d_wgrad.cu",
                                        "conv2d_depthwise.cu", "im2col.cu", "pooling.cu"}
     names = [v.kernel_name(d) for v, d in registry.instantiations()]
-    assert len(names) == len(set(names)) == 3 * len(registry.VARIANTS)
+    assert len(names) == len(set(names)) == sum(len(v.dtypes) for v in registry.VARIANTS)
+    assert all(set(registry.SIMT_DTYPES) <= set(v.dtypes) for v in registry.VARIANTS)
     with pytest.raises(ValueError, match="no kernel variant named 'nope'"):
         registry.get("nope")
 
@@ -190,7 +201,11 @@ def test_shape_arguments_are_exact_numpy_types():
     assert [int(a) for a in args] == [2, 4, 9, 8, 6, 3, 2, g.P, g.Q, 2, 1, 1, 2, 1, 2, 2]
     assert int(conv.conv_shape_args(g, batch=1)[0]) == 1
     p = PoolGeometry.create((2, 3, 7, 8), kernel_size=(3, 2), stride=2, padding=1, ceil_mode=True)
-    assert [int(a) for a in pool.pool_shape_args(p)] == [2, 3, 7, 8, p.P, p.Q, 3, 2, 2, 2, 1, 1]
+    assert [int(a) for a in pool.pool_shape_args(p)] == [2, 3, 7, 8, p.P, p.Q, 3, 2, 2, 2, 1, 1, 1, 1, 1, 1, 0]
+    p = PoolGeometry.create((2, 3, 7, 8), 3, 1, (0, 2, 1, 0), dilation=(1, 2))
+    assert [int(a) for a in pool.pool_shape_args(p)] == [2, 3, 7, 8, p.P, p.Q, 3, 3, 1, 1, 1, 2, 0, 2, 1, 0, 0]
+    p = PoolGeometry.adaptive((2, 3, 7, 8), (3, 5))
+    assert [int(a) for a in pool.pool_shape_args(p)][-1] == 1
     with pytest.raises(ValueError, match="32-bit"):
         _launch.int32(2**31)
     assert type(_launch.int64(5)) is np.int64

@@ -214,24 +214,43 @@ def test_public_entry_points_take_the_backend():
 
 # ---------------------------------------------------------------------------------------- pooling ---
 
-# (id, input shape, kernel_size, stride, padding, ceil_mode)
+# (id, input shape, kernel_size, stride, padding, ceil_mode, dilation), or (id, input shape, "adaptive", output_size)
 POOL_CASES = [
-    ("3x3-s2-p1", (2, 3, 7, 6), 3, 2, 1, False),
-    ("3x3-s2-p1-ceil", (2, 3, 7, 6), 3, 2, 1, True),
-    ("2x2-default-stride", (1, 2, 5, 5), 2, None, 0, False),
-    ("2x2-default-stride-ceil", (1, 2, 5, 5), 2, None, 0, True),
-    ("nonsquare-ceil", (1, 1, 6, 7), (3, 2), (2, 1), (1, 0), True),
-    ("overlapping-pad-half-kernel", (2, 2, 4, 4), 4, 1, 2, False),
-    ("global", (1, 3, 3, 5), (3, 5), None, 0, False),
-    ("batch1-1x1", (1, 4, 3, 3), 1, 2, 0, True),
+    ("3x3-s2-p1", (2, 3, 7, 6), 3, 2, 1, False, 1),
+    ("3x3-s2-p1-ceil", (2, 3, 7, 6), 3, 2, 1, True, 1),
+    ("2x2-default-stride", (1, 2, 5, 5), 2, None, 0, False, 1),
+    ("2x2-default-stride-ceil", (1, 2, 5, 5), 2, None, 0, True, 1),
+    ("nonsquare-ceil", (1, 1, 6, 7), (3, 2), (2, 1), (1, 0), True, 1),
+    ("overlapping-pad-half-kernel", (2, 2, 4, 4), 4, 1, 2, False, 1),
+    ("global", (1, 3, 3, 5), (3, 5), None, 0, False, 1),
+    ("batch1-1x1", (1, 4, 3, 3), 1, 2, 0, True, 1),
+    ("dilation-ceil", (1, 2, 9, 8), 3, 2, 1, True, (2, 3)),
+    ("asymmetric-pad", (2, 1, 6, 7), (3, 2), (2, 1), (0, 2, 1, 0), True, 1),
+    ("same-lower", (1, 2, 6, 7), 3, 2, "same_lower", False, 1),
+    ("same-dilated", (1, 2, 7, 6), 2, 1, "same", False, 2),
+    # Padding larger than the kernel: windows of padding only (value -inf / lowest, index -1, no gradient).
+    ("padding-only-windows", (1, 2, 4, 5), 2, 2, (3, 3, 2, 4), False, 1),
+    ("adaptive-overlapping", (2, 2, 5, 7), "adaptive", (3, 4)),
+    ("adaptive-upsampling", (1, 2, 3, 2), "adaptive", (5, 3)),
 ]
 POOL_IDS = [case[0] for case in POOL_CASES]
 
 
+def pool_geometry(case) -> PoolGeometry:
+    if case[2] == "adaptive":
+        return PoolGeometry.adaptive(case[1], case[3])
+    _, shape, kernel, stride, padding, ceil_mode, dilation = case
+    return PoolGeometry.create(shape, kernel, stride, padding, ceil_mode, dilation)
+
+
 def pool_case(case, dtype, seed=0, ties=False):
-    _, shape, kernel, stride, padding, ceil_mode = case
-    g = PoolGeometry.create(shape, kernel, stride, padding, ceil_mode)
-    if ties:  # few distinct values: windows with several maxima (the gradient goes to the first)
+    g = pool_geometry(case)
+    if np.dtype(dtype).kind in "iu":  # the whole range, both extremes included
+        info = np.iinfo(dtype)
+        x = np.random.default_rng(seed).integers(info.min, info.max, g.input_shape, dtype=dtype, endpoint=True)
+        x.flat[:2] = info.min, info.max
+        x = emu.to_guarded(x)
+    elif ties:  # few distinct values: windows with several maxima (the gradient goes to the first)
         x = emu.to_guarded(np.random.default_rng(seed).integers(-2, 3, g.input_shape).astype(dtype))
     else:
         x = random_input(g.input_shape, dtype, seed)
@@ -239,15 +258,42 @@ def pool_case(case, dtype, seed=0, ties=False):
     return g, x, dy
 
 
+def assert_max_pool(backend, g, x, dy, dtype):
+    """Values and indices exactly the reference's (a selection), and the gradient; both kernels."""
+    y = pool.max_pool2d_forward(x, g, backend=backend)
+    y_with, indices = pool.max_pool2d_forward(x, g, return_indices=True, backend=backend)
+    expected, expected_indices = reference.max_pool2d_forward(x, g, return_indices=True)
+    np.testing.assert_array_equal(y, expected)
+    np.testing.assert_array_equal(y_with, expected)
+    assert indices.dtype == np.int64
+    np.testing.assert_array_equal(indices, expected_indices)
+    if np.dtype(dtype).kind == "f":
+        assert_matches(pool.max_pool2d_grad(dy, x, g, backend=backend), reference.max_pool2d_grad(dy, x, g), dtype,
+                       "max_pool2d_grad")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
 @pytest.mark.parametrize("case", POOL_CASES, ids=POOL_IDS)
 def test_max_pool(backend, case, ties, dtype):
-    g, x, dy = pool_case(case, dtype, ties=ties)
-    y = pool.max_pool2d_forward(x, g, backend=backend)
-    np.testing.assert_array_equal(y, reference.max_pool2d_forward(x, g))  # a selection: exact
-    assert_matches(pool.max_pool2d_grad(dy, x, g, backend=backend), reference.max_pool2d_grad(dy, x, g), dtype,
-                   "max_pool2d_grad")
+    assert_max_pool(backend, *pool_case(case, dtype, ties=ties), dtype)
+
+
+@pytest.mark.parametrize("dtype", registry.INT_DTYPES, ids=str)
+@pytest.mark.parametrize("case", ["3x3-s2-p1-ceil", "dilation-ceil", "padding-only-windows", "adaptive-overlapping"])
+def test_max_pool_integers(backend, case, dtype):
+    """Integer max pooling: padding is the dtype's minimum, which a pixel holding that minimum still beats."""
+    assert_max_pool(backend, *pool_case(POOL_CASES[POOL_IDS.index(case)], dtype), dtype)
+
+
+def test_padding_only_windows_are_lowest_with_index_minus_one():
+    g, x, dy = pool_case(POOL_CASES[POOL_IDS.index("padding-only-windows")], np.float32)
+    y, indices = pool.max_pool2d_forward(x, g, return_indices=True, backend=EmulatorBackend())
+    empty = indices == -1
+    assert empty.any() and (~empty).any()
+    assert np.all(y[empty] == -np.inf)
+    avg = pool.avg_pool2d_forward(x, g, False, backend=EmulatorBackend())
+    assert np.all(avg[empty] == 0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -258,19 +304,33 @@ def test_max_pool_propagates_nan(backend, dtype):
     expected = reference.max_pool2d_forward(x, g)
     assert np.isnan(expected).any()
     np.testing.assert_array_equal(y, expected)
-    assert_matches(pool.max_pool2d_grad(dy, x, g, backend=backend), reference.max_pool2d_grad(dy, x, g), dtype,
-                   "max_pool2d_grad with NaN")
+    assert_max_pool(backend, g, x, dy, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32])
+@pytest.mark.parametrize("case", ["3x3-s2-p1-ceil", "dilation-ceil", "asymmetric-pad"])
+def test_max_pool_of_minus_infinity_goes_to_the_first_real_pixel(backend, case, dtype):
+    """Windows whose pixels are all -inf: the maximum, its index and its gradient are the first pixel's, never
+    padding's (PyTorch's rule), on the kernels as in the reference."""
+    g, x, dy = pool_case(POOL_CASES[POOL_IDS.index(case)], dtype)
+    x[...] = -np.inf
+    x[0, 0, 0, 0] = 1.0
+    _, indices = reference.max_pool2d_forward(x, g, return_indices=True)
+    assert (indices >= 0).all()
+    assert_max_pool(backend, g, x, dy, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("divisor_override", [None, 3], ids=["divisor", "override-3"])
 @pytest.mark.parametrize("count_include_pad", [True, False], ids=["include-pad", "exclude-pad"])
 @pytest.mark.parametrize("case", POOL_CASES, ids=POOL_IDS)
-def test_avg_pool(backend, case, count_include_pad, dtype):
+def test_avg_pool(backend, case, count_include_pad, divisor_override, dtype):
     g, x, dy = pool_case(case, dtype)
-    assert_matches(pool.avg_pool2d_forward(x, g, count_include_pad, backend=backend),
-                   reference.avg_pool2d_forward(x, g, count_include_pad), dtype, "avg_pool2d")
-    assert_matches(pool.avg_pool2d_grad(dy, g, count_include_pad, backend=backend),
-                   reference.avg_pool2d_grad(dy, g, count_include_pad), dtype, "avg_pool2d_grad")
+    args = (count_include_pad, divisor_override)
+    assert_matches(pool.avg_pool2d_forward(x, g, *args, backend=backend),
+                   reference.avg_pool2d_forward(x, g, *args), dtype, "avg_pool2d")
+    assert_matches(pool.avg_pool2d_grad(dy, g, *args, backend=backend),
+                   reference.avg_pool2d_grad(dy, g, *args), dtype, "avg_pool2d_grad")
 
 
 # ------------------------------------------------------------------------------ grid-stride loops ---
@@ -285,7 +345,7 @@ def _conv_with_small_grid(pass_name, algo, index, case):
     return run
 
 
-SMALL_GRID_POOL = ("1008-outputs", (4, 4, 18, 14), 3, 2, 1, False)
+SMALL_GRID_POOL = ("1008-outputs", (4, 4, 18, 14), 3, 2, 1, False, 1)
 
 
 def _pool_with_small_grid(op, run_pool_args):
@@ -295,6 +355,9 @@ def _pool_with_small_grid(op, run_pool_args):
         operands, count_include_pad, expected = run_pool_args(g, x, dy)
         got = pool.run_pool(plan.with_grid(the_plan, 0, grid), backend, *operands,
                             count_include_pad=count_include_pad)
+        if isinstance(got, tuple):  # maxpool2d_forward_indices: the indices exactly, then the values
+            np.testing.assert_array_equal(got[1], expected[1], err_msg=f"{op} indices on grid {grid}")
+            got, expected = got[0], expected[0]
         return the_plan.launch, got, expected
     return run
 
@@ -306,6 +369,8 @@ SMALL_GRID_RUNS = {
     "wgrad_splitk_reduce": _conv_with_small_grid("wgrad", "wgrad_simt_64x64x16_1stage_splitk", 1, "wide-weights"),
     "maxpool2d_forward": _pool_with_small_grid("maxpool2d_forward", lambda g, x, dy: (
         (x,), None, reference.max_pool2d_forward(x, g))),
+    "maxpool2d_forward_indices": _pool_with_small_grid("maxpool2d_forward_indices", lambda g, x, dy: (
+        (x,), None, reference.max_pool2d_forward(x, g, True))),
     "maxpool2d_backward": _pool_with_small_grid("maxpool2d_backward", lambda g, x, dy: (
         (dy, x), None, reference.max_pool2d_grad(dy, x, g))),
     "avgpool2d_forward": _pool_with_small_grid("avgpool2d_forward", lambda g, x, dy: (

@@ -43,9 +43,10 @@ def check_grid(grid: tuple[int, ...], what: str) -> tuple[int, ...]:
 
 def kernel_operands(xp, **arrays) -> list:
     """C-contiguous versions of the arrays (``xp``: cupy, or the emulator's stand-in), after checking they
-    share one dtype the kernels are instantiated for (float16, float32 or float64)."""
+    share one dtype some kernel is instantiated for (``registry.DTYPE_INFO``; each plan checks its own)."""
     dtypes = {np.dtype(a.dtype) for a in arrays.values()}
     if len(dtypes) != 1 or not dtypes <= DTYPE_INFO.keys():
         given = ", ".join(f"{name} {a.dtype}" for name, a in arrays.items())
-        raise TypeError(f"the CUDA kernels need arrays of one dtype, float16, float32 or float64; got {given}")
+        names = ", ".join(str(d) for d in DTYPE_INFO)
+        raise TypeError(f"the CUDA kernels need arrays of one dtype, one of {names}; got {given}")
     return [xp.ascontiguousarray(a) for a in arrays.values()]

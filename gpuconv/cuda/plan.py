@@ -385,8 +385,11 @@ def plan_pool(op: str, g: PoolGeometry, dtype) -> PoolPlan:
     """The one grid-stride launch of a pooling pass, over its output (forward) or its input (backward)."""
     if op not in registry.pool_ops():
         raise ValueError(f"unknown pooling op {op!r}; expected one of {registry.pool_ops()}")
+    dtypes = registry.get(op).dtypes
+    if np.dtype(dtype) not in dtypes:
+        raise TypeError(f"{op}: no kernel for dtype {np.dtype(dtype)}; it exists for {', '.join(map(str, dtypes))}")
     _launch.check_extents("pool2d", H_times_W=g.H * g.W, P_times_Q=g.P * g.Q)
-    shape = g.output_shape if op.endswith("forward") else g.input_shape
+    shape = g.input_shape if op.endswith("backward") else g.output_shape
     return PoolPlan(elementwise_launch(op, dtype, int(np.prod(shape))), g)
 
 

@@ -19,15 +19,20 @@ from typing import Callable
 
 import numpy as np
 
-from .._shapes import ConvGeometry, accumulation_dtype
+from .._shapes import INTEGER_DTYPES, ConvGeometry, accumulation_dtype
 
 #: Storage dtypes the kernels can be instantiated for -> (name suffix, C storage type).
 DTYPE_INFO = {
     np.dtype(np.float16): ("f16", "gpuconv_half"),
     np.dtype(np.float32): ("f32", "float"),
     np.dtype(np.float64): ("f64", "double"),
+    **{d: (f"{d.kind}{8 * d.itemsize}", c_type)
+       for d, c_type in zip(INTEGER_DTYPES, ("unsigned char", "signed char", "short", "int", "long long"))},
 }
-SIMT_DTYPES = tuple(DTYPE_INFO)
+#: The floating dtypes: every kernel has them.
+SIMT_DTYPES = tuple(d for d in DTYPE_INFO if d.kind == "f")
+#: Integer dtypes, which only max pooling's forward kernels compare.
+INT_DTYPES = tuple(d for d in DTYPE_INFO if d.kind in "iu")
 
 #: The convolution passes: forward, gradient of the input, gradient of the weight.
 CONV_PASSES = ("fprop", "dgrad", "wgrad")
@@ -215,8 +220,9 @@ def _depthwise(op: str, applies, description: str) -> Variant:
                    applies=applies, preferred=lambda g: True, description=description)
 
 
-def _elementwise(name: str, source: str, macro: str, description: str) -> Variant:
-    return Variant(name, name, source, macro, ELEMENTWISE_THREADS, grid_stride=True, description=description)
+def _elementwise(name: str, source: str, macro: str, description: str, dtypes=SIMT_DTYPES) -> Variant:
+    return Variant(name, name, source, macro, ELEMENTWISE_THREADS, dtypes=dtypes, grid_stride=True,
+                   description=description)
 
 
 WARP_TILE_128 = GemmTile(128, 128, 8, 8, 8, stages=2, warp_m=32, warp_n=64)  # 8 warps of 32x64
@@ -262,7 +268,10 @@ VARIANTS: tuple[Variant, ...] = (
                  "sums the split-K partial weight gradients in split order"),
     _elementwise("im2col_nchw", "im2col.cu", "GPUCONV_IM2COL_KERNEL", "column matrix (C*R*S, N*P*Q)"),
     _elementwise("col2im_nchw", "im2col.cu", "GPUCONV_COL2IM_KERNEL", "adjoint of im2col, as a gather"),
-    _elementwise("maxpool2d_forward", "pooling.cu", "GPUCONV_MAXPOOL_FORWARD_KERNEL", "max pooling"),
+    _elementwise("maxpool2d_forward", "pooling.cu", "GPUCONV_MAXPOOL_FORWARD_KERNEL", "max pooling",
+                 SIMT_DTYPES + INT_DTYPES),
+    _elementwise("maxpool2d_forward_indices", "pooling.cu", "GPUCONV_MAXPOOL_FORWARD_INDICES_KERNEL",
+                 "max pooling and the per-plane index of each maximum", SIMT_DTYPES + INT_DTYPES),
     _elementwise("maxpool2d_backward", "pooling.cu", "GPUCONV_MAXPOOL_BACKWARD_KERNEL",
                  "max pooling gradient, to the first maximum"),
     _elementwise("avgpool2d_forward", "pooling.cu", "GPUCONV_AVGPOOL_FORWARD_KERNEL", "average pooling"),
@@ -313,7 +322,7 @@ def instantiations(source: str | None = None) -> tuple[tuple[Variant, np.dtype],
     return tuple((v, d) for v in VARIANTS if source in (None, v.source) for d in v.dtypes)
 
 
-__all__ = ["DTYPE_INFO", "SIMT_DTYPES", "CONV_PASSES", "PASS_OPERANDS", "IM2COL", "IMPLICIT_GEMM", "FAMILIES",
+__all__ = ["DTYPE_INFO", "SIMT_DTYPES", "INT_DTYPES", "CONV_PASSES", "PASS_OPERANDS", "IM2COL", "IMPLICIT_GEMM", "FAMILIES",
            "ELEMENTWISE_THREADS", "GemmTile", "Variant", "VARIANTS", "BY_NAME", "get", "variants",
            "conv_variants", "algo_choices", "pool_ops", "sources", "instantiations", "dtype_suffix",
            "c_types"]

@@ -7,13 +7,13 @@ against ``xp``.
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from .. import functional as arrays
 from .._backend import array_module
-from .._shapes import check_float_dtype, check_same_dtype, conv_transpose_geometry
+from .._shapes import PoolGeometry, check_float_dtype, check_same_dtype, conv_transpose_geometry, line_as_plane, \
+    line_padding_as_plane
+from ..padding import CONV_PADDING_MODES
 from ..autograd import Function, Tensor, as_array
 from ..ops import flatten  # noqa: F401  (torch.flatten's place in this namespace)
 from . import init
@@ -21,6 +21,10 @@ from . import init
 
 def _xp(**named):
     return array_module(**{k: as_array(v) for k, v in named.items()})
+
+
+def _shape(t) -> tuple:
+    return tuple(as_array(t).shape)
 
 
 # ------------------------------------------------------------ convolution ---
@@ -41,10 +45,58 @@ class _Conv2d(Function):
                 arrays.conv2d_grad_bias(grad) if need_b else None)
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algo="auto") -> Tensor:
-    """2-D cross-correlation (``torch.nn.functional.conv2d``); backward runs our dgrad and wgrad."""
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, padding_mode="zeros",
+           algo="auto") -> Tensor:
+    """2-D cross-correlation (``torch.nn.functional.conv2d``); backward runs our dgrad and wgrad.
+
+    ``padding_mode`` "reflect", "replicate" or "circular" pads the input first (``pad``, PyTorch's Conv2d)."""
+    mode_pad = None
+    if padding_mode != "zeros":
+        _xp(input=input, weight=weight)
+        mode_pad = arrays.padding_mode_pad(_shape(input), _shape(weight), stride, padding, dilation, groups,
+                                           padding_mode)
+    if mode_pad is not None:
+        input, padding = pad(input, mode_pad, CONV_PADDING_MODES[padding_mode]), 0
     return _Conv2d.apply(input, weight, bias, args=dict(stride=stride, padding=padding, dilation=dilation,
                                                         groups=groups, algo=algo))
+
+
+def _line_as_plane(t, name: str):
+    """(N, C, L) -> (N, C, 1, L), recorded: the 1-D operations are the 2-D ones over a one-row plane."""
+    shape = as_array(t).shape
+    if len(shape) != 3:
+        raise ValueError(f"{name} must be 3-D (N, C, L) for a 1-D operation, got shape {tuple(shape)}")
+    return t.reshape(shape[0], shape[1], 1, shape[2]) if isinstance(t, Tensor) else t[:, :, None, :]
+
+
+def _plane_as_line(t):
+    if isinstance(t, tuple):
+        return tuple(_plane_as_line(v) for v in t)
+    shape = t.shape
+    return t.reshape(shape[0], shape[1], shape[3])
+
+
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, padding_mode="zeros",
+           algo="auto") -> Tensor:
+    """1-D cross-correlation (``torch.nn.functional.conv1d``): ``conv2d`` over a one-row plane."""
+    y = conv2d(_line_as_plane(input, "input"), _line_as_plane(weight, "weight"), bias,
+               line_as_plane(stride, "stride"), line_padding_as_plane(padding), line_as_plane(dilation, "dilation"),
+               groups, padding_mode=padding_mode, algo=algo)
+    return _plane_as_line(y)
+
+
+class _Pad(Function):
+    def forward(self, x):
+        self.input_shape = x.shape
+        return arrays.pad(x, self.pad, self.mode, self.value)
+
+    def backward(self, grad):
+        return (arrays.pad_grad(grad, self.input_shape, self.pad, self.mode),)
+
+
+def pad(input, pad, mode: str = "constant", value: float = 0.0) -> Tensor:
+    """``torch.nn.functional.pad`` of the last one or two dimensions: constant, reflect, replicate, circular."""
+    return _Pad.apply(input, pad=tuple(pad) if isinstance(pad, list) else pad, mode=mode, value=value)
 
 
 class _ConvTranspose2d(Function):
@@ -80,100 +132,121 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
 
 
 # ---------------------------------------------------------------- pooling ---
+# Each pooling function builds its PoolGeometry (gpuconv._shapes) and records one of two Functions over it.
 
-def _pool_args(dilation, return_indices, what):
-    if dilation not in (1, (1, 1)):
-        raise ValueError(f"{what}: dilation={dilation!r} is not supported yet (only 1)")
-    if return_indices:
-        raise ValueError(f"{what}: return_indices=True is not supported yet")
+class _MaxPool(Function):
+    """Max pooling over ``self.g``; with ``self.indices`` (a list) the indices are appended to it."""
 
-
-class _MaxPool2d(Function):
     def forward(self, x):
+        result = arrays.pool_max(x, self.g, self.indices is not None)
         self.saved = x
-        return arrays.max_pool2d(x, **self.args)
+        if self.indices is None:
+            return result
+        self.indices.append(result[1])
+        return result[0]
 
     def backward(self, grad):
-        return arrays.max_pool2d_grad(grad, self.saved, **self.args)
+        return (arrays.pool_max_grad(grad, self.saved, self.g),)
 
 
-def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-               return_indices=False) -> Tensor:
-    """Max pooling (``torch.nn.functional.max_pool2d``); the gradient goes to each window's first maximum."""
-    _pool_args(dilation, return_indices, "max_pool2d")
-    return _MaxPool2d.apply(input, args=dict(kernel_size=kernel_size, stride=stride, padding=padding,
-                                             ceil_mode=ceil_mode))
+def _max_pool(input, g: PoolGeometry, return_indices: bool):
+    """y, or (y, indices) with the indices as a tensor without gradient (as PyTorch returns them)."""
+    sink = [] if return_indices else None
+    y = _MaxPool.apply(input, g=g, indices=sink)
+    return (y, Tensor(sink[0])) if return_indices else y
 
 
-class _AvgPool2d(Function):
+class _AvgPool(Function):
     def forward(self, x):
-        y = arrays.avg_pool2d(x, **self.args)
-        self.input_shape = x.shape
-        return y
+        return arrays.pool_avg(x, self.g, self.count_include_pad, self.divisor_override)
 
     def backward(self, grad):
-        return arrays.avg_pool2d_grad(grad, self.input_shape, **self.args)
+        return (arrays.pool_avg_grad(grad, self.g, self.count_include_pad, self.divisor_override),)
+
+
+def _avg_pool(input, g: PoolGeometry, count_include_pad=True, divisor_override=None) -> Tensor:
+    return _AvgPool.apply(input, g=g, count_include_pad=count_include_pad, divisor_override=divisor_override)
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """Max pooling (``torch.nn.functional.max_pool2d``); the gradient goes to each window's first maximum.
+    Padding as ``gpuconv.functional.max_pool2d`` takes it; integer inputs pool without gradient."""
+    return _max_pool(input, PoolGeometry.create(_shape(input), kernel_size, stride, padding, ceil_mode, dilation),
+                     return_indices)
 
 
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-               divisor_override=None) -> Tensor:
-    """Average pooling (``torch.nn.functional.avg_pool2d``)."""
-    if divisor_override is not None:
-        raise ValueError("avg_pool2d: divisor_override is not supported yet")
-    return _AvgPool2d.apply(input, args=dict(kernel_size=kernel_size, stride=stride, padding=padding,
-                                             ceil_mode=ceil_mode, count_include_pad=count_include_pad))
+               divisor_override=None, *, dilation=1) -> Tensor:
+    """Average pooling (``torch.nn.functional.avg_pool2d``), ``dilation`` as ONNX's AveragePool has it."""
+    g = PoolGeometry.create(_shape(input), kernel_size, stride, padding, ceil_mode, dilation)
+    return _avg_pool(input, g, count_include_pad, divisor_override)
 
 
-def adaptive_bins(size: int, out: int):
-    """PyTorch's adaptive pooling windows: bin i covers [floor(i*size/out), ceil((i+1)*size/out))."""
-    return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
+def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """``torch.nn.functional.max_pool1d`` over (N, C, L); indices are positions along L."""
+    g = arrays.line_pool_geometry(_shape(input), kernel_size, stride, padding, dilation, ceil_mode)
+    return _plane_as_line(_max_pool(_line_as_plane(input, "input"), g, return_indices))
 
 
-class _AdaptiveAvgPool2d(Function):
-    """The general case (sizes that do not divide): one mean per bin; bins may overlap."""
-
-    def forward(self, x):
-        self.input_shape = x.shape
-        xp = array_module(x=x)
-        rows, cols = adaptive_bins(x.shape[2], self.out[0]), adaptive_bins(x.shape[3], self.out[1])
-        y = xp.empty(x.shape[:2] + self.out, x.dtype)
-        for i, (h0, h1) in enumerate(rows):
-            for j, (w0, w1) in enumerate(cols):
-                y[:, :, i, j] = x[:, :, h0:h1, w0:w1].mean(axis=(2, 3))
-        return y
-
-    def backward(self, grad):
-        xp = array_module(grad=grad)
-        dx = xp.zeros(self.input_shape, grad.dtype)
-        rows, cols = adaptive_bins(self.input_shape[2], self.out[0]), adaptive_bins(self.input_shape[3], self.out[1])
-        for i, (h0, h1) in enumerate(rows):
-            for j, (w0, w1) in enumerate(cols):
-                dx[:, :, h0:h1, w0:w1] += grad[:, :, i:i + 1, j:j + 1] / grad.dtype.type((h1 - h0) * (w1 - w0))
-        return dx
+def avg_pool1d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True) -> Tensor:
+    """``torch.nn.functional.avg_pool1d`` over (N, C, L)."""
+    g = arrays.line_pool_geometry(_shape(input), kernel_size, stride, padding, 1, ceil_mode)
+    return _plane_as_line(_avg_pool(_line_as_plane(input, "input"), g, count_include_pad))
 
 
 def adaptive_avg_pool2d(input, output_size) -> Tensor:
-    """Average pooling to a fixed output size (``torch.nn.functional.adaptive_avg_pool2d``).
+    """Average pooling to a fixed output size (``torch.nn.functional.adaptive_avg_pool2d``); ``output_size`` an
+    int or (h, w), None keeping that input size. Sizes that divide the input are ordinary pooling."""
+    return _avg_pool(input, PoolGeometry.adaptive(_shape(input), output_size, "adaptive_avg_pool2d"))
 
-    ``output_size``: an int or (h, w), None keeping that input size. Sizes that divide the input run as
-    ordinary average pooling (our pooling kernels on the GPU); others as PyTorch's overlapping bins.
-    """
-    x = as_array(input)
-    array_module(x=x)
-    if x.ndim != 4:
-        raise ValueError(f"adaptive_avg_pool2d expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
-    check_float_dtype(x, "input")
-    sizes = (output_size, output_size) if output_size is None or isinstance(output_size, numbers.Integral) \
-        else tuple(output_size)
-    if len(sizes) != 2:
-        raise ValueError(f"output_size must be an int or a pair, got {output_size!r}")
-    out = tuple(x.shape[2 + i] if s is None else s for i, s in enumerate(sizes))
-    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in out):
-        raise ValueError(f"output_size must hold positive ints (or None), got {output_size!r}")
-    (h, w), (oh, ow) = x.shape[2:], out
-    if h % oh == 0 and w % ow == 0:
-        return avg_pool2d(input, (h // oh, w // ow))
-    return _AdaptiveAvgPool2d.apply(input, out=out)
+
+def adaptive_max_pool2d(input, output_size, return_indices=False):
+    """``torch.nn.functional.adaptive_max_pool2d``."""
+    return _max_pool(input, PoolGeometry.adaptive(_shape(input), output_size, "adaptive_max_pool2d"), return_indices)
+
+
+def adaptive_avg_pool1d(input, output_size) -> Tensor:
+    g = arrays.line_adaptive_geometry(_shape(input), output_size, "adaptive_avg_pool1d")
+    return _plane_as_line(_avg_pool(_line_as_plane(input, "input"), g))
+
+
+def adaptive_max_pool1d(input, output_size, return_indices=False):
+    g = arrays.line_adaptive_geometry(_shape(input), output_size, "adaptive_max_pool1d")
+    return _plane_as_line(_max_pool(_line_as_plane(input, "input"), g, return_indices))
+
+
+def global_avg_pool2d(input) -> Tensor:
+    """(N, C, 1, 1): the mean of every plane (ONNX's GlobalAveragePool)."""
+    return adaptive_avg_pool2d(input, 1)
+
+
+def global_max_pool2d(input) -> Tensor:
+    """(N, C, 1, 1): the maximum of every plane (ONNX's GlobalMaxPool)."""
+    return adaptive_max_pool2d(input, 1)
+
+
+class _MaxUnpool(Function):
+    def forward(self, x):
+        return arrays.max_unpool2d(x, self.indices, **self.args)
+
+    def backward(self, grad):
+        return (arrays.max_unpool2d_grad(grad, self.indices),)
+
+
+def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_size=None) -> Tensor:
+    """``torch.nn.functional.max_unpool2d``: each value written at its index of a zero output plane."""
+    return _MaxUnpool.apply(input, indices=as_array(indices), args=dict(
+        kernel_size=kernel_size, stride=stride, padding=padding, output_size=output_size))
+
+
+def max_unpool1d(input, indices, kernel_size, stride=None, padding=0, output_size=None) -> Tensor:
+    """``torch.nn.functional.max_unpool1d`` over (N, C, L)."""
+    if output_size is not None:
+        output_size = (1, tuple(output_size)[-1])
+    y = max_unpool2d(_line_as_plane(input, "input"), _line_as_plane(as_array(indices), "indices"),
+                     line_as_plane(kernel_size, "kernel_size"), line_as_plane(stride, "stride"),
+                     (0, arrays._line_padding(padding)), output_size)
+    return _plane_as_line(y)
 
 
 # ---------------------------------------------------------- dense layers ---
@@ -527,6 +600,8 @@ def mse_loss(input, target, reduction: str = "mean") -> Tensor:
     return squared if reduction == "none" else squared.sum() if reduction == "sum" else squared.mean()
 
 
-__all__ = ["conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "linear", "relu",
+__all__ = ["conv1d", "conv2d", "conv_transpose2d", "pad", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
+           "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool1d", "adaptive_max_pool2d",
+           "global_avg_pool2d", "global_max_pool2d", "max_unpool1d", "max_unpool2d", "linear", "relu",
            "leaky_relu", "sigmoid", "tanh", "softmax", "log_softmax", "dropout", "batch_norm", "cross_entropy",
            "nll_loss", "mse_loss", "flatten"]

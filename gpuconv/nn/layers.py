@@ -10,9 +10,10 @@ import numbers
 
 import numpy as np
 
-from .._shapes import pair, resolve_padding
+from .._shapes import line_as_plane, line_padding_as_plane, pair, resolve_padding
 from ..autograd import Tensor, as_array
 from ..cuda import registry
+from ..padding import CONV_PADDING_MODES
 from . import functional as F
 from . import init
 from .module import Module, Parameter
@@ -47,37 +48,74 @@ def _check_ndim(x, ndims, layer: str, layout: str):
     return x
 
 
-class Conv2d(Module):
-    """2-D convolution: weight (out_channels, in_channels/groups, kH, kW), bias (out_channels,).
+class _Conv(Module):
+    """What Conv1d and Conv2d share: weight (out_channels, in_channels/groups, *kernel_size), bias, the
+    arguments checked at construction, PyTorch's initialisation."""
+    dims = 2
 
-    ``padding``: an int, a pair, (top, bottom, left, right), "valid", "same" or "full". ``algo`` picks the
-    kernel family every pass of this layer runs on the GPU ("auto", "im2col", "implicit_gemm", "direct").
-    """
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, *, dtype=np.float32, algo="auto"):
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                 padding_mode, dtype, algo):
         super().__init__()
         _check_groups(groups, in_channels, out_channels)
+        if padding_mode not in CONV_PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {tuple(CONV_PADDING_MODES)}, got {padding_mode!r}")
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = pair(kernel_size, "kernel_size")
-        # Check the arguments now rather than at the first forward (the input size only matters for "same").
-        resolve_padding(padding, self.kernel_size, self.kernel_size, pair(stride, "stride"),
-                        pair(dilation, "dilation"))
+        if self.dims == 1:
+            kernel = line_as_plane(kernel_size, "kernel_size")
+            # Check the arguments now rather than at the first forward (the input size only matters for "same").
+            resolve_padding(line_padding_as_plane(padding), kernel, kernel, line_as_plane(stride, "stride"),
+                            line_as_plane(dilation, "dilation"))
+            self.kernel_size = kernel[1:]
+        else:
+            self.kernel_size = pair(kernel_size, "kernel_size")
+            resolve_padding(padding, self.kernel_size, self.kernel_size, pair(stride, "stride"),
+                            pair(dilation, "dilation"))
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.padding_mode = padding_mode
         self.algo = _layer_algo(algo)
-        fan_in = (in_channels // groups) * self.kernel_size[0] * self.kernel_size[1]
+        fan_in = (in_channels // groups) * int(np.prod(self.kernel_size))
         self.weight = Parameter(init.kaiming_uniform(
             (out_channels, in_channels // groups) + self.kernel_size, fan_in, dtype))
         self.bias = Parameter(init.bias_uniform(out_channels, fan_in, dtype)) if bias else None
 
-    def forward(self, x):
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
-                        algo=self.algo)
-
     def extra_repr(self):
+        mode = "" if self.padding_mode == "zeros" else f", padding_mode={self.padding_mode!r}"
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding!r}, dilation={self.dilation}, "
-                f"groups={self.groups}, bias={self.bias is not None}")
+                f"groups={self.groups}, bias={self.bias is not None}{mode}")
+
+
+class Conv2d(_Conv):
+    """2-D convolution: weight (out_channels, in_channels/groups, kH, kW), bias (out_channels,).
+
+    ``padding``: an int, a pair, (top, bottom, left, right), "valid", "same", "same_lower" or "full";
+    ``padding_mode``: "zeros", "reflect", "replicate" or "circular" (PyTorch's). ``algo`` picks the kernel
+    family every pass of this layer runs on the GPU ("auto", "im2col", "implicit_gemm", "direct").
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", *, dtype=np.float32, algo="auto"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, dtype, algo)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                        padding_mode=self.padding_mode, algo=self.algo)
+
+
+class Conv1d(_Conv):
+    """1-D convolution over (N, C, L): weight (out_channels, in_channels/groups, kL); runs as a 2-D
+    convolution of one-row planes. ``padding``: an int, (left, right) or a string, as for Conv2d."""
+    dims = 1
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", *, dtype=np.float32, algo="auto"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, dtype, algo)
+
+    def forward(self, x):
+        return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                        padding_mode=self.padding_mode, algo=self.algo)
 
 
 class ConvTranspose2d(Module):
@@ -200,34 +238,57 @@ class LogSoftmax(Softmax):
 
 
 class MaxPool2d(Module):
-    """Max pooling; the gradient goes to each window's first maximum; NaN propagates."""
+    """Max pooling; the gradient goes to each window's first maximum; NaN propagates. ``return_indices``
+    makes forward return (y, indices) for ``MaxUnpool2d``."""
+    _forward = staticmethod(F.max_pool2d)
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
         super().__init__()
-        F._pool_args(dilation, return_indices, "MaxPool2d")
-        self.kernel_size, self.stride, self.padding, self.ceil_mode = kernel_size, stride, padding, ceil_mode
+        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+        self.return_indices, self.ceil_mode = bool(return_indices), ceil_mode
 
     def forward(self, x):
-        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, ceil_mode=self.ceil_mode)
+        return self._forward(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                             self.return_indices)
 
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"ceil_mode={self.ceil_mode}")
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+
+
+class MaxPool1d(MaxPool2d):
+    """Max pooling over (N, C, L)."""
+    _forward = staticmethod(F.max_pool1d)
 
 
 class AvgPool2d(Module):
-    """Average pooling, with PyTorch's divisor rules (``count_include_pad``, ``ceil_mode``)."""
+    """Average pooling, with PyTorch's divisor rules (``count_include_pad``, ``ceil_mode``, ``divisor_override``)."""
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                  divisor_override=None):
         super().__init__()
-        if divisor_override is not None:
-            raise ValueError("AvgPool2d: divisor_override is not supported yet")
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.ceil_mode, self.count_include_pad, self.divisor_override = ceil_mode, count_include_pad, divisor_override
+
+    def forward(self, x):
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
+                            self.divisor_override)
+
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"ceil_mode={self.ceil_mode}, count_include_pad={self.count_include_pad}")
+
+
+class AvgPool1d(Module):
+    """Average pooling over (N, C, L)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+        super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
 
     def forward(self, x):
-        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
+        return F.avg_pool1d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
 
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
@@ -236,16 +297,59 @@ class AvgPool2d(Module):
 
 class AdaptiveAvgPool2d(Module):
     """Average pooling to ``output_size`` (an int, or (h, w) with None keeping that input size)."""
+    _forward = staticmethod(F.adaptive_avg_pool2d)
 
     def __init__(self, output_size):
         super().__init__()
         self.output_size = output_size
 
     def forward(self, x):
-        return F.adaptive_avg_pool2d(x, self.output_size)
+        return self._forward(x, self.output_size)
 
     def extra_repr(self):
         return f"output_size={self.output_size}"
+
+
+class AdaptiveAvgPool1d(AdaptiveAvgPool2d):
+    _forward = staticmethod(F.adaptive_avg_pool1d)
+
+
+class AdaptiveMaxPool2d(Module):
+    """Max pooling to ``output_size`` over PyTorch's adaptive bins; ``return_indices`` as MaxPool2d."""
+    _forward = staticmethod(F.adaptive_max_pool2d)
+
+    def __init__(self, output_size, return_indices=False):
+        super().__init__()
+        self.output_size, self.return_indices = output_size, bool(return_indices)
+
+    def forward(self, x):
+        return self._forward(x, self.output_size, self.return_indices)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+
+class AdaptiveMaxPool1d(AdaptiveMaxPool2d):
+    _forward = staticmethod(F.adaptive_max_pool1d)
+
+
+class MaxUnpool2d(Module):
+    """The partial inverse of MaxPool2d: ``forward(x, indices, output_size=None)``."""
+    _forward = staticmethod(F.max_unpool2d)
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+    def forward(self, x, indices, output_size=None):
+        return self._forward(x, indices, self.kernel_size, self.stride, self.padding, output_size)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class MaxUnpool1d(MaxUnpool2d):
+    _forward = staticmethod(F.max_unpool1d)
 
 
 class Flatten(Module):

@@ -12,6 +12,7 @@ Every launch is recorded in ``launches``, so a test can say which kernels a plan
 """
 from __future__ import annotations
 
+import functools
 
 import numpy as np
 
@@ -96,25 +97,12 @@ def route_functional(monkeypatch, backend, algo=None) -> None:
     def run_conv(pass_name, xp, call_algo, *args):
         return getattr(cuda_conv, pass_name)(*args, algo=call_algo if algo is None else algo, backend=backend)
 
-    class EmulatedPool:
-        @staticmethod
-        def max_pool2d_forward(x, g):
-            return cuda_pool.max_pool2d_forward(x, g, backend=backend)
-
-        @staticmethod
-        def max_pool2d_grad(dy, x, g):
-            return cuda_pool.max_pool2d_grad(dy, x, g, backend=backend)
-
-        @staticmethod
-        def avg_pool2d_forward(x, g, count_include_pad):
-            return cuda_pool.avg_pool2d_forward(x, g, count_include_pad, backend=backend)
-
-        @staticmethod
-        def avg_pool2d_grad(dy, g, count_include_pad):
-            return cuda_pool.avg_pool2d_grad(dy, g, count_include_pad, backend=backend)
+    class EmulatedPool:  # gpuconv.cuda.pool's functions, with this backend
+        def __getattr__(self, name):
+            return functools.partial(getattr(cuda_pool, name), backend=backend)
 
     monkeypatch.setattr(functional, "_run_conv", run_conv)
-    monkeypatch.setattr(functional, "_pool_module", lambda xp: EmulatedPool)
+    monkeypatch.setattr(functional, "_pool_module", lambda xp: EmulatedPool())
 
 
 __all__ = ["EmulatorBackend", "NumpyAsCupy", "emulated_module", "route_functional"]
