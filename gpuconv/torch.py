@@ -45,7 +45,7 @@ from torch.autograd.function import once_differentiable
 
 from . import functional as arrays
 from ._backend import require_cuda
-from ._shapes import conv_transpose_geometry
+from ._shapes import PoolGeometry, conv_transpose_geometry
 
 #: Every dtype gpuconv.torch knows, and whether gpuconv computes in it: None where it does, else why not.
 #: The one dtype rule of the bridge (bfloat16 joins with its kernels); torch.autocast falls back to float32
@@ -274,47 +274,43 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
 # ----------------------------------------------------------------------- pooling ---
 
 class _MaxPool2d(torch.autograd.Function):
+    """y (and the int64 indices, not differentiable) of max pooling over ``g``; backward: to each first maximum."""
+
     @staticmethod
-    def forward(ctx, x, args):
+    def forward(ctx, x, g, return_indices):
         with _running_on(x.device):
-            y = _as_tensor(arrays.max_pool2d(_as_array(x), **args))
+            result = arrays.pool_max(_as_array(x), g, return_indices)
+            y, indices = result if return_indices else (result, None)
+            y = _as_tensor(y)
         ctx.save_for_backward(x)  # the gradient goes to each window's first maximum: x says where
-        ctx.args = args
-        return y
+        ctx.g = g
+        if not return_indices:
+            return y
+        indices = _as_tensor(indices)
+        ctx.mark_non_differentiable(indices)
+        return y, indices
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad):
+    def backward(ctx, grad, *_):
         (x,) = ctx.saved_tensors
         with _running_on(grad.device):
-            return _as_tensor(arrays.max_pool2d_grad(_as_array(grad), _as_array(x), **ctx.args)), None
+            return _as_tensor(arrays.pool_max_grad(_as_array(grad), _as_array(x), ctx.g)), None, None
 
 
 class _AvgPool2d(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, args):
+    def forward(ctx, x, g, count_include_pad, divisor_override):
         with _running_on(x.device):
-            y = _as_tensor(arrays.avg_pool2d(_as_array(x), **args))
-        ctx.args, ctx.input_shape = args, tuple(x.shape)
+            y = _as_tensor(arrays.pool_avg(_as_array(x), g, count_include_pad, divisor_override))
+        ctx.g, ctx.args = g, (count_include_pad, divisor_override)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         with _running_on(grad.device):
-            return _as_tensor(arrays.avg_pool2d_grad(_as_array(grad), ctx.input_shape, **ctx.args)), None
-
-
-def _pool_refusals(dilation=1, return_indices=False, divisor_override=None) -> list:
-    """Why gpuconv cannot pool with these arguments (empty: it can)."""
-    reasons = []
-    if dilation not in (1, (1, 1), [1, 1]):
-        reasons.append(f"dilation={dilation!r} is not supported (only 1)")
-    if return_indices:
-        reasons.append("return_indices=True is not supported")
-    if divisor_override is not None:
-        reasons.append(f"divisor_override={divisor_override!r} is not supported")
-    return reasons
+            return _as_tensor(arrays.pool_avg_grad(_as_array(grad), ctx.g, *ctx.args)), None, None, None
 
 
 def _pool_stride(stride):
@@ -327,28 +323,43 @@ def _refuse(op: str, reasons: list) -> None:
         raise ValueError(f"{op}: {'; '.join(reasons)}; use PyTorch's own for this call")
 
 
+def _unbatched(result, squeeze: bool):
+    if not squeeze:
+        return result
+    return tuple(r.squeeze(0) for r in result) if isinstance(result, tuple) else result.squeeze(0)
+
+
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """``torch.nn.functional.max_pool2d`` on gpuconv; the gradient goes to each window's first maximum.
-    dilation other than 1 and return_indices are refused."""
-    _refuse("max_pool2d", _pool_refusals(dilation=dilation, return_indices=return_indices))
+    ``return_indices`` gives PyTorch's per-plane flat indices (for ``max_unpool2d``)."""
     (input,) = _checked("max_pool2d", False, input=input)
-    args = dict(kernel_size=kernel_size, stride=_pool_stride(stride), padding=padding, ceil_mode=bool(ceil_mode))
-    return _batched("max_pool2d", input, lambda x: _MaxPool2d.apply(x, args))
+    squeeze = input.dim() == 3
+    x = input.unsqueeze(0) if squeeze else input
+    if x.dim() != 4:
+        raise ValueError(f"max_pool2d: expected a 3-D (unbatched) or 4-D (batched) input, got shape "
+                         f"{tuple(input.shape)}")
+    g = PoolGeometry.create(tuple(x.shape), kernel_size, _pool_stride(stride), padding, bool(ceil_mode), dilation)
+    return _unbatched(_MaxPool2d.apply(x, g, bool(return_indices)), squeeze)
 
 
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None):
-    """``torch.nn.functional.avg_pool2d`` on gpuconv, PyTorch's divisor rules; divisor_override is refused."""
-    _refuse("avg_pool2d", _pool_refusals(divisor_override=divisor_override))
+    """``torch.nn.functional.avg_pool2d`` on gpuconv, PyTorch's divisor rules (``divisor_override`` too)."""
     (input,) = _checked("avg_pool2d", False, input=input)
-    args = dict(kernel_size=kernel_size, stride=_pool_stride(stride), padding=padding, ceil_mode=bool(ceil_mode),
-                count_include_pad=bool(count_include_pad))
-    return _batched("avg_pool2d", input, lambda x: _AvgPool2d.apply(x, args))
+
+    def run(x):
+        g = PoolGeometry.create(tuple(x.shape), kernel_size, _pool_stride(stride), padding, bool(ceil_mode))
+        return _AvgPool2d.apply(x, g, bool(count_include_pad), divisor_override)
+    return _batched("avg_pool2d", input, run)
 
 
 # ----------------------------------------------------------------------- modules ---
 
-def _conv_refusals(module) -> list:
+def _no_refusals(module) -> list:
+    return []
+
+
+def _transposed_conv_refusals(module) -> list:
     if module.padding_mode != "zeros":
         return [f"padding_mode={module.padding_mode!r} is not supported (only 'zeros')"]
     return []
@@ -356,14 +367,17 @@ def _conv_refusals(module) -> list:
 
 class Conv2d(torch.nn.Conv2d):
     """``torch.nn.Conv2d`` on gpuconv's convolution: the same arguments, parameters and state_dict, plus
-    ``algo=`` (kept in ``self.algo``, not in the state_dict). padding_mode other than 'zeros' is refused."""
+    ``algo=`` (kept in ``self.algo``, not in the state_dict). A ``padding_mode`` other than 'zeros' pads the
+    input first, as PyTorch's Conv2d does (with PyTorch's pad)."""
 
     def __init__(self, *args, algo: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
-        _refuse("gpuconv.torch.Conv2d", _conv_refusals(self))
         self.algo = algo
 
     def forward(self, input):
+        if self.padding_mode != "zeros":
+            input = torch.nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return conv2d(input, self.weight, self.bias, self.stride, 0, self.dilation, self.groups, algo=self.algo)
         return conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
                       algo=self.algo)
 
@@ -377,7 +391,7 @@ class ConvTranspose2d(torch.nn.ConvTranspose2d):
 
     def __init__(self, *args, algo: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
-        _refuse("gpuconv.torch.ConvTranspose2d", _conv_refusals(self))
+        _refuse("gpuconv.torch.ConvTranspose2d", _transposed_conv_refusals(self))
         self.algo = algo
 
     def forward(self, input, output_size=None):
@@ -390,20 +404,8 @@ class ConvTranspose2d(torch.nn.ConvTranspose2d):
         return f"{super().extra_repr()}, algo={self.algo!r}"
 
 
-def _max_pool_refusals(module) -> list:
-    return _pool_refusals(dilation=module.dilation, return_indices=module.return_indices)
-
-
-def _avg_pool_refusals(module) -> list:
-    return _pool_refusals(divisor_override=module.divisor_override)
-
-
 class MaxPool2d(torch.nn.MaxPool2d):
-    """``torch.nn.MaxPool2d`` on gpuconv; dilation other than 1 and return_indices are refused."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        _refuse("gpuconv.torch.MaxPool2d", _max_pool_refusals(self))
+    """``torch.nn.MaxPool2d`` on gpuconv (dilation, ceil_mode and return_indices included)."""
 
     def forward(self, input):
         return max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
@@ -411,11 +413,7 @@ class MaxPool2d(torch.nn.MaxPool2d):
 
 
 class AvgPool2d(torch.nn.AvgPool2d):
-    """``torch.nn.AvgPool2d`` on gpuconv; divisor_override is refused."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        _refuse("gpuconv.torch.AvgPool2d", _avg_pool_refusals(self))
+    """``torch.nn.AvgPool2d`` on gpuconv (divisor_override included)."""
 
     def forward(self, input):
         return avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
@@ -424,10 +422,10 @@ class AvgPool2d(torch.nn.AvgPool2d):
 
 #: PyTorch's module -> (ours, why ours cannot stand in for one instance: a list of reasons).
 _SWAPS = {
-    torch.nn.Conv2d: (Conv2d, _conv_refusals),
-    torch.nn.ConvTranspose2d: (ConvTranspose2d, _conv_refusals),
-    torch.nn.MaxPool2d: (MaxPool2d, _max_pool_refusals),
-    torch.nn.AvgPool2d: (AvgPool2d, _avg_pool_refusals),
+    torch.nn.Conv2d: (Conv2d, _no_refusals),
+    torch.nn.ConvTranspose2d: (ConvTranspose2d, _transposed_conv_refusals),
+    torch.nn.MaxPool2d: (MaxPool2d, _no_refusals),
+    torch.nn.AvgPool2d: (AvgPool2d, _no_refusals),
 }
 _OURS = {ours: theirs for theirs, (ours, _) in _SWAPS.items()}
 
@@ -440,8 +438,8 @@ def convert(model: torch.nn.Module, algo: str = "auto") -> torch.nn.Module:
     before keeps working), buffers, hooks, device and training mode stay, and a module used at several places
     is converted once. ``algo`` goes to every converted convolution (modules converted before get it too).
     Subclasses of those modules are left alone (their forward may differ), and so are modules with arguments
-    gpuconv lacks (padding_mode other than 'zeros', pooling dilation, return_indices, divisor_override): one
-    warning lists them.
+    gpuconv lacks (a ConvTranspose2d padding_mode other than 'zeros', which PyTorch refuses as well): one warning
+    lists them.
     """
     left = []
     for name, module in model.named_modules():

@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 
 import direct
+from gpuconv import cpu_fast, reference
 from gpuconv import functional as F
+from gpuconv._shapes import PoolGeometry
+from pool_cases import POOL_CASES, POOL_IDS, pool_geometry
 
 # (id, input shape, pool kwargs); avg-only kwargs (count_include_pad) are added by the avg tests.
 CASES = [
@@ -222,3 +225,40 @@ def test_max_pool2d_nan_matches_torch():
     x[0, 1, 0, 4] = np.nan
     expected = torch.nn.functional.max_pool2d(torch.from_numpy(x), 3, 2, 1, ceil_mode=True).numpy()
     np.testing.assert_array_equal(F.max_pool2d(x, 3, 2, 1, ceil_mode=True), expected)
+
+
+# ------------------------------------------- the fast CPU path against the reference, every geometry ---
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16, np.int8, np.int64], ids=str)
+@pytest.mark.parametrize("case", POOL_CASES, ids=POOL_IDS)
+def test_fast_cpu_pooling_equals_the_reference(case, dtype):
+    """cpu_fast's strided windows against reference.py's gathered ones (tests/pool_cases.py): max values and
+    indices exactly, gradients and averages to rounding, with every divisor rule."""
+    g = pool_geometry(case)
+    rng = np.random.default_rng(zlib.crc32(case[0].encode()))
+    x = rng.integers(-3, 4, g.input_shape).astype(dtype)  # ties, and a window of equal values
+    np.testing.assert_array_equal(cpu_fast.max_pool2d_forward(x, g), reference.max_pool2d_forward(x, g))
+    for got, expected in zip(cpu_fast.max_pool2d_forward(x, g, True), reference.max_pool2d_forward(x, g, True)):
+        np.testing.assert_array_equal(got, expected)
+    if np.dtype(dtype).kind != "f":
+        return
+    dy = rng.standard_normal(g.output_shape).astype(dtype)
+    tol = 2e-3 if dtype == np.float16 else 1e-5
+    # Overlapping windows sum their gradients in another order: equal to rounding.
+    np.testing.assert_allclose(cpu_fast.max_pool2d_grad(dy, x, g), reference.max_pool2d_grad(dy, x, g),
+                               rtol=tol, atol=tol)
+    for args in ((True, None), (False, None), (False, 5)):
+        np.testing.assert_allclose(cpu_fast.avg_pool2d_forward(x, g, *args), reference.avg_pool2d_forward(x, g, *args),
+                                   rtol=tol, atol=tol)
+        np.testing.assert_allclose(cpu_fast.avg_pool2d_grad(dy, g, *args), reference.avg_pool2d_grad(dy, g, *args),
+                                   rtol=tol, atol=tol)
+
+
+def test_the_cpu_path_runs_the_fast_pooling():
+    g = pool_geometry(POOL_CASES[0])
+    assert F._pool_module(np) is cpu_fast and not g.is_adaptive
+
+
+def test_divisible_adaptive_sizes_are_ordinary_pooling():
+    assert PoolGeometry.adaptive((1, 1, 8, 6), (4, 3)) == PoolGeometry.create((1, 1, 8, 6), 2)
+    assert PoolGeometry.adaptive((1, 1, 7, 6), (3, 3)).is_adaptive

@@ -335,15 +335,51 @@ def test_conv_transpose2d_module_takes_output_size_as_pytorchs_does():
         torch.testing.assert_close(ours(x, output_size=size), theirs(x, output_size=size))
 
 
-def test_unsupported_module_and_function_arguments_are_refused_clearly():
-    with pytest.raises(ValueError, match="padding_mode='reflect' is not supported"):
-        gt.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")
-    with pytest.raises(ValueError, match="dilation=2 is not supported"):
-        gt.MaxPool2d(2, dilation=2)
-    with pytest.raises(ValueError, match="return_indices=True is not supported"):
-        gt.max_pool2d(torch.randn(1, 1, 4, 4), 2, return_indices=True)
-    with pytest.raises(ValueError, match="divisor_override=3 is not supported"):
-        gt.AvgPool2d(2, divisor_override=3)
+def test_transposed_convolution_padding_modes_are_refused_clearly():
+    with pytest.raises(ValueError, match="zeros"):  # PyTorch's own refusal, which ours keeps
+        gt.ConvTranspose2d(3, 4, 3, padding_mode="reflect")
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_conv2d_padding_modes_match_torch(mode):
+    torch.manual_seed(0)
+    theirs = nn.Conv2d(3, 4, 3, padding=(1, 2), padding_mode=mode)
+    ours = gt.convert(copy.deepcopy(theirs))
+    assert type(ours) is gt.Conv2d
+    x, x_ours = torch.randn(2, 3, 6, 7, requires_grad=True), None
+    x_ours = x.detach().clone().requires_grad_()
+    torch.testing.assert_close(ours(x_ours), theirs(x))
+    ours(x_ours).square().sum().backward()
+    theirs(x).square().sum().backward()
+    torch.testing.assert_close(x_ours.grad, x.grad)
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad)
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=3, stride=2, padding=1, dilation=2, ceil_mode=True),
+                                    dict(kernel_size=(2, 3), stride=1, padding=(1, 0), dilation=(2, 1))])
+def test_max_pool2d_dilation_and_indices_match_torch(kwargs):
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64, requires_grad=True)
+    x_ours = x.detach().clone().requires_grad_()
+    y, indices = gt.max_pool2d(x_ours, return_indices=True, **kwargs)
+    y_t, indices_t = F.max_pool2d(x, return_indices=True, **kwargs)
+    torch.testing.assert_close(y, y_t)
+    assert indices.dtype == torch.int64 and torch.equal(indices, indices_t) and not indices.requires_grad
+    y.sum().backward()
+    y_t.sum().backward()
+    torch.testing.assert_close(x_ours.grad, x.grad)
+    unbatched, unbatched_indices = gt.MaxPool2d(return_indices=True, **kwargs)(x[0].detach())
+    assert torch.equal(unbatched_indices, indices_t[0]) and torch.equal(unbatched, y_t[0].detach())
+
+
+def test_avg_pool2d_divisor_override_matches_torch():
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64, requires_grad=True)
+    x_ours = x.detach().clone().requires_grad_()
+    y = gt.AvgPool2d(3, 2, 1, ceil_mode=True, divisor_override=4)(x_ours)
+    y_t = F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, divisor_override=4)
+    torch.testing.assert_close(y, y_t)
+    y.sum().backward()
+    y_t.sum().backward()
+    torch.testing.assert_close(x_ours.grad, x.grad)
 
 
 def test_convert_swaps_modules_in_place_keeping_parameters_and_the_optimizer():
@@ -351,16 +387,18 @@ def test_convert_swaps_modules_in_place_keeping_parameters_and_the_optimizer():
     shared = nn.Conv2d(4, 4, 3, padding=1)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), shared, nn.ReLU(), shared, nn.MaxPool2d(2),
                           nn.AvgPool2d(2), nn.ConvTranspose2d(4, 2, 2, stride=2),
-                          nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), nn.MaxPool2d(2, dilation=2))
+                          nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), nn.MaxPool2d(2, dilation=2),
+                          nn.ConvTranspose2d(2, 2, 1))
+    model[-1].padding_mode = "reflect"  # PyTorch refuses it at construction; its forward too
     reference = copy.deepcopy(model)
     params = list(model.parameters())
     opt = torch.optim.SGD(model.parameters(), lr=0.1)  # made before convert
-    with pytest.warns(UserWarning, match=r"8 \(Conv2d: padding_mode='reflect'.*9 \(MaxPool2d: dilation=2"):
+    with pytest.warns(UserWarning, match=r"10 \(ConvTranspose2d: padding_mode='reflect' is not supported"):
         assert gt.convert(model, algo="reference") is model
     kinds = [type(m) for m in model]
-    assert kinds[:8] == [gt.Conv2d, nn.ReLU, gt.Conv2d, nn.ReLU, gt.Conv2d, gt.MaxPool2d, gt.AvgPool2d,
-                         gt.ConvTranspose2d]
-    assert kinds[8:] == [nn.Conv2d, nn.MaxPool2d]
+    assert kinds == [gt.Conv2d, nn.ReLU, gt.Conv2d, nn.ReLU, gt.Conv2d, gt.MaxPool2d, gt.AvgPool2d,
+                     gt.ConvTranspose2d, gt.Conv2d, gt.MaxPool2d, nn.ConvTranspose2d]
+    del model[10], reference[10]
     assert model[2] is model[4] is shared and model[0].algo == "reference"
     assert all(a is b for a, b in zip(model.parameters(), params))
     assert model.state_dict().keys() == reference.state_dict().keys()
