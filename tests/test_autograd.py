@@ -75,6 +75,14 @@ POOL_CASES = [
     ("max-3x3-s2-p1-ceil", lambda x: F.max_pool2d(x, 3, 2, 1, ceil_mode=True)),
     ("avg-3x3-s2-p1", lambda x: F.avg_pool2d(x, 3, 2, 1)),
     ("avg-no-count-pad-ceil", lambda x: F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False)),
+    ("max-dilated-asymmetric-pad", lambda x: F.max_pool2d(x, 2, 1, (0, 1, 1, 0), dilation=(2, 1), ceil_mode=True)),
+    # The windows of padding only are -inf: the check sees the others (their gradient is tested elsewhere: none).
+    ("max-padding-only-windows", lambda x: (lambda y: y[np.isfinite(y.data)])(F.max_pool2d(x, 2, 2, (3, 2, 0, 3)))),
+    ("avg-divisor-override-same-lower", lambda x: F.avg_pool2d(x, 3, 2, "same_lower", divisor_override=4)),
+    ("avg-dilated-exclude-pad", lambda x: F.avg_pool2d(x, 2, 1, (2, 0, 1, 1), count_include_pad=False,
+                                                       dilation=2)),
+    ("adaptive-max-overlapping", lambda x: F.adaptive_max_pool2d(x, (4, 3))),
+    ("global-max", lambda x: F.global_max_pool2d(x)),
 ]
 
 OPS = [
@@ -112,6 +120,21 @@ OPS = [
     *[(f"pool-{name}", fn, [rand(2, 2, 6, 5)]) for name, fn in POOL_CASES],
     ("adaptive-avg-divisible", lambda x: F.adaptive_avg_pool2d(x, (2, 1)), [rand(1, 2, 4, 3)]),
     ("adaptive-avg-overlapping", lambda x: F.adaptive_avg_pool2d(x, (3, 2)), [rand(1, 2, 5, 5)]),
+    ("adaptive-avg-1d-upsampling", lambda x: F.adaptive_avg_pool1d(x, 7), [rand(2, 2, 5)]),
+    ("max_pool1d-dilated", lambda x: F.max_pool1d(x, 3, 2, 2, dilation=2, ceil_mode=True), [rand(2, 3, 9)]),
+    ("avg_pool1d", lambda x: F.avg_pool1d(x, 3, 2, 1, count_include_pad=False), [rand(2, 3, 9)]),
+    ("max_unpool2d", lambda x: F.max_unpool2d(x, np.array([[[[0, 3], [8, 15]]]]), 2), [rand(1, 1, 2, 2)]),
+    ("max_unpool1d-skips-minus-one", lambda x: F.max_unpool1d(x, np.array([[[1, -1, 4]]]), 2, output_size=(7,)),
+     [rand(1, 1, 3)]),
+    *[(f"pad-{mode}", (lambda mode: lambda x: F.pad(x, (2, 1, 1, 3), mode))(mode), [rand(1, 2, 4, 5)])
+      for mode in ("constant", "reflect", "replicate", "circular")],
+    ("pad-reflect-1d", lambda x: F.pad(x, (3, 2), "reflect"), [rand(2, 1, 4)]),
+    *[(f"conv2d-padding-mode-{mode}", (lambda mode: lambda x, w, b: F.conv2d(x, w, b, 2, (1, 2), padding_mode=mode))(
+        mode), [rand(1, 2, 5, 6), rand(3, 2, 3, 3, seed=1), rand(3, seed=2)]) for mode in ("reflect", "circular")],
+    ("conv1d-same-lower-dilated", lambda x, w, b: F.conv1d(x, w, b, padding="same_lower", dilation=2, groups=2),
+     [rand(2, 4, 7), rand(6, 2, 2, seed=1), rand(6, seed=2)]),
+    ("conv1d-replicate-stride", lambda x, w: F.conv1d(x, w, stride=2, padding=(2, 1), padding_mode="replicate"),
+     [rand(1, 2, 8), rand(3, 2, 3, seed=1)]),
     ("linear-2d", lambda x, w, b: F.linear(x, w, b), [rand(4, 3), rand(2, 3, seed=1), rand(2, seed=2)]),
     ("linear-3d", lambda x, w: F.linear(x, w), [rand(2, 4, 3), rand(5, 3, seed=1)]),
     ("relu", F.relu, [rand(3, 4) + 0.01]),
@@ -174,6 +197,10 @@ EMULATED = [
                                                                           output_padding=1),
      [rand(1, 2, 3, 4), rand(2, 3, 3, 3, seed=1)]),
     *[(f"pool-{name}", fn, [rand(2, 2, 6, 5)]) for name, fn in POOL_CASES],
+    ("conv1d-same-lower-dilated", lambda x, w: F.conv1d(x, w, padding="same_lower", dilation=2),
+     [rand(2, 2, 7), rand(3, 2, 2, seed=1)]),
+    ("conv2d-padding-mode-reflect", lambda x, w: F.conv2d(x, w, padding=1, padding_mode="reflect"),
+     [rand(1, 2, 4, 5), rand(3, 2, 3, 3, seed=1)]),
 ]
 
 

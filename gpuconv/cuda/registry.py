@@ -322,7 +322,6 @@ def instantiations(source: str | None = None) -> tuple[tuple[Variant, np.dtype],
     return tuple((v, d) for v in VARIANTS if source in (None, v.source) for d in v.dtypes)
 
 
-__all__ = ["DTYPE_INFO", "SIMT_DTYPES", "INT_DTYPES", "CONV_PASSES", "PASS_OPERANDS", "IM2COL", "IMPLICIT_GEMM", "FAMILIES",
-           "ELEMENTWISE_THREADS", "GemmTile", "Variant", "VARIANTS", "BY_NAME", "get", "variants",
-           "conv_variants", "algo_choices", "pool_ops", "sources", "instantiations", "dtype_suffix",
-           "c_types"]
+__all__ = ["DTYPE_INFO", "SIMT_DTYPES", "INT_DTYPES", "CONV_PASSES", "PASS_OPERANDS", "IM2COL", "IMPLICIT_GEMM",
+           "FAMILIES", "ELEMENTWISE_THREADS", "GemmTile", "Variant", "VARIANTS", "BY_NAME", "get", "variants",
+           "conv_variants", "algo_choices", "pool_ops", "sources", "instantiations", "dtype_suffix", "c_types"]

@@ -11,6 +11,6 @@ from .module import (IncompatibleKeys, Module, ModuleList, Parameter, Sequential
 __all__ = ["Module", "Parameter", "Sequential", "ModuleList", "IncompatibleKeys", "Conv1d", "Conv2d",
            "ConvTranspose2d", "Linear", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
            "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d",
-           "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "MaxUnpool1d", "MaxUnpool2d", "Flatten", "Dropout", "BatchNorm1d", "BatchNorm2d",
-           "CrossEntropyLoss", "NLLLoss", "MSELoss", "functional", "manual_seed", "save_arrays", "load_arrays",
-           "read_metadata"]
+           "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "MaxUnpool1d", "MaxUnpool2d", "Flatten", "Dropout", "BatchNorm1d",
+           "BatchNorm2d", "CrossEntropyLoss", "NLLLoss", "MSELoss", "functional", "manual_seed", "save_arrays",
+           "load_arrays", "read_metadata"]
