@@ -43,6 +43,8 @@ def line_as_plane(value, name: str, fill: int = 1):
         value = value[0]
     if not _is_int(value):
         raise TypeError(f"{name} must be an int (or a 1-tuple) for a 1-D operation, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
     return (fill, int(value))
 
 

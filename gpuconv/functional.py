@@ -19,7 +19,7 @@ from ._shapes import (ConvGeometry, PoolGeometry, _is_int, accumulation_dtype, c
                       check_same_dtype, conv_transpose_geometry, line_as_plane, line_padding_as_plane,
                       pad_bottom_right, pair)
 from .cuda import plan, registry
-from .padding import pad, pad_grad  # noqa: F401  (part of this API)
+from .padding import pad_grad  # noqa: F401  (part of this API)
 
 #: Algorithms each device accepts. On the CPU "auto" is the fast path and
 #: "reference" (alias "im2col") the textbook ground truth. On the GPU, besides "auto" and the families,
@@ -67,11 +67,24 @@ def _has_tensor(*values) -> bool:
     return any(isinstance(v, Tensor) for v in values)
 
 
+def _tensor_ops():
+    from .nn import functional as tensor_ops
+    return tensor_ops
+
+
 def _contiguous(xp, a):
     return None if a is None else xp.ascontiguousarray(a)
 
 
 # ------------------------------------------------------------ convolution ---
+
+def pad(x, pad, mode: str = "constant", value: float = 0.0):
+    """``torch.nn.functional.pad`` of the last one or two dimensions: pad = (left, right[, top, bottom]); modes
+    "constant" (``value``), "reflect", "replicate", "circular" (``gpuconv.padding``)."""
+    if _has_tensor(x):
+        return _tensor_ops().pad(x, pad, mode, value)
+    return _padding.pad(x, pad, mode, value)
+
 
 def padding_mode_pad(x_shape, weight_shape, stride, padding, dilation, groups, padding_mode: str):
     """For a ``padding_mode`` other than "zeros": the (left, right, top, bottom) ``pad`` the input takes before a
@@ -203,13 +216,14 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     array_module(x=x, weight=weight, bias=bias)
     dtype = check_same_dtype(x=x, weight=weight, bias=bias)
     g = conv_transpose_geometry(x.shape, weight.shape, stride, padding, output_padding, dilation, groups)
-    if bias is not None and tuple(bias.shape) != (g.C,):
-        raise ValueError(f"bias must have shape ({g.C},) (the output channels), got {tuple(bias.shape)}")
     return conv_transpose2d_forward(x, weight, bias, g, algo).astype(dtype, copy=False)
 
 
 def conv_transpose2d_forward(x, weight, bias, g: ConvGeometry, algo: str = "auto"):
     """y (N, C_out, H_out, W_out) = g's dgrad of x (N, C_in, H, W) with weight (C_in, C_out/groups, kH, kW)."""
+    if bias is not None and tuple(bias.shape) != (g.C,):
+        raise ValueError(f"conv_transpose2d: bias must have shape ({g.C},) (the output channels), got "
+                         f"{tuple(bias.shape)}")
     y = conv2d_grad_input(_as_transpose_input(x, g), weight, g.input_shape, **_transpose_args(g, algo))
     return y if bias is None else y + bias.reshape(1, -1, 1, 1)
 
@@ -280,11 +294,6 @@ def pool_avg_grad(grad_output, g: PoolGeometry, count_include_pad: bool = True, 
     dx = _pool_module(xp).avg_pool2d_grad(xp.ascontiguousarray(grad_output), g, bool(count_include_pad),
                                           divisor_override)
     return dx.astype(grad_output.dtype, copy=False)
-
-
-def _tensor_ops():
-    from .nn import functional as tensor_ops
-    return tensor_ops
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
@@ -431,9 +440,9 @@ def unpool_output_hw(input_hw, kernel_size, stride=None, padding=0, output_size=
         if min(default) < 1:
             raise ValueError(f"max_unpool2d: the output would be {default[0]}x{default[1]}; check padding")
         return default
-    if not isinstance(output_size, (tuple, list)) or len(output_size) < 2 or \
+    if not isinstance(output_size, (tuple, list)) or len(output_size) not in (2, 4) or \
             not all(_is_int(v) for v in output_size):
-        raise TypeError(f"max_unpool2d: output_size must be (H, W) or a shape ending in them, got {output_size!r}")
+        raise TypeError(f"max_unpool2d: output_size must be (H, W) or (N, C, H, W), got {output_size!r}")
     hw = tuple(int(v) for v in output_size[-2:])
     for size, d, s in zip(hw, default, stride):
         if not d - s < size < d + s:
@@ -492,12 +501,19 @@ def max_unpool1d(x, indices, kernel_size, stride=None, padding=0, output_size=No
     """``torch.nn.functional.max_unpool1d`` over (N, C, L): ``max_unpool2d`` of a one-row plane."""
     if _has_tensor(x):
         return _tensor_ops().max_unpool1d(x, indices, kernel_size, stride, padding, output_size)
-    if output_size is not None:
-        output_size = (1, tuple(output_size)[-1])
     y = max_unpool2d(_line_as_plane(x, "input"), _line_as_plane(indices, "indices"),
                      line_as_plane(kernel_size, "kernel_size"), line_as_plane(stride, "stride"),
-                     (0, _line_padding(padding)), output_size)
+                     (0, _line_padding(padding)), line_unpool_size(output_size))
     return y[:, :, 0, :]
+
+
+def line_unpool_size(output_size):
+    """``max_unpool1d``'s output_size, (L,) or (N, C, L), as its plane's (1, L)."""
+    if output_size is None:
+        return None
+    if not isinstance(output_size, (tuple, list)) or len(output_size) not in (1, 3):
+        raise TypeError(f"max_unpool1d: output_size must be (L,) or (N, C, L), got {output_size!r}")
+    return (1, output_size[-1])
 
 
 def _line_padding(padding) -> int:

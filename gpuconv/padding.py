@@ -24,6 +24,8 @@ def check_pad(pad, shape, mode: str) -> tuple[tuple[int, int], ...]:
     """``pad`` (left, right[, top, bottom]) -> ((before, after) per padded axis, first axis first), checked."""
     if mode not in MODES:
         raise ValueError(f"pad: mode must be one of {MODES}, got {mode!r}")
+    if len(shape) not in (3, 4):
+        raise ValueError(f"pad takes a 3-D (N, C, L) or 4-D (N, C, H, W) input, got shape {tuple(shape)}")
     if not isinstance(pad, (tuple, list)) or not all(isinstance(p, numbers.Integral) and not isinstance(p, bool)
                                                       for p in pad):
         raise TypeError(f"pad must be a tuple of ints (left, right[, top, bottom]), got {pad!r}")
@@ -56,7 +58,7 @@ def source_index(size: int, before: int, after: int, mode: str) -> np.ndarray:
 
 
 def pad(x, pad, mode: str = "constant", value: float = 0.0):
-    """x (..., [H,] W) padded: ``pad`` = (left, right) pads the last dimension, (left, right, top, bottom) the
+    """x (N, C, [H,] W) padded: ``pad`` = (left, right) pads the last dimension, (left, right, top, bottom) the
     last two (``torch.nn.functional.pad``)."""
     xp = array_module(x=x)
     pairs = check_pad(pad, x.shape, mode)

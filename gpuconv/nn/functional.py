@@ -241,11 +241,9 @@ def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_siz
 
 def max_unpool1d(input, indices, kernel_size, stride=None, padding=0, output_size=None) -> Tensor:
     """``torch.nn.functional.max_unpool1d`` over (N, C, L)."""
-    if output_size is not None:
-        output_size = (1, tuple(output_size)[-1])
     y = max_unpool2d(_line_as_plane(input, "input"), _line_as_plane(as_array(indices), "indices"),
                      line_as_plane(kernel_size, "kernel_size"), line_as_plane(stride, "stride"),
-                     (0, arrays._line_padding(padding)), output_size)
+                     (0, arrays._line_padding(padding)), arrays.line_unpool_size(output_size))
     return _plane_as_line(y)
 
 
