@@ -9,10 +9,16 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 
 PADDING_STRINGS = ("valid", "same", "same_upper", "same_lower", "full")
-FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+#: bfloat16 (ml_dtypes' NumPy dtype; CuPy uses the same): a storage type like float16, computed in float32.
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+FLOAT_DTYPES = (np.dtype(np.float16), BFLOAT16, np.dtype(np.float32), np.dtype(np.float64))
+FLOAT_NAMES = "float16, bfloat16, float32 or float64"
+#: The storage types whose sums are kept in float32.
+HALF_DTYPES = (np.dtype(np.float16), BFLOAT16)
 #: The integer dtypes max pooling's forward pass takes (on every device; it only compares).
 INTEGER_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.int8, np.int16, np.int32, np.int64))
 
@@ -115,15 +121,21 @@ def resolve_padding(padding, in_hw, kernel_hw, stride, dilation) -> tuple[int, i
 
 
 def accumulation_dtype(dtype) -> np.dtype:
-    """The dtype sums are kept in: float16 is a storage type, computed in float32 (as the GPU kernels do)."""
+    """The dtype sums are kept in: float16 and bfloat16 are storage types, computed in float32 (as the GPU
+    kernels do); NumPy has no BLAS for them either."""
     dtype = np.dtype(dtype)
-    return np.dtype(np.float32) if dtype == np.float16 else dtype
+    return np.dtype(np.float32) if dtype in HALF_DTYPES else dtype
+
+
+def is_floating(dtype) -> bool:
+    """Whether ``dtype`` is one of gpuconv's floating dtypes (bfloat16 included: NumPy's kind for it is "V")."""
+    return np.dtype(dtype) in FLOAT_DTYPES
 
 
 def check_float_dtype(array, name: str) -> np.dtype:
     dtype = np.dtype(array.dtype)
     if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have a floating dtype (float16, float32 or float64), got {dtype}")
+        raise TypeError(f"{name} must have a floating dtype ({FLOAT_NAMES}), got {dtype}")
     return dtype
 
 
@@ -134,10 +146,10 @@ def check_pool_dtype(array, name: str, integers: bool) -> np.dtype:
         return dtype
     if not integers and dtype in INTEGER_DTYPES:
         raise TypeError(f"{name} has the integer dtype {dtype}: only max pooling's forward pass takes integers "
-                        f"(average pooling and every gradient need float16, float32 or float64)")
+                        f"(average pooling and every gradient need {FLOAT_NAMES})")
     if dtype not in FLOAT_DTYPES:
         kinds = "a floating or integer dtype (" + ", ".join(str(d) for d in FLOAT_DTYPES + INTEGER_DTYPES) + ")" \
-            if integers else "a floating dtype (float16, float32 or float64)"
+            if integers else f"a floating dtype ({FLOAT_NAMES})"
         raise TypeError(f"{name} must have {kinds}, got {dtype}")
     return dtype
 
@@ -423,4 +435,5 @@ def ceil_div(a: int, b: int) -> int:
 
 __all__ = ["ConvGeometry", "PoolGeometry", "pair", "resolve_padding", "conv_output_size",
            "pool_output_size", "accumulation_dtype", "check_float_dtype", "check_pool_dtype", "check_same_dtype",
-           "ceil_div", "FLOAT_DTYPES", "INTEGER_DTYPES", "line_as_plane", "line_padding_as_plane"]
+           "ceil_div", "FLOAT_DTYPES", "FLOAT_NAMES", "HALF_DTYPES", "BFLOAT16", "is_floating", "INTEGER_DTYPES",
+           "line_as_plane", "line_padding_as_plane"]

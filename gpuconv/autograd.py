@@ -17,6 +17,7 @@ import threading
 import numpy as np
 
 from ._backend import array_module, as_numpy, device_of, is_cupy_array, is_device, normalize_device, to_device
+from ._shapes import is_floating
 
 
 class _GradMode(threading.local):
@@ -51,6 +52,11 @@ def enable_grad():
 
 def _is_array(a) -> bool:
     return isinstance(a, np.ndarray) or is_cupy_array(a)
+
+
+def _differentiable(dtype) -> bool:
+    """Floating (bfloat16 included, whose NumPy kind is "V") or complex."""
+    return is_floating(dtype) or np.dtype(dtype).kind == "c"
 
 
 class Tensor:
@@ -140,7 +146,7 @@ class Tensor:
         return Tensor(self.data)
 
     def requires_grad_(self, mode: bool = True) -> "Tensor":
-        if mode and self.data.dtype.kind not in "fc":
+        if mode and not _differentiable(self.data.dtype):
             raise TypeError(f"only floating tensors can require a gradient, got dtype {self.data.dtype}")
         if not mode and self._creator is not None:
             raise RuntimeError("requires_grad can only be turned off on a leaf tensor; use .detach()")
@@ -361,7 +367,7 @@ class Function:
             fn.needs_input_grad = (False,) * len(inputs)
         out = fn.forward(*(t.data if isinstance(t, Tensor) else t for t in inputs))
         result = Tensor(out)
-        if recording and result.dtype.kind in "fc":
+        if recording and _differentiable(result.dtype):
             # Leaves are kept (backward fills their .grad); of a recorded tensor only its place in the graph:
             # its array is kept only if the Function saved it.
             fn.inputs = tuple(None if not isinstance(t, Tensor) else t if t._creator is None else _Edge(t)

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 
-from . import __version__
+from . import __version__, amp
 from ._backend import CUDAUnavailableError, normalize_device
 from .distributed import DistributedUnavailableError
 
@@ -157,7 +157,7 @@ def _train(args) -> int:
         config = training.TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                       optimizer=args.optimizer, momentum=args.momentum,
                                       weight_decay=args.weight_decay, scheduler=args.scheduler, augment=args.augment,
-                                      seed=args.seed)
+                                      seed=args.seed, precision=args.precision)
         state = None
         if args.resume:
             state = training.read_checkpoint(args.resume)
@@ -354,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning rate per step: step (x0.1 at 50%% and 75%% of the run), cosine, onecycle")
     t.add_argument("--augment", action="store_true", help="random crops (4 pixels of padding) and horizontal flips")
     t.add_argument("--seed", type=int, default=0, help="initial weights, batch order, augmentation, digits' split")
+    t.add_argument("--precision", choices=tuple(amp.PRECISIONS), default="fp32",
+                   help="fp32, or mixed precision: bf16 / fp16 convolutions and linear layers on float32 master "
+                        "weights (fp16 with dynamic loss scaling; overflowed steps skipped and counted)")
     t.add_argument("--save", metavar="FILE.npz", help="write the trained weights (with their architecture) here")
     t.add_argument("--checkpoint-dir", metavar="DIR", help="write a checkpoint after every epoch here")
     t.add_argument("--resume", metavar="DIR", help="continue the run checkpointed in DIR up to --epochs")

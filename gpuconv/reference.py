@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._shapes import ConvGeometry, PoolGeometry, accumulation_dtype
+from ._shapes import ConvGeometry, PoolGeometry, accumulation_dtype, is_floating
 
 
 def im2col(x: np.ndarray, g: ConvGeometry) -> np.ndarray:
@@ -128,7 +128,7 @@ def first_max(win: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray
     """(tap, has_pixel) of each window's maximum: the first NaN, else the first real tap holding the largest
     value, so that when every real pixel is -inf it is the first of them, never padding (PyTorch's rule);
     has_pixel is False for a window of padding only."""
-    is_nan = np.isnan(win) if win.dtype.kind == "f" else np.zeros(win.shape, bool)
+    is_nan = np.isnan(win) if is_floating(win.dtype) else np.zeros(win.shape, bool)
     best = np.where(real, win, lowest(win.dtype)).max(axis=-1, keepdims=True)  # NaN when the window has one
     hit = real & ((win == best) | is_nan)
     return hit.argmax(axis=-1), hit.any(axis=-1)

@@ -8,6 +8,7 @@ written as a checkpoint; resuming from it continues bit for bit as if the run ha
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -18,8 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import __version__, checkpoint, distributed, models, nn, optim
+from . import __version__, amp, checkpoint, distributed, models, nn, optim
 from ._backend import to_device
+from ._shapes import is_floating
 from .autograd import no_grad
 from .data import Dataset, normalization
 
@@ -49,6 +51,9 @@ class TrainConfig:
     scheduler: str = "none"
     augment: bool = False
     seed: int = 0
+    #: fp32, or mixed precision: bf16 / fp16 convolutions and linear layers on float32 master weights
+    #: (``gpuconv.amp``); fp16 with dynamic loss scaling.
+    precision: str = "fp32"
 
     def problems(self) -> list[str]:
         """One line per bad value, naming its flag (checked before any data is loaded)."""
@@ -70,6 +75,8 @@ class TrainConfig:
             out.append(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.scheduler not in SCHEDULERS:
             out.append(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.precision not in amp.PRECISIONS:
+            out.append(f"--precision must be one of {', '.join(amp.PRECISIONS)}, got {self.precision!r}")
         return out
 
 
@@ -201,6 +208,7 @@ class Run:
         self.comm.broadcast([p.data for p in self.model.parameters()] + self.model.buffers())
         self.optimizer = make_optimizer(config, self.model.parameters())
         self.scheduler = make_scheduler(config, self.optimizer, steps_per_epoch)
+        self.scaler = amp.GradScaler(enabled=config.precision == "fp16")
         self.order_rng = np.random.default_rng(config.seed)
         self.augment_rng = np.random.default_rng([config.seed, 1])
         self.epoch = 0
@@ -211,7 +219,7 @@ class Run:
         rank 0 saves, one model: each rank's batches moved its own."""
         if self.comm.size == 1:
             return
-        floating = [b for b in self.model.buffers() if b.dtype.kind == "f"]
+        floating = [b for b in self.model.buffers() if is_floating(b.dtype)]
         self.comm.allreduce_sum(floating)
         for b in floating:
             b /= self.comm.size
@@ -220,6 +228,7 @@ class Run:
         return {"format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(self.config), "epoch": self.epoch,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
                 "rng": {"order": self.order_rng.bit_generator.state, "augment": self.augment_rng.bit_generator.state,
                         "init": nn.init.get_rng_state()},
                 "history": list(self.history), "metadata": metadata}
@@ -229,6 +238,8 @@ class Run:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.order_rng.bit_generator.state = state["rng"]["order"]
         self.augment_rng.bit_generator.state = state["rng"]["augment"]
         nn.init.set_rng_state(state["rng"]["init"])
@@ -262,6 +273,12 @@ def _write_jsonl(path, record) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def _precision(config: TrainConfig):
+    """The forward passes' context: autocast to bf16 / fp16, or nothing for fp32."""
+    low = amp.PRECISIONS[config.precision]
+    return amp.autocast(low) if low is not None else contextlib.nullcontext()
+
+
 def _run_epoch(run: "Run", epoch: int, x_train, y_train, device, loss_fn, bar):
     """One pass over the training set in the run's order: (summed loss, correct, images seen, last loss).
 
@@ -274,6 +291,7 @@ def _run_epoch(run: "Run", epoch: int, x_train, y_train, device, loss_fn, bar):
     seen = correct = 0
     running_loss, loss_value = 0.0, float("nan")
     params = run.model.parameters()
+    scaler = run.scaler
     for step_index, i in enumerate(range(0, n, config.batch_size)):
         idx = order[i:i + config.batch_size]
         share = slice(None)
@@ -294,9 +312,10 @@ def _run_epoch(run: "Run", epoch: int, x_train, y_train, device, loss_fn, bar):
             loss_value = float(total[0])
             logits = None
         elif comm.size > 1:
-            logits = run.model(to_device(xb, device))
-            loss = loss_fn(logits, to_device(yb, device)) * (len(yb) / len(idx))  # its part of the batch's mean
-            loss.backward()
+            with _precision(config):
+                logits = run.model(to_device(xb, device))
+                loss = loss_fn(logits, to_device(yb, device)) * (len(yb) / len(idx))  # its part of the batch's mean
+            scaler.scale(loss).backward()
             for p in params:
                 if p.grad is None:  # a parameter this batch did not reach still takes part in the sum
                     p.grad = p.data * 0
@@ -304,14 +323,17 @@ def _run_epoch(run: "Run", epoch: int, x_train, y_train, device, loss_fn, bar):
             comm.allreduce_sum([p.grad for p in params] + [total])  # in place
             loss_value = float(total[0])
         else:
-            logits = run.model(to_device(xb, device))
-            loss = loss_fn(logits, to_device(yb, device))
-            loss.backward()
+            with _precision(config):
+                logits = run.model(to_device(xb, device))
+                loss = loss_fn(logits, to_device(yb, device))
+            scaler.scale(loss).backward()
             loss_value = float(loss)
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(f"the loss became {loss_value} in epoch {epoch}, step {step_index + 1}: "
                                      f"training stopped (try a lower --lr than {config.lr})")
-        run.optimizer.step()
+        # fp16: gradients unscaled; a step whose gradients overflowed is skipped (and counted), the scale halved.
+        scaler.step(run.optimizer)
+        scaler.update()
         if run.scheduler is not None:
             run.scheduler.step()
         running_loss += loss_value * len(idx)
@@ -373,11 +395,16 @@ def train(data: Dataset, config: TrainConfig | None = None, *, device: str = "cp
                                                                      loss_fn, bar)
             seconds = time.perf_counter() - start
             run.average_buffers()
-            test_accuracy, test_loss = evaluate(run.model, x_test, data.y_test, device, loss_fn=loss_fn, comm=comm)
+            with _precision(config):  # evaluated as it trains
+                test_accuracy, test_loss = evaluate(run.model, x_test, data.y_test, device, loss_fn=loss_fn,
+                                                    comm=comm)
             epoch_times.append(seconds)
             record = {"epoch": epoch, "train_loss": running_loss / seen, "train_accuracy": correct / seen,
                       "test_loss": test_loss, "test_accuracy": test_accuracy,
-                      "lr": run.optimizer.param_groups[0]["lr"], "seconds": seconds, "images_per_second": seen / seconds}
+                      "lr": run.optimizer.param_groups[0]["lr"], "seconds": seconds, "images_per_second": seen / seconds,
+                      "precision": config.precision}
+            if run.scaler.enabled:
+                record.update(loss_scale=run.scaler.get_scale(), skipped_steps=run.scaler.skipped_steps)
             run.history.append(record)
             run.epoch = epoch
             log(f"epoch {epoch:3d}/{config.epochs}  loss {record['train_loss']:.4f}  train acc "
@@ -405,7 +432,10 @@ def train(data: Dataset, config: TrainConfig | None = None, *, device: str = "cp
     first = epoch_times[0] if epoch_times else 0.0
     where = device if comm.size == 1 else f"{comm.size} processes ({device})"
     log(f"test accuracy {accuracy:.2%} on {len(x_test)} images | {per_epoch:.3f} s/epoch on {where} "
-        f"(first epoch {first:.3f} s)")
+        f"(first epoch {first:.3f} s){'' if config.precision == 'fp32' else ', precision ' + config.precision}")
+    if run.scaler.enabled:
+        log(f"fp16 loss scaling: {run.scaler.skipped_steps} of {run.epoch * steps_per_epoch} steps skipped "
+            f"(gradients overflowed), final scale {run.scaler.get_scale():g}")
     if save:
         metadata["result"] = {"epochs": run.epoch, "test_accuracy": accuracy}
         run.model.save(save, metadata=metadata)

@@ -100,7 +100,7 @@ def wrong_dtype_cases():
                 if function == "max_pool2d" and dtype is np.int32:
                     continue  # max pooling's forward takes integers (tests/test_pool.py)
                 kinds = ("a floating or integer dtype" if function == "max_pool2d" else
-                         r"a floating dtype \(float16, float32 or float64\)")
+                         r"a floating dtype \(float16, bfloat16, float32 or float64\)")
                 if function.startswith("avg") and dtype is np.int32:
                     kinds = r"the integer dtype int32: only max pooling's forward pass takes integers"
                     match = rf"{arg} has {kinds}"
@@ -255,7 +255,7 @@ LAYER_CASES = [
     ("Conv2d-x-float64", lambda: nn.Conv2d(4, 6, 3).forward(X.astype(np.float64)), TypeError,
      r"dtype mismatch: x is float64 but weight is float32"),
     ("Conv2d-x-int", lambda: nn.Conv2d(4, 6, 3).forward(X.astype(np.int64)), TypeError,
-     r"x must have a floating dtype \(float16, float32 or float64\), got int64"),
+     r"x must have a floating dtype \(float16, bfloat16, float32 or float64\), got int64"),
     ("Conv2d-x-complex", lambda: nn.Conv2d(4, 6, 3).forward(X.astype(np.complex128)), TypeError,
      r"x must have a floating dtype .*got complex128"),
     ("Conv2d-x-bool", lambda: nn.Conv2d(4, 6, 3).forward(X > 0), TypeError, r"x must have a floating dtype .*got bool"),

@@ -246,7 +246,8 @@ def test_the_plot_and_the_log(trained):
     records = [json.loads(line) for line in (directory / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert set(records[0]) == {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr",
-                               "seconds", "images_per_second"}
+                               "seconds", "images_per_second", "precision"}
+    assert records[0]["precision"] == "fp32"
 
 
 # ----------------------------------------------------------------- the rest ---

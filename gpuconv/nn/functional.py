@@ -11,9 +11,10 @@ import numpy as np
 
 from .. import functional as arrays
 from .._backend import array_module
-from .._shapes import PoolGeometry, check_float_dtype, check_same_dtype, conv_transpose_geometry, line_as_plane, \
-    line_padding_as_plane
+from .._shapes import (PoolGeometry, accumulation_dtype, check_float_dtype, check_same_dtype, conv_transpose_geometry,
+                       line_as_plane, line_padding_as_plane)
 from ..padding import CONV_PADDING_MODES
+from ..amp import full_precision, low_precision
 from ..autograd import Function, Tensor, as_array
 from ..ops import flatten  # noqa: F401  (torch.flatten's place in this namespace)
 from . import init
@@ -49,7 +50,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
            algo="auto") -> Tensor:
     """2-D cross-correlation (``torch.nn.functional.conv2d``); backward runs our dgrad and wgrad.
 
-    ``padding_mode`` "reflect", "replicate" or "circular" pads the input first (``pad``, PyTorch's Conv2d)."""
+    ``padding_mode`` "reflect", "replicate" or "circular" pads the input first (``pad``, PyTorch's Conv2d).
+    Under ``gpuconv.amp.autocast`` it computes in the autocast dtype."""
+    input, weight, bias = low_precision(input, weight, bias)
     mode_pad = None
     if padding_mode != "zeros":
         _xp(input=input, weight=weight)
@@ -127,6 +130,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
 
     Forward runs our dgrad kernels, backward fprop (input gradient) and wgrad (weight gradient).
     """
+    input, weight, bias = low_precision(input, weight, bias)
     return _ConvTranspose2d.apply(input, weight, bias, stride=stride, padding=padding,
                                   output_padding=output_padding, groups=groups, dilation=dilation, algo=algo)
 
@@ -257,20 +261,26 @@ class _Linear(Function):
             raise ValueError(f"linear expects {weight.shape[1]} input features (the last dimension), got shape "
                              f"{tuple(x.shape)}")
         self.saved = (x if self.needs_input_grad[1] else None, weight)
-        y = x @ weight.T
+        # float16 / bfloat16 multiply in float32 (NumPy has no BLAS for them) and round the result once.
+        dtype, acc = x.dtype, accumulation_dtype(x.dtype)
+        y = (x.astype(acc, copy=False) @ weight.astype(acc, copy=False).T).astype(dtype, copy=False)
         return y if bias is None else y + bias
 
     def backward(self, grad):
         x, weight = self.saved
         need_x, need_w, need_b = self.needs_input_grad
-        rows = grad.reshape(-1, grad.shape[-1])
-        return (grad @ weight if need_x else None,
-                rows.T @ x.reshape(-1, x.shape[-1]) if need_w else None,
-                rows.sum(axis=0) if need_b else None)
+        dtype, acc = grad.dtype, accumulation_dtype(grad.dtype)
+        g = grad.astype(acc, copy=False)
+        rows = g.reshape(-1, g.shape[-1])
+        return (((g @ weight.astype(acc, copy=False)).astype(dtype, copy=False)) if need_x else None,
+                (rows.T @ x.reshape(-1, x.shape[-1]).astype(acc, copy=False)).astype(dtype, copy=False)
+                if need_w else None,
+                rows.sum(axis=0).astype(dtype, copy=False) if need_b else None)
 
 
 def linear(input, weight, bias=None) -> Tensor:
     """y = input @ weight.T + bias over the last dimension of an input of any rank."""
+    input, weight, bias = low_precision(input, weight, bias)
     return _Linear.apply(input, weight, bias)
 
 
@@ -374,10 +384,12 @@ def _dim(dim, name):
 
 
 def softmax(input, dim=None) -> Tensor:
+    (input,) = full_precision(input)
     return _Softmax.apply(input, dim=_dim(dim, "softmax"))
 
 
 def log_softmax(input, dim=None) -> Tensor:
+    (input,) = full_precision(input)
     return _LogSoftmax.apply(input, dim=_dim(dim, "log_softmax"))
 
 
@@ -448,7 +460,9 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     In training the batch's statistics normalise, and the running statistics (arrays) are updated in place:
     ``running = (1 - momentum) * running + momentum * batch`` with the unbiased variance; ``momentum=None``
     takes the cumulative average over ``num_batches_tracked`` (a 0-d integer array, already incremented).
+    Under ``gpuconv.amp.autocast`` it computes in float32.
     """
+    input, weight, bias = full_precision(input, weight, bias)
     x = as_array(input)
     array_module(x=x)
     check_same_dtype(x=x, weight=as_array(weight), bias=as_array(bias))
@@ -556,6 +570,7 @@ def _classification_loss(input, target, name, from_logits, ignore_index, reducti
     _check_reduction(reduction)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    (input,) = full_precision(input)
     x, t = as_array(input), as_array(target)
     _check_classification(x, t, name)
     classes = x.shape[1]
@@ -588,6 +603,7 @@ def cross_entropy(input, target, *, ignore_index: int = -100, reduction: str = "
 def mse_loss(input, target, reduction: str = "mean") -> Tensor:
     """Mean (or sum, or elementwise) squared error; input and target must have one shape."""
     _check_reduction(reduction)
+    input, target = full_precision(input, target)
     x, t = as_array(input), as_array(target)
     array_module(input=x, target=t)
     if tuple(x.shape) != tuple(t.shape):

@@ -12,6 +12,7 @@ import numpy as np
 
 from .._shapes import line_as_plane, line_padding_as_plane, pair, resolve_padding
 from ..autograd import Tensor, as_array
+from ..amp import full_precision
 from ..cuda import registry
 from ..padding import CONV_PADDING_MODES
 from . import functional as F
@@ -403,6 +404,7 @@ class _BatchNorm(Module):
             self.running_mean = self.running_var = self.num_batches_tracked = None
 
     def forward(self, x):
+        (x,) = full_precision(x)  # under autocast batch norm computes in float32
         array = _check_ndim(x, self._ndims, type(self).__name__, self._layout)
         if array.shape[1] != self.num_features:
             raise ValueError(f"{type(self).__name__} expects {self.num_features} channels, got {array.shape[1]}")

@@ -16,6 +16,7 @@ from collections import OrderedDict, namedtuple
 import numpy as np
 
 from .._backend import array_module, as_numpy, device_of, is_device, normalize_device, to_device
+from .._shapes import BFLOAT16, is_floating
 from ..autograd import Tensor
 
 
@@ -144,7 +145,7 @@ class Module:
         for _, module in self.named_modules():
             for name in getattr(module, "_buffer_names", ()):
                 value = getattr(module, name)
-                if not floating_only or value.dtype.kind == "f":
+                if not floating_only or is_floating(value.dtype):
                     setattr(module, name, fn(value))
 
     def to(self, target):
@@ -157,7 +158,7 @@ class Module:
             self._map_arrays(lambda a: to_device(a, device), floating_only=False)
         else:
             dtype = np.dtype(target)
-            if dtype.kind != "f":
+            if not is_floating(dtype):
                 raise TypeError(f"a module can only be cast to a floating dtype, got {dtype}")
             self._map_arrays(lambda a: a.astype(dtype), floating_only=True)
         return self
@@ -289,11 +290,29 @@ def _umask() -> int:
     return mask
 
 
+#: .npy has no bfloat16: such an array is saved as its uint16 bits under its name plus this suffix.
+BFLOAT16_SUFFIX = "::bfloat16"
+
+
+def _to_npz(arrays) -> dict:
+    return {(name + BFLOAT16_SUFFIX if a.dtype == BFLOAT16 else name): (a.view(np.uint16) if a.dtype == BFLOAT16
+                                                                        else a)
+            for name, a in ((name, np.asarray(a)) for name, a in arrays.items())}
+
+
+def _from_npz(name: str, a: np.ndarray):
+    if name.endswith(BFLOAT16_SUFFIX) and a.dtype == np.uint16:
+        return name[:-len(BFLOAT16_SUFFIX)], a.view(BFLOAT16)
+    return name, a
+
+
 def save_arrays(path, arrays) -> None:
     """np.savez into a temporary file beside ``path``, then an atomic rename.
 
-    The file gets the usual permissions (0666 less the umask), not the 0600 of a temporary file.
+    The file gets the usual permissions (0666 less the umask), not the 0600 of a temporary file. bfloat16
+    arrays are stored as their bits (``BFLOAT16_SUFFIX``) and come back as bfloat16 from ``load_arrays``.
     """
+    arrays = _to_npz(arrays)
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
@@ -317,7 +336,7 @@ def load_arrays(path, what: str = "gpuconv weight file") -> "OrderedDict[str, np
         if not isinstance(data, np.lib.npyio.NpzFile):  # a lone .npy array has no names to load by
             raise ValueError(f"a single {data.dtype} array of shape {data.shape} (.npy), not an .npz archive")
         with data:
-            return OrderedDict((name, data[name]) for name in data.files)
+            return OrderedDict(_from_npz(name, data[name]) for name in data.files)
     except FileNotFoundError:
         raise
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError) as exc:
