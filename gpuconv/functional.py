@@ -480,6 +480,8 @@ def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=No
     xp = _check_unpool(x, indices, out_hw)
     N, C = x.shape[:2]
     y = xp.zeros((N * C, out_hw[0] * out_hw[1]), dtype=x.dtype)
+    if x.size == 0:
+        return y.reshape(N, C, *out_hw)
     flat, values = indices.reshape(N * C, -1), x.reshape(N * C, -1)
     plane = xp.broadcast_to(xp.arange(N * C)[:, None], flat.shape)
     keep = flat >= 0
@@ -490,6 +492,8 @@ def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=No
 def max_unpool2d_grad(grad_output, indices):
     """Gradient of ``max_unpool2d`` with respect to its input: grad_output read at each index (0 at -1)."""
     xp = array_module(grad_output=grad_output, indices=indices)
+    if indices.size == 0:
+        return xp.zeros(indices.shape, dtype=grad_output.dtype)
     N, C = indices.shape[:2]
     flat = indices.reshape(N * C, -1)
     grad = grad_output.reshape(N * C, -1)
