@@ -518,9 +518,18 @@ def conv2d_grad_input(grad_output: np.ndarray, weight: np.ndarray, g: ConvGeomet
     weight = np.ascontiguousarray(weight, dtype=acc)
     if g.C == g.groups > 1:
         return _depthwise_grad_input(dy, weight, g, acc)
-    if _prefer_col2im(g):
+    # dx sums only the taps that reach each pixel (the reference's col2im). The phase convolutions pad dy
+    # with zeros where a tap reaches no output pixel, exact only while 0 * w = 0: a NaN or inf weight
+    # (one pass over the weight to find out; NaN and inf make the sum non-finite) takes col2im instead.
+    if _prefer_col2im(g) or not _all_finite(weight):
         return _col2im_grad_input(dy, weight, g, acc)
     return _phase_grad_input(dy, weight, g, acc)
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    """No NaN or inf in ``a`` (a huge finite sum overflowing says False too: a cheap, safe answer)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(a.sum()))
 
 
 def _prefer_col2im(g: ConvGeometry) -> bool:

@@ -78,6 +78,28 @@ __device__ __forceinline__ void keep_in_register(const P*& pointer) {
 #endif
 }
 
+// threadIdx.x and blockIdx read afresh: on a GPU not the values read at the start, which would otherwise stay
+// in registers from there to here (the epilogues use them: nothing to keep live through the main loop).
+__device__ __forceinline__ int fresh_thread_index() {
+#ifdef __CUDA_ARCH__
+    int v;
+    asm volatile("mov.u32 %0, %%tid.x;" : "=r"(v));
+    return v;
+#else
+    return (int)threadIdx.x;
+#endif
+}
+
+__device__ __forceinline__ void fresh_block_index(int& x, int& y, int& z) {
+#ifdef __CUDA_ARCH__
+    asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(x));
+    asm volatile("mov.u32 %0, %%ctaid.y;" : "=r"(y));
+    asm volatile("mov.u32 %0, %%ctaid.z;" : "=r"(z));
+#else
+    x = (int)blockIdx.x, y = (int)blockIdx.y, z = (int)blockIdx.z;
+#endif
+}
+
 // A load through the read-only data path (LDG.CONSTANT), for the wgrad kernel's gathers.
 __device__ __forceinline__ float load_readonly(const float* p) { return __ldg(p); }
 __device__ __forceinline__ double load_readonly(const double* p) { return __ldg(p); }
@@ -109,12 +131,12 @@ struct __align__(16) WarpSharedTiles {
 
 // Where this thread's 8x8 outputs lie in the block tile: rows row0 + {0..3} and row0 + WARP_M/2 + {0..3},
 // columns col0 + {0..3} and col0 + WARP_N/2 + {0..3}.
-template <class Tile> __device__ __forceinline__ int thread_row0() {
-    const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+template <class Tile> __device__ __forceinline__ int thread_row0(int tid = (int)threadIdx.x) {
+    const int warp = tid / 32, lane = tid % 32;
     return (warp / Tile::WARPS_N) * Tile::WARP_M + (lane / Tile::LANES_N) * 4;
 }
-template <class Tile> __device__ __forceinline__ int thread_col0() {
-    const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+template <class Tile> __device__ __forceinline__ int thread_col0(int tid = (int)threadIdx.x) {
+    const int warp = tid / 32, lane = tid % 32;
     return (warp % Tile::WARPS_N) * Tile::WARP_N + (lane % Tile::LANES_N) * 4;
 }
 // Tile row (column) of this thread's i-th output row (column), i in 0..7.
@@ -164,8 +186,56 @@ __device__ __forceinline__ void multiply_slice(const WarpSharedTiles<Acc, Tile>&
     }
 }
 
-template <typename T, class Tile>
-__device__ __forceinline__ void tap_major_conv(const T* __restrict__ in, const T* __restrict__ w,
+// Store a thread's 8x8 outputs, out[n, group*Co + col, p, q]; returns, with FLAG_NAN, whether one was NaN
+// (the flag in *nan_seen, shared memory: a register for it would cost one of the kernel's). FLAG_NAN (dgrad) works
+// the indices out afresh from the block and thread index and the output plane -- its pixel grid is a stride
+// phase of it -- rather than keep them from the prologue through the main loop: that pays for the NaN
+// epilogue (conv2d_dgrad.cu) in registers. fprop keeps its own (the fewer registers for it).
+template <class Tile, bool FLAG_NAN, typename T, typename Acc>
+__device__ __forceinline__ bool store_tile(T* __restrict__ out, const Acc (&acc)[8][8], const TapMajorConv& cv,
+                                           long long m_first, int col_first, int group, int row0, int col0,
+                                           volatile Acc* nan_seen) {
+    TapMajorConv c = cv;
+    if (FLAG_NAN) {
+        int block_m, block_n;
+        fresh_block_index(block_m, block_n, group);
+        int* fields[] = {&c.N, &c.out_channels, &c.out_H, &c.out_W, &c.out_row0, &c.out_row_step, &c.out_col0,
+                         &c.out_col_step};
+#pragma unroll
+        for (int f = 0; f < (int)(sizeof(fields) / sizeof(fields[0])); ++f) keep_in_register(*fields[f]);
+        c.P = (c.out_H - c.out_row0 + c.out_row_step - 1) / c.out_row_step;  // the pixel grid, from the output
+        c.Q = (c.out_W - c.out_col0 + c.out_col_step - 1) / c.out_col_step;
+        m_first = (long long)block_m * Tile::BLOCK_M;
+        const int tid = fresh_thread_index();
+        row0 = thread_row0<Tile>(tid), col0 = thread_col0<Tile>(tid), col_first = block_n * Tile::BLOCK_N;
+    }
+    const long long PQ = (long long)c.P * c.Q, pixels = c.N * PQ;
+    const long long out_plane = (long long)c.out_H * c.out_W;
+    if (FLAG_NAN) *nan_seen = Acc(0);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const long long mo = m_first + owned_row8<Tile>(row0, i);
+        if (mo >= pixels) continue;
+        const long long n = mo / PQ;
+        const int pq_out = (int)(mo - n * PQ);
+        T* out_pixel = out + (n * c.out_channels + (long long)group * c.Co) * out_plane +
+                       (long long)(c.out_row0 + (pq_out / c.Q) * c.out_row_step) * c.out_W +
+                       c.out_col0 + (pq_out % c.Q) * c.out_col_step;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int col = col_first + owned_col8<Tile>(col0, j);
+            if (col < c.Co) {
+                out_pixel[(long long)col * out_plane] = from_acc<T>(acc[i][j]);
+                if (FLAG_NAN && is_nan(acc[i][j])) *nan_seen = Acc(1);
+            }
+        }
+    }
+    return FLAG_NAN && *nan_seen != Acc(0);
+}
+
+// Returns, with FLAG_NAN (dgrad: conv2d_dgrad.cu), whether this thread stored a NaN; else false.
+template <typename T, class Tile, bool FLAG_NAN = false>
+__device__ __forceinline__ bool tap_major_conv(const T* __restrict__ in, const T* __restrict__ w,
                                                T* __restrict__ out, const TapMajorConv cv) {
     typedef typename AccT<T>::type Acc;
     constexpr int BM = Tile::BLOCK_M, BN = Tile::BLOCK_N, BK = Tile::BLOCK_K;
@@ -281,23 +351,9 @@ __device__ __forceinline__ void tap_major_conv(const T* __restrict__ in, const T
         current = next;
     }
 
-    // out[n, group*Co + col, p, q]
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        const long long mo = m_first + owned_row8<Tile>(row0, i);
-        if (mo >= pixels) continue;
-        const long long n = mo / PQ;
-        const int pq_out = (int)(mo - n * PQ);
-        const long long out_plane = (long long)cv.out_H * cv.out_W;
-        T* out_pixel = out + (n * cv.out_channels + (long long)group * cv.Co) * out_plane +
-                       (long long)(cv.out_row0 + (pq_out / cv.Q) * cv.out_row_step) * cv.out_W +
-                       cv.out_col0 + (pq_out % cv.Q) * cv.out_col_step;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const int col = col_first + owned_col8<Tile>(col0, j);
-            if (col < cv.Co) out_pixel[(long long)col * out_plane] = from_acc<T>(acc[i][j]);
-        }
-    }
+    // The NaN flag lives in this thread's word of the shared tiles: every thread is past the last barrier.
+    return store_tile<Tile, FLAG_NAN>(out, acc, cv, m_first, col_first, group, row0, col0,
+                                      &smem.a[0][tid / BM][tid % BM]);
 }
 
 // The weight gradient of one split of the output pixels, warp-tiled (conv2d_wgrad.cu):
