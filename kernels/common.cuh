@@ -4,8 +4,9 @@
 // machine and by the CPU emulator, which compiles these files with g++):
 //   * no system headers: NVRTC on CI has none of them, so float16 is our own
 //     storage type and the few math helpers we need live here;
-//   * shared memory + __syncthreads() only: no warp shuffles, atomics,
-//     cooperative groups or cp.async;
+//   * shared memory + __syncthreads(); warp-level primitives (shuffles, ldmatrix,
+//     mma.sync, cp.async) only through warp_primitives.cuh, whose emulated forms
+//     the CPU emulator runs; no atomics or cooperative groups;
 //   * every index that can exceed 2^31 (anything scaled by N*C*H*W) is long long.
 //
 // gpuconv/cuda/loader.py pastes this file in place of the `#include "common.cuh"`

@@ -26,6 +26,11 @@ Bug catchers, all on by default:
   a 64-bit index stored in an ``int``;
 - divergent ``__syncthreads()`` (some threads exited while others wait, or threads wait at different
   calls) and ``__trap()`` raise :class:`KernelLaunchError`;
+- warp primitives (``__syncwarp``, shuffles, votes; ldmatrix and mma from kernels/warp_primitives.cuh) are
+  rendezvous of the lanes of their mask: lanes at different call sites, a lane of the mask that exited or
+  waits at ``__syncthreads()`` raise :class:`KernelLaunchError` ("divergent warp primitive", "deadlock");
+  a lane that reads another's shared-memory write without ``__syncwarp()`` reads the NaN poison, and
+  cp.async copies land only when the issuing thread waits for their group;
 - ``schedule="reverse"`` runs threads and blocks in reverse order, exposing missing barriers and
   inter-block dependencies that the forward order hides.
 
@@ -178,6 +183,7 @@ def inline_local_includes(path: Path, _seen: set | None = None) -> str:
 
 _POINTEE_DTYPES = {
     "float": np.float32, "double": np.float64, "gpuconv_half": np.float16, "__half": np.float16,
+    "gpuconv_bf16": np.uint16,  # bfloat16 (kernels/warp_primitives.cuh): NumPy has none, so its raw bits
     "half": np.float16, "int": np.int32, "unsigned int": np.uint32, "unsigned": np.uint32,
     "long long": np.int64, "long long int": np.int64, "unsigned long long": np.uint64,
     "signed char": np.int8, "unsigned char": np.uint8, "char": np.int8, "short": np.int16,
@@ -610,6 +616,7 @@ class KernelModule:
             self._functions[k.name] = fn
         self.library.gpuconv_emu_last_error.restype = ctypes.c_char_p
         self.library.gpuconv_emu_barriers_passed.restype = ctypes.c_longlong
+        self.library.gpuconv_emu_warp_collectives.restype = ctypes.c_longlong
         self.library.gpuconv_emu_last_fault.argtypes = [ctypes.POINTER(ctypes.c_longlong)]
         self.library.gpuconv_emu_last_fault.restype = ctypes.c_int
         # __shared__ variables of function templates are not in the shared section (see the header): pass
@@ -648,6 +655,11 @@ class KernelModule:
     def barriers_passed(self) -> int:
         """How many __syncthreads() barriers the last launch passed (summed over blocks)."""
         return int(self.library.gpuconv_emu_barriers_passed())
+
+    @property
+    def warp_collectives(self) -> int:
+        """How many warp collectives (__syncwarp, shuffles, votes, ldmatrix, mma) the last launch completed."""
+        return int(self.library.gpuconv_emu_warp_collectives())
 
     def __getitem__(self, name: str) -> "EmulatedKernel":
         self._signature(name)
