@@ -272,7 +272,7 @@ IMPLS = {impl.name: impl for impl in (
     Impl("gpuconv:im2col", "cuda", _gpuconv("im2col"), _cuda_reason),
     Impl("gpuconv:implicit_gemm", "cuda", _gpuconv("implicit_gemm"), _cuda_reason),
     *(Impl(f"gpuconv:{v.name}", "cuda", _gpuconv(v.name), _cuda_reason, passes=(v.op,),
-           dtypes=tuple(str(d) for d in v.dtypes if d != np.float64))
+           dtypes=tuple(str(d) for d in v.dtypes if str(d) in TOLERANCE), precision="tf32" if v.tf32 else "native")
       for p in registry.CONV_PASSES for v in registry.conv_variants(p)),
     Impl("cudnn", "cuda", _cudnn(tf32=False), functools.partial(_torch_reason, True), role="baseline"),
     Impl("cudnn-tf32", "cuda", _cudnn(tf32=True), functools.partial(_torch_reason, True), dtypes=("float32",),

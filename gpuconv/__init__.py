@@ -39,6 +39,7 @@ from .functional import (  # noqa: E402
     pad,
 )
 from .ops import cat, stack  # noqa: E402
+from .precision import get_float32_matmul_precision, set_float32_matmul_precision  # noqa: E402
 from . import amp, nn, optim  # noqa: E402
 from .checkpoint import load, save  # noqa: E402
 
@@ -49,5 +50,5 @@ __all__ = [
     "global_avg_pool2d", "global_max_pool2d", "max_unpool1d", "max_unpool2d", "ConvGeometry", "PoolGeometry",
     "CUDAUnavailableError", "GPUOutOfMemoryError", "cuda_available", "cuda_unavailable_reason", "to_device",
     "Tensor", "tensor", "no_grad", "enable_grad", "is_grad_enabled", "cat", "stack", "save", "load",
-    "nn", "optim", "amp",
+    "nn", "optim", "amp", "set_float32_matmul_precision", "get_float32_matmul_precision",
 ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import padding as _padding, reference
+from . import padding as _padding, precision as _precision, reference
 from ._backend import array_module
 from ._shapes import (ConvGeometry, PoolGeometry, _is_int, accumulation_dtype, check_float_dtype, check_pool_dtype,
                       check_same_dtype, conv_transpose_geometry, line_as_plane, line_padding_as_plane,
@@ -45,11 +45,16 @@ def _check_algo(xp, algo, pass_name: str) -> None:
         raise ValueError(f"algo={algo!r}{kind} is not available for NumPy (CPU) arrays; choose one of {CPU_ALGOS}")
 
 
-def _run_conv(pass_name: str, xp, algo: str, *args):
-    """Call ``pass_name`` (conv2d_forward / conv2d_grad_input / conv2d_grad_weight) on the array's device."""
+def _run_conv(pass_name: str, xp, algo: str, *args, precision: str | None = None):
+    """Call ``pass_name`` (conv2d_forward / conv2d_grad_input / conv2d_grad_weight) on the array's device.
+    ``precision`` (None: the policy, ``gpuconv.precision``) may allow TF32 for float32 on the GPU; the CPU paths
+    compute exact float32 whatever it says."""
+    allow_tf32 = _precision.allows_tf32(precision)  # checked on every device
     if xp is np:
         return getattr(_cpu_module(algo), pass_name)(*args)
     from .cuda import conv as cuda_conv
+    if allow_tf32 and args[0].dtype == np.float32:
+        return getattr(cuda_conv, pass_name)(*args, algo=algo, allow_tf32=True)
     return getattr(cuda_conv, pass_name)(*args, algo=algo)
 
 
@@ -97,7 +102,8 @@ def padding_mode_pad(x_shape, weight_shape, stride, padding, dilation, groups, p
     return (left, right, top, bottom)
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, padding_mode="zeros", algo="auto"):
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, padding_mode="zeros", algo="auto",
+           precision=None):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d`` computes it.
 
     x (N, C, H, W), weight (K, C/groups, R, S), bias (K,) or None -> (N, K, P, Q).
@@ -105,11 +111,13 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, p
     bottom/right), "same_lower" (top/left) or "full". Zero padding takes part in the arithmetic, as in PyTorch:
     a NaN or inf weight reaches every output whose window touches the padding. padding_mode: "zeros",
     "reflect", "replicate" or "circular" (PyTorch's Conv2d: the input is padded by ``pad`` first).
+    precision: None (the policy, ``gpuconv.set_float32_matmul_precision``), "highest" (exact float32), "high" or
+    "medium" (TF32 allowed for float32 on the GPU's tensor cores).
     """
     if _has_tensor(x, weight, bias):
         from .nn import functional as tensor_ops
         return tensor_ops.conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode=padding_mode,
-                                 algo=algo)
+                                 algo=algo, precision=precision)
     xp = array_module(x=x, weight=weight, bias=bias)
     dtype = check_same_dtype(x=x, weight=weight, bias=bias)
     mode_pad = padding_mode_pad(x.shape, weight.shape, stride, padding, dilation, groups, padding_mode)
@@ -121,14 +129,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, p
         raise ValueError(f"bias must have shape ({g.K},), got {tuple(bias.shape)}")
     if g.N == 0:
         return xp.zeros(g.output_shape, dtype=dtype)
-    y = _run_conv("conv2d_forward", xp, algo, _contiguous(xp, x), _contiguous(xp, weight), g)
+    y = _run_conv("conv2d_forward", xp, algo, _contiguous(xp, x), _contiguous(xp, weight), g, precision=precision)
     if bias is not None:
         y = y + bias.reshape(1, -1, 1, 1)
     return y.astype(dtype, copy=False)
 
 
 def conv2d_grad_input(grad_output, weight, input_shape, stride=1, padding=0, dilation=1, groups=1, *,
-                      algo="auto"):
+                      algo="auto", precision=None):
     """Gradient of ``conv2d`` with respect to its input (``torch.nn.grad.conv2d_input``)."""
     xp = array_module(grad_output=grad_output, weight=weight)
     dtype = check_same_dtype(grad_output=grad_output, weight=weight)
@@ -137,12 +145,13 @@ def conv2d_grad_input(grad_output, weight, input_shape, stride=1, padding=0, dil
     g.check_output(grad_output)
     if g.N == 0:
         return xp.zeros(g.input_shape, dtype=dtype)
-    dx = _run_conv("conv2d_grad_input", xp, algo, _contiguous(xp, grad_output), _contiguous(xp, weight), g)
+    dx = _run_conv("conv2d_grad_input", xp, algo, _contiguous(xp, grad_output), _contiguous(xp, weight), g,
+                   precision=precision)
     return dx.astype(dtype, copy=False)
 
 
 def conv2d_grad_weight(x, grad_output, weight_shape, stride=1, padding=0, dilation=1, groups=1, *,
-                       algo="auto"):
+                       algo="auto", precision=None):
     """Gradient of ``conv2d`` with respect to its weight (``torch.nn.grad.conv2d_weight``)."""
     xp = array_module(x=x, grad_output=grad_output)
     dtype = check_same_dtype(x=x, grad_output=grad_output)
@@ -151,7 +160,8 @@ def conv2d_grad_weight(x, grad_output, weight_shape, stride=1, padding=0, dilati
     g.check_output(grad_output)
     if g.N == 0:
         return xp.zeros(g.weight_shape, dtype=dtype)
-    dw = _run_conv("conv2d_grad_weight", xp, algo, _contiguous(xp, x), _contiguous(xp, grad_output), g)
+    dw = _run_conv("conv2d_grad_weight", xp, algo, _contiguous(xp, x), _contiguous(xp, grad_output), g,
+                   precision=precision)
     return dw.astype(dtype, copy=False)
 
 

@@ -24,8 +24,16 @@ DEPTHWISE = ConvGeometry.create((8, 16, 32, 32), (16, 1, 3, 3), padding=1, group
 
 def test_names_are_derived_from_the_parameters():
     for v in registry.VARIANTS:
-        assert v.kernel_name(np.float32) == f"gpuconv_{v.name}_f32"
-        if v.tile is not None:
+        dtype = v.dtypes[-1]
+        assert v.kernel_name(dtype) == f"gpuconv_{v.name}_{registry.dtype_suffix(dtype)}"
+        if isinstance(v.tile, registry.TensorOpTile):  # CUTLASS's tensor-op names: fprop_tensorop_<tile>[_tf32]
+            t = v.tile
+            assert v.name == f"{v.op}_tensorop_{t.block_m}x{t.block_n}x{t.block_k}_{t.warp_m}x{t.warp_n}_" \
+                             f"{t.stages}stage" + ("_tf32" if v.tf32 else "")
+            assert v.threads == t.threads <= 256 and v.family == "tensor_core"
+            assert f"{v.threads}, gpuconv::TensorOpTile<{t.block_m}, {t.block_n}, {t.block_k}, {t.warp_m}, " \
+                   f"{t.warp_n}, {t.stages}, {'true' if v.op == 'dgrad' else 'false'}>" in v.export_line(dtype)
+        elif v.tile is not None:
             t = v.tile
             warp = "" if t.warp_m is None else f"_warp{t.warp_m}x{t.warp_n}"
             assert v.name.startswith(f"{v.op}_simt_{t.block_m}x{t.block_n}x{t.block_k}{warp}_{t.stages}stage")
@@ -34,7 +42,7 @@ def test_names_are_derived_from_the_parameters():
                         if t.warp_m is None else
                         f"{v.threads}, gpuconv::WarpTile<{t.block_m}, {t.block_n}, {t.block_k}, {t.warp_m}, "
                         f"{t.warp_n}>")
-            assert template in v.export_line(np.float32)
+            assert template in v.export_line(dtype)
     assert registry.get("fprop_simt_64x64x16_1stage").export_line(np.float16) == (
         "GPUCONV_FPROP_KERNEL(gpuconv_fprop_simt_64x64x16_1stage_f16, gpuconv_half, float, "
         "gpuconv::TileShape<64, 64, 16, 4, 4>)")
@@ -105,18 +113,25 @@ def test_only_max_pooling_forward_has_integer_kernels():
 
 def test_every_kernel_file_and_instantiation_comes_from_the_registry():
     assert set(registry.sources()) == {"conv2d_fprop.cu", "conv2d_dgrad.cu", "conv2d_wgrad.cu",
-                                       "conv2d_depthwise.cu", "im2col.cu", "pooling.cu"}
+                                       "conv2d_depthwise.cu", "im2col.cu", "pooling.cu", "conv2d_tensor_core.cu"}
     names = [v.kernel_name(d) for v, d in registry.instantiations()]
     assert len(names) == len(set(names)) == sum(len(v.dtypes) for v in registry.VARIANTS)
-    assert all(set(registry.SIMT_DTYPES) <= set(v.dtypes) for v in registry.VARIANTS)
+    # Every SIMT kernel has the three floating dtypes; the tensor-core file only its own (and only it bfloat16).
+    tensor_core_file = {v for v in registry.VARIANTS if v.source == "conv2d_tensor_core.cu"}
+    assert all(set(registry.SIMT_DTYPES) <= set(v.dtypes) for v in registry.VARIANTS if v not in tensor_core_file)
+    assert registry.SIMT_DTYPES == (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+    assert all(set(v.dtypes) <= set(registry.TENSOR_OP_DTYPES) for v in tensor_core_file)
+    assert {v.name for v in registry.VARIANTS if registry.BFLOAT16 in v.dtypes} == {
+        v.name for v in tensor_core_file if not v.tf32}
     with pytest.raises(ValueError, match="no kernel variant named 'nope'"):
         registry.get("nope")
 
 
 def test_algo_choices_per_pass():
     choices = registry.algo_choices("fprop")
-    assert choices[:4] == ("auto", "im2col", "implicit_gemm", "direct") and "fprop_simt_64x64x16_1stage" in choices
-    assert all(registry.get(name).op == "fprop" for name in choices[4:])
+    assert choices[:5] == ("auto", "im2col", "implicit_gemm", "direct", "tensor_core")
+    assert "fprop_simt_64x64x16_1stage" in choices and "fprop_tensorop_128x128x32_64x64_3stage" in choices
+    assert all(registry.get(name).op == "fprop" for name in choices[5:])
     plan.check_algo("wgrad", "wgrad_simt_16x16x32_1stage_splitk")
     with pytest.raises(ValueError, match=r"is a fprop kernel variant; the dgrad pass \(grad_input\) on CuPy "
                                          r"\(GPU\) arrays takes one of"):

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from cuda_emulation import emulator as emu
+from gpuconv._shapes import BFLOAT16
 
 pytestmark = pytest.mark.skipif(not emu.compiler_available(),
                                 reason="g++ not found: the CUDA emulation compiles kernels with g++")
@@ -469,6 +470,8 @@ def test_ldmatrix_then_mma_computes_a_warp_gemm(warp, kind):
         a_bits, b_bits = bf16_bits(a), bf16_bits(b)
         a_val, b_val = bf16_values(a_bits).astype(np.float64), bf16_values(b_bits).astype(np.float64)
     d = emu.empty((16, 8), np.float32)
+    if kind == "bf16":  # the kernel takes bfloat16 arrays (ml_dtypes), these bits
+        a_bits, b_bits = a_bits.view(BFLOAT16), b_bits.view(BFLOAT16)
     args = (emu.to_guarded(a_bits), emu.to_guarded(b_bits), d)
     warp.launch(f"warp_gemm_{kind}", 1, 32, *args, np.int32(0))
     scale = np.abs(a_val) @ np.abs(b_val)
@@ -558,8 +561,9 @@ def test_float_to_bf16_rounds_to_nearest_even_and_keeps_nan(warp):
     rng = np.random.default_rng(6)
     bits = np.concatenate([np.array(CRAFTED_BF16 + NANS, np.uint32),
                            rng.integers(0, 2**32, size=4000, dtype=np.uint64).astype(np.uint32)])
-    out = emu.empty(bits.size, np.uint16)
-    warp.launch("warp_float_to_bf16", 4, 256, emu.to_guarded(bits), out, np.int32(bits.size))
+    result = emu.empty(bits.size, BFLOAT16)
+    warp.launch("warp_float_to_bf16", 4, 256, emu.to_guarded(bits), result, np.int32(bits.size))
+    out = result.view(np.uint16)
     for b, got in zip(bits, out):
         expected = bf16_model(int(b))
         if expected is None:
@@ -574,7 +578,7 @@ def test_float_to_bf16_rounds_to_nearest_even_and_keeps_nan(warp):
 def test_bf16_to_float_is_exact_for_every_pattern(warp):
     bits = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
     out = emu.empty(bits.size, np.uint32)
-    warp.launch("warp_bf16_to_float", 64, 256, emu.to_guarded(bits), out, np.int32(bits.size))
+    warp.launch("warp_bf16_to_float", 64, 256, emu.to_guarded(bits.view(BFLOAT16)), out, np.int32(bits.size))
     np.testing.assert_array_equal(out, bits.astype(np.uint32) << 16)
 
 

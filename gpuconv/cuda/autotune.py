@@ -213,7 +213,7 @@ def measure(plans: dict, run, timer, budget: float = BUDGET_SECONDS, repeats: in
 
 
 def tune(pass_name: str, g: ConvGeometry, dtype, backend, operands, free_bytes=None, budget=BUDGET_SECONDS,
-         timer=None) -> dict:
+         timer=None, allow_tf32: bool = False) -> dict:
     """Time every candidate for one shape now (no cache involved); returns the cache entry. When none
     can run, raises the error of the one the fixed rule would have run."""
     from .conv import run_conv
@@ -221,7 +221,7 @@ def tune(pass_name: str, g: ConvGeometry, dtype, backend, operands, free_bytes=N
 
     plans, failures = {}, {}
     cc = backend.compute_capability()
-    for name in candidates(pass_name, g, dtype, cc):
+    for name in candidates(pass_name, g, dtype, cc, allow_tf32):
         try:
             plan = plan_conv(pass_name, g, dtype, name, free_bytes, compute_capability=cc)
             for launch in plan.launches:
@@ -233,7 +233,7 @@ def tune(pass_name: str, g: ConvGeometry, dtype, backend, operands, free_bytes=N
     timer = backend.timer() if timer is None else timer
     samples = measure(plans, lambda plan: run_conv(plan, backend, *operands), timer, budget, failures=failures)
     if not samples:  # the error a user without the autotuner would have seen
-        raise failures.get(fixed_rule(pass_name, g, dtype, cc), next(iter(failures.values())))
+        raise failures.get(fixed_rule(pass_name, g, dtype, cc, allow_tf32), next(iter(failures.values())))
     skipped = {name: f"{type(exc).__name__}: {exc}" for name, exc in failures.items()}
     medians = {name: statistics.median(times) for name, times in samples.items()}
     choice = min(medians, key=lambda name: (medians[name], name))
@@ -242,28 +242,35 @@ def tune(pass_name: str, g: ConvGeometry, dtype, backend, operands, free_bytes=N
             "tuned_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
-def _key_of(pass_name, g, dtype, backend) -> tuple[str, str, str]:
+def _key_of(pass_name, g, dtype, backend, allow_tf32: bool = False) -> tuple[str, str, str]:
+    """The cache key; float32 with TF32 allowed has its own entries ("float32+tf32": other candidates)."""
     device, cc = backend.device_identity()
-    return key(device, cc, pass_name, g, dtype), device, cc
+    tf32 = allow_tf32 and np.dtype(dtype) == np.float32
+    entry_key = key(device, cc, pass_name, g, dtype)
+    if tf32:
+        entry_key = entry_key.replace("|float32|", "|float32+tf32|", 1)
+    return entry_key, device, cc
 
 
-def cached_choice(pass_name: str, g: ConvGeometry, dtype, backend) -> str | None:
+def cached_choice(pass_name: str, g: ConvGeometry, dtype, backend, allow_tf32: bool = False) -> str | None:
     """The cached winner for this shape on this device, or None (nothing is timed)."""
     from .plan import candidates
 
-    entry = lookup(_key_of(pass_name, g, dtype, backend)[0])
-    if entry is not None and entry.get("choice") in candidates(pass_name, g, dtype, backend.compute_capability()):
+    entry = lookup(_key_of(pass_name, g, dtype, backend, allow_tf32)[0])
+    if entry is not None and entry.get("choice") in candidates(pass_name, g, dtype, backend.compute_capability(),
+                                                               allow_tf32):
         return entry["choice"]
     return None
 
 
-def choose(pass_name: str, g: ConvGeometry, dtype, backend, operands, free_bytes=None) -> str:
+def choose(pass_name: str, g: ConvGeometry, dtype, backend, operands, free_bytes=None,
+           allow_tf32: bool = False) -> str:
     """The cached winner for this shape on this device, tuning it first when it is new."""
-    choice = cached_choice(pass_name, g, dtype, backend)
+    choice = cached_choice(pass_name, g, dtype, backend, allow_tf32)
     if choice is not None:
         return choice
-    entry_key, device, cc = _key_of(pass_name, g, dtype, backend)
-    entry = {**tune(pass_name, g, dtype, backend, operands, free_bytes), "device": device,
+    entry_key, device, cc = _key_of(pass_name, g, dtype, backend, allow_tf32)
+    entry = {**tune(pass_name, g, dtype, backend, operands, free_bytes, allow_tf32=allow_tf32), "device": device,
              "compute_capability": cc}
     if any(isinstance(why, str) and why.startswith("GPUOutOfMemoryError") for why in entry["skipped"].values()):
         remember(entry_key, entry)  # decided under memory pressure: not for other processes to inherit

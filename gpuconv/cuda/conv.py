@@ -16,6 +16,11 @@ Three algorithm families:
   registry variants.
 * ``"direct"`` -- kernels/conv2d_depthwise.cu: depthwise convolutions as a stencil over shared-memory
   patches.
+* ``"tensor_core"`` -- kernels/conv2d_tensor_core.cu (fprop, and dgrad at stride 1 as the fprop of dy with
+  w transposed and flipped; sm_80+): the operands packed to NHWC / (K, R, S, C) with channels zero-padded
+  per group, then an implicit GEMM on mma.sync: float16 and bfloat16 with float32 accumulation, float32 as
+  TF32 (its inputs rounded to 10 mantissa bits: only when asked for by name or family, never by ``auto``).
+  ``auto`` prefers it for float16 and bfloat16 where it applies.
 
 ``algo="auto"`` asks the autotuner on a GPU (``gpuconv.cuda.autotune``) and applies the fixed rule
 otherwise. float16 is a storage type: the kernels accumulate in float32, and cuBLAS multiplies float16
@@ -30,7 +35,7 @@ from . import _launch, autotune
 from .backend import resolve_backend
 from .plan import (PASS_NAMES, ConvPlan, check_algo, check_geometry, elementwise_launch, im2col_launch, plan_conv,
                    result_bytes, result_shape)
-from .registry import IM2COL, PASS_OPERANDS
+from .registry import IM2COL, PASS_OPERANDS, TENSOR_CORE, tensor_op_geometry, tensor_op_workspace_shapes
 
 
 def conv_shape_args(g: ConvGeometry, batch: int | None = None) -> tuple:
@@ -42,46 +47,51 @@ def conv_shape_args(g: ConvGeometry, batch: int | None = None) -> tuple:
 
 # ------------------------------------------------------------------------ entry points ---
 
-def make_plan(pass_name: str, g: ConvGeometry, dtype, algo: str = "auto", backend=None, operands=None) -> ConvPlan:
+def make_plan(pass_name: str, g: ConvGeometry, dtype, algo: str = "auto", backend=None, operands=None,
+              allow_tf32: bool = False) -> ConvPlan:
     """The plan ``conv2d_forward`` & co. run for these arguments on ``backend`` (default: the GPU).
 
     ``auto`` is autotuned when the backend allows it: a shape the cache does not know is timed on
     ``operands`` (the pass's arrays). Without operands, or while the stream is being captured into a
     CUDA graph (timing synchronises), ``auto`` takes the cached choice if there is one, else the fixed rule.
+    ``allow_tf32``: ``auto`` may also choose the TF32 tensor-core variants for float32 (its own cache entries).
     """
     backend = resolve_backend(backend)
     free, cc = backend.free_bytes(), backend.compute_capability()
     tuned = None
     if algo == "auto" and autotune.enabled() and backend.autotunable:
         if operands is None or backend.capturing():
-            tuned = autotune.cached_choice(pass_name, g, dtype, backend)
+            tuned = autotune.cached_choice(pass_name, g, dtype, backend, allow_tf32=allow_tf32)
         else:
-            tuned = autotune.choose(pass_name, g, dtype, backend, operands, free)
-    return plan_conv(pass_name, g, dtype, algo, free, tuned, cc)
+            tuned = autotune.choose(pass_name, g, dtype, backend, operands, free, allow_tf32=allow_tf32)
+    return plan_conv(pass_name, g, dtype, algo, free, tuned, cc, allow_tf32=allow_tf32)
 
 
-def _run_pass(pass_name: str, g: ConvGeometry, algo: str, backend, **arrays):
+def _run_pass(pass_name: str, g: ConvGeometry, algo: str, backend, allow_tf32: bool = False, **arrays):
     check_algo(pass_name, algo)  # bad arguments are refused before anything is timed or allocated
     check_geometry(g)
     backend = resolve_backend(backend)
     operands = _launch.kernel_operands(backend.xp, **arrays)
-    plan = make_plan(pass_name, g, operands[0].dtype, algo, backend, operands)
+    plan = make_plan(pass_name, g, operands[0].dtype, algo, backend, operands, allow_tf32=allow_tf32)
     return run_conv(plan, backend, *operands)
 
 
-def conv2d_forward(x, w, g: ConvGeometry, algo: str = "auto", backend=None):
-    """y (N, K, P, Q) = conv2d(x (N, C, H, W), w (K, C/groups, R, S)), in x's dtype."""
-    return _run_pass("fprop", g, algo, backend, x=x, w=w)
+def conv2d_forward(x, w, g: ConvGeometry, algo: str = "auto", backend=None, allow_tf32: bool = False):
+    """y (N, K, P, Q) = conv2d(x (N, C, H, W), w (K, C/groups, R, S)), in x's dtype. ``allow_tf32``: ``auto``
+    may run float32 on the TF32 tensor cores (its inputs rounded to 10 mantissa bits)."""
+    return _run_pass("fprop", g, algo, backend, allow_tf32, x=x, w=w)
 
 
-def conv2d_grad_input(dy, w, g: ConvGeometry, algo: str = "auto", backend=None):
-    """dx (N, C, H, W), the gradient of conv2d with respect to its input, in dy's dtype."""
-    return _run_pass("dgrad", g, algo, backend, dy=dy, w=w)
+def conv2d_grad_input(dy, w, g: ConvGeometry, algo: str = "auto", backend=None, allow_tf32: bool = False):
+    """dx (N, C, H, W), the gradient of conv2d with respect to its input, in dy's dtype (``allow_tf32``: as
+    for conv2d_forward; stride-1 dgrad has TF32 kernels)."""
+    return _run_pass("dgrad", g, algo, backend, allow_tf32, dy=dy, w=w)
 
 
-def conv2d_grad_weight(x, dy, g: ConvGeometry, algo: str = "auto", backend=None):
-    """dw (K, C/groups, R, S), the gradient of conv2d with respect to its weight, in x's dtype."""
-    return _run_pass("wgrad", g, algo, backend, x=x, dy=dy)
+def conv2d_grad_weight(x, dy, g: ConvGeometry, algo: str = "auto", backend=None, allow_tf32: bool = False):
+    """dw (K, C/groups, R, S), the gradient of conv2d with respect to its weight, in x's dtype (``allow_tf32``
+    is accepted for symmetry: no wgrad kernel runs on tensor cores yet)."""
+    return _run_pass("wgrad", g, algo, backend, allow_tf32, x=x, dy=dy)
 
 
 # --------------------------------------------------------------------------------- run ---
@@ -89,7 +99,8 @@ def conv2d_grad_weight(x, dy, g: ConvGeometry, algo: str = "auto", backend=None)
 def run_conv(plan: ConvPlan, backend, a, b):
     """Execute a plan. Operands, C-contiguous and of the plan's dtype: fprop (x, w), dgrad (dy, w),
     wgrad (x, dy). Returns the result; CuPy's out-of-memory error is restated as GPUOutOfMemoryError."""
-    run = (_IM2COL_RUNNERS if plan.algorithm == IM2COL else _KERNEL_RUNNERS)[plan.pass_name]
+    runners = {IM2COL: _IM2COL_RUNNERS, TENSOR_CORE: _TENSOR_OP_RUNNERS}.get(plan.algorithm, _KERNEL_RUNNERS)
+    run = runners[plan.pass_name]
     _check_operands(plan, a, b)
     try:
         return run(plan, backend, a, b)
@@ -124,6 +135,23 @@ def _kernels_into_result(plan, backend, a, w):
     out = backend.xp.empty(result_shape(plan.pass_name, g), dtype=plan.dtype)
     for launch in plan.launches:
         backend.launch(launch, (a, w, out, *conv_shape_args(g), *_launch.int32(*launch.scalars)))
+    return out
+
+
+def _tensor_op_pass(plan, backend, a, w):
+    """fprop (a = x) or stride-1 dgrad (a = dy) on the tensor cores: the operands packed (channels padded per
+    group; dgrad's w transposed and flipped), then the GEMM on the copies -- every launch over the shape of
+    the pass's fprop (registry.tensor_op_geometry), whose output is the pass's result."""
+    g, xp = tensor_op_geometry(plan.pass_name, plan.geometry), backend.xp
+    pack_input, pack_weight, gemm = plan.launches
+    input_shape, weight_shape = tensor_op_workspace_shapes(g, plan.dtype)
+    shape = conv_shape_args(g)
+    a_packed = xp.empty(input_shape, dtype=plan.dtype)
+    backend.launch(pack_input, (a, a_packed, *shape))
+    w_packed = xp.empty(weight_shape, dtype=plan.dtype)
+    backend.launch(pack_weight, (w, w_packed, *shape))
+    out = xp.empty(g.output_shape, dtype=plan.dtype)
+    backend.launch(gemm, (a_packed, w_packed, out, *shape))
     return out
 
 
@@ -203,6 +231,7 @@ def _wgrad_im2col(plan, backend, x, dy):
 #: pass -> how to run it, on im2col + cuBLAS or on our kernels (implicit GEMM and direct take the same arguments).
 _IM2COL_RUNNERS = {"fprop": _fprop_im2col, "dgrad": _dgrad_im2col, "wgrad": _wgrad_im2col}
 _KERNEL_RUNNERS = {"fprop": _kernels_into_result, "dgrad": _kernels_into_result, "wgrad": _wgrad_splits}
+_TENSOR_OP_RUNNERS = {"fprop": _tensor_op_pass, "dgrad": _tensor_op_pass}
 
 
 # ------------------------------------------------------------------ im2col as a function ---

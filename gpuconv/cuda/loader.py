@@ -303,14 +303,27 @@ def compile_variant(variant: "registry.Variant | str", dtype, arch: str = "sm_90
     return compile_unit([(variant, np.dtype(dtype))], arch)
 
 
+def arch_instantiations(file: str, arch: str) -> tuple:
+    """The registered instantiations of one kernel file that exist on ``arch`` ("sm_80"): those whose
+    variant's min_compute_capability it meets (the tensor-core kernels need sm_80; ptxas refuses their
+    mma.sync and cp.async for older targets)."""
+    match = re.search(r"(\d+)", arch)
+    capability = int(match.group(1)) if match else 0
+    return tuple((v, d) for v, d in registry.instantiations(file) if v.min_compute_capability <= capability)
+
+
 def compile_file(file: str, arch: str = "sm_90") -> CompiledFile:
-    """Every registered instantiation of one kernel file in a single unit (one NVRTC run: a quick check)."""
-    instantiations = registry.instantiations(file)
-    if not instantiations:
+    """Every registered instantiation of one kernel file for ``arch`` (``arch_instantiations``) in a single
+    unit (one NVRTC run: a quick check)."""
+    if not registry.instantiations(file):
         raise ValueError(f"no registered variant lives in kernels/{file}; files: {registry.sources()}")
+    instantiations = arch_instantiations(file, arch)
+    if not instantiations:
+        raise ValueError(f"kernels/{file} has no variant for {arch}")
     return compile_unit(instantiations, arch)
 
 
 __all__ = ["COMPILE_OPTIONS", "CUPY_IMPLIED_OPTIONS", "KernelCompileError", "KernelResources", "CompiledFile",
            "kernel_source", "unit_source", "get_kernel", "nvrtc_version", "parse_ptxas_log",
-           "parse_cuobjdump_resource_usage", "find_cuda_tool", "compile_unit", "compile_variant", "compile_file"]
+           "parse_cuobjdump_resource_usage", "find_cuda_tool", "compile_unit", "compile_variant", "compile_file",
+           "arch_instantiations"]

@@ -15,9 +15,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .._backend import GPUOutOfMemoryError
-from .._shapes import ConvGeometry, PoolGeometry, accumulation_dtype, ceil_div
+from .._shapes import HALF_DTYPES, ConvGeometry, PoolGeometry, accumulation_dtype, ceil_div
 from . import _launch, registry
-from .registry import CONV_PASSES, DIRECT, IM2COL, IMPLICIT_GEMM, Variant
+from .registry import CONV_PASSES, DIRECT, IM2COL, IMPLICIT_GEMM, TENSOR_CORE, Variant
 
 #: Upper bound on the im2col column matrix; the batch is chunked to stay below it.
 IM2COL_WORKSPACE_BYTES = 1 << 30
@@ -65,7 +65,8 @@ class ConvPlan:
     reason: str
     batch_chunks: tuple[tuple[int, int], ...] = ()  # im2col: [start, stop) image ranges
     pointwise: bool = False        # im2col family on a 1x1/stride-1/unpadded convolution: no column matrix
-    workspace_bytes: int = 0       # beyond the output: im2col columns per chunk, or wgrad's split partials
+    workspace_bytes: int = 0       # beyond the output: im2col columns per chunk, wgrad's split partials, or the
+    #                                tensor-core fprop's packed input and weight
     wgrad_splits: int = 1          # wgrad: the split reduction
     wgrad_pixels_per_split: int = 0  # its unit of work: output pixels (implicit GEMM), images (depthwise stencil)
     fallback: str | None = None    # set when memory forced another choice than the rule's or the tuner's
@@ -171,20 +172,40 @@ def im2col_budget(g: ConvGeometry, itemsize: int, free_bytes: int | None) -> int
 
 # ------------------------------------------------------------------------------------- choosing ---
 
-def fixed_rule(pass_name: str, g: ConvGeometry, dtype, compute_capability: int | None = None) -> str:
-    """What ``auto`` runs without the autotuner: im2col + cuBLAS for dense convolutions (no GPU timing has
-    yet shown our kernels faster there), the rule's variant for grouped ones: the depthwise stencil for
-    depthwise layers, else an implicit-GEMM tile (per-group GEMMs are too small for cuBLAS, and the column
-    matrix would be mostly wasted memory traffic)."""
-    return IM2COL if g.groups == 1 else rule_variant(pass_name, g, dtype, compute_capability).name
+def fixed_rule(pass_name: str, g: ConvGeometry, dtype, compute_capability: int | None = None,
+               allow_tf32: bool = False) -> str:
+    """What ``auto`` runs without the autotuner: for float16 and bfloat16, a tensor-core variant where one
+    applies and prefers the geometry (compute capability 8.0 or newer, or unknown); otherwise im2col + cuBLAS
+    for dense convolutions (no GPU timing has yet shown our SIMT kernels faster there), the rule's variant for
+    grouped ones: the depthwise stencil for depthwise layers, else an implicit-GEMM tile (per-group GEMMs are
+    too small for cuBLAS, and the column matrix would be mostly wasted memory traffic). float32 goes to TF32
+    only with ``allow_tf32`` (the caller's precision policy permits it; it rounds the inputs), by the same
+    clause as float16."""
+    dtype = np.dtype(dtype)
+    if dtype in HALF_DTYPES or (allow_tf32 and dtype == np.float32):
+        tensor_core = next((v for v in registry.conv_variants(pass_name) if v.family == TENSOR_CORE
+                            and _auto_eligible(v, allow_tf32) and v.can_run(g, dtype, compute_capability)
+                            and v.preferred(g)), None)
+        if tensor_core is not None:
+            return tensor_core.name
+    if g.groups == 1 and dtype in registry.get("im2col_nchw").dtypes:
+        return IM2COL
+    return rule_variant(pass_name, g, dtype, compute_capability).name
+
+
+def _auto_eligible(v: Variant, allow_tf32: bool = False) -> bool:
+    """Whether "auto" (the fixed rule, the autotuner) may pick a variant: deterministic, and exact in the
+    input dtype's precision -- TF32 variants run only when named (by variant or by family), or when the
+    caller allows TF32."""
+    return v.deterministic and (allow_tf32 or not v.tf32)
 
 
 def rule_variant(pass_name: str, g: ConvGeometry, dtype, compute_capability: int | None = None,
                  family: str | None = None) -> Variant:
     """The first applicable variant of the pass (of ``family``, or any) that prefers this geometry, in
-    registry order; else the last applicable one."""
+    registry order; else the last applicable one. TF32 variants only when their family is asked for."""
     usable = [v for v in registry.conv_variants(pass_name) if v.deterministic and family in (None, v.family)
-              and v.can_run(g, dtype, compute_capability)]
+              and (not v.tf32 or family == v.family) and v.can_run(g, dtype, compute_capability)]
     if not usable:
         on = "" if compute_capability is None else f" on compute capability {_cc_text(compute_capability)}"
         kind = "" if family is None else f"{family} "
@@ -196,12 +217,14 @@ def _cc_text(compute_capability: int) -> str:
     return f"{compute_capability // 10}.{compute_capability % 10}"
 
 
-def candidates(pass_name: str, g: ConvGeometry, dtype, compute_capability: int | None = None) -> tuple[str, ...]:
-    """Everything ``auto`` may choose among for this pass: im2col + cuBLAS and every applicable
-    deterministic variant (on a device of ``compute_capability``, e.g. 90; None: any). A
-    non-deterministic variant runs only when named."""
-    return (IM2COL, *(v.name for v in registry.conv_variants(pass_name)
-                      if v.deterministic and v.can_run(g, dtype, compute_capability)))
+def candidates(pass_name: str, g: ConvGeometry, dtype, compute_capability: int | None = None,
+               allow_tf32: bool = False) -> tuple[str, ...]:
+    """Everything ``auto`` may choose among for this pass: im2col + cuBLAS (for the dtypes it has) and every
+    applicable deterministic variant (on a device of ``compute_capability``, e.g. 90; None: any). A
+    non-deterministic variant runs only when named, a TF32 one only when named or with ``allow_tf32``."""
+    im2col = (IM2COL,) if np.dtype(dtype) in registry.get("im2col_nchw").dtypes else ()
+    return (*im2col, *(v.name for v in registry.conv_variants(pass_name)
+                       if _auto_eligible(v, allow_tf32) and v.can_run(g, dtype, compute_capability)))
 
 
 def check_algo(pass_name: str, algo) -> None:
@@ -236,14 +259,18 @@ def _memory_error(what: str, needed: int, free_bytes: int | None) -> GPUOutOfMem
 # ------------------------------------------------------------------------------------- planning ---
 
 def plan_conv(pass_name: str, g: ConvGeometry, dtype, algo: str = "auto", free_bytes: int | None = None,
-              tuned: str | None = None, compute_capability: int | None = None) -> ConvPlan:
+              tuned: str | None = None, compute_capability: int | None = None, allow_tf32: bool = False) -> ConvPlan:
     """The plan for one convolution pass. Pure: no CuPy, no GPU.
 
-    ``algo``: "auto", a family ("im2col", "implicit_gemm", "direct") or a registry name of one of this
-    pass's variants. ``free_bytes``: GPU memory a new allocation can get (None: unlimited). ``tuned``: for
-    ``auto``, the autotuner's pick (a candidate name); None applies the fixed rule.
-    ``compute_capability``: the device's, as 90 for 9.0 (None: any), which variants need at least.
-    Raises GPUOutOfMemoryError when an explicit im2col request cannot fit even one image.
+    ``algo``: "auto", a family ("im2col", "implicit_gemm", "direct", "tensor_core") or a registry name of one
+    of this pass's variants ("tensor_core" on float32 is TF32: only ever when asked for). ``free_bytes``: GPU
+    memory a new allocation can get (None: unlimited). ``tuned``: for ``auto``, the autotuner's pick (a
+    candidate name); None applies the fixed rule. ``compute_capability``: the device's, as 90 for 9.0 (None:
+    any), which variants need at least. ``allow_tf32``: ``auto`` may run float32 on TF32 tensor cores (the
+    caller's precision policy, gpuconv.precision); without it only an explicit ``algo=`` does.
+    Raises GPUOutOfMemoryError when an explicit im2col request cannot fit even one image, or when the
+    tensor-core fprop's packed operands do not fit and nothing else may run instead (it was asked for, or the
+    dtype has no other kernel).
     """
     check_algo(pass_name, algo)
     check_geometry(g)
@@ -251,16 +278,24 @@ def plan_conv(pass_name: str, g: ConvGeometry, dtype, algo: str = "auto", free_b
     registry.dtype_suffix(dtype)  # refuses dtypes without kernels
     if algo == "auto":
         if tuned is not None:
-            if tuned not in candidates(pass_name, g, dtype, compute_capability):
+            if tuned not in candidates(pass_name, g, dtype, compute_capability, allow_tf32):
                 raise ValueError(f"the autotuner's choice {tuned!r} cannot run {pass_name} for this geometry")
             choice, reason = tuned, "autotuned: fastest candidate measured on this GPU"
         else:
-            choice = fixed_rule(pass_name, g, dtype, compute_capability)
-            reason = "fixed rule: " + ("dense convolution, im2col + cuBLAS" if choice == IM2COL
-                                       else f"grouped convolution, {registry.get(choice).family}")
+            choice = fixed_rule(pass_name, g, dtype, compute_capability, allow_tf32)
+            if choice == IM2COL:
+                reason = "fixed rule: dense convolution, im2col + cuBLAS"
+            elif registry.get(choice).family == TENSOR_CORE:
+                reason = f"fixed rule: {dtype} on tensor cores (float32 accumulation)"
+            else:
+                reason = f"fixed rule: grouped convolution, {registry.get(choice).family}"
     elif algo == IM2COL:
+        if dtype not in registry.get("im2col_nchw").dtypes:
+            raise ValueError(f"algo='im2col' has no {dtype} kernels (they exist for "
+                             f"{', '.join(map(str, registry.get('im2col_nchw').dtypes))}); {dtype} runs on "
+                             f"the tensor cores: algo='auto' or '{TENSOR_CORE}'")
         choice, reason = IM2COL, "requested"
-    elif algo in (IMPLICIT_GEMM, DIRECT):
+    elif algo in (IMPLICIT_GEMM, DIRECT, TENSOR_CORE):
         choice = rule_variant(pass_name, g, dtype, compute_capability, family=algo).name
         reason = "requested family; the rule's variant"
     else:
@@ -288,7 +323,26 @@ def plan_conv(pass_name: str, g: ConvGeometry, dtype, algo: str = "auto", free_b
                     f"{free_after_result:,} free after the result: implicit GEMM instead")
         variant = rule_variant(pass_name, g, dtype, compute_capability, family=IMPLICIT_GEMM)
         return replace(_plan_gemm(pass_name, g, dtype, algo, variant, reason), fallback=fallback)
-    return _plan_gemm(pass_name, g, dtype, algo, registry.get(choice), reason)
+    variant = registry.get(choice)
+    if variant.family == TENSOR_CORE and free_bytes is not None:
+        needed = tensor_op_workspace_bytes(pass_name, g, dtype) + result_bytes(pass_name, g, dtype)
+        if needed > int(free_bytes):
+            if algo != "auto" or not any(v.can_run(g, dtype, compute_capability)
+                                         for v in registry.conv_variants(pass_name) if v.family != TENSOR_CORE):
+                raise _memory_error(f"conv2d {pass_name} ({PASS_NAMES[pass_name]}) on {variant.name} (the result "
+                                    f"and the packed input and weight)", needed, free_bytes)
+            fallback = (f"{variant.name} needs {needed:,} bytes for the result and its packed operands, "
+                        f"{int(free_bytes):,} free: implicit GEMM instead")
+            variant = rule_variant(pass_name, g, dtype, compute_capability, family=IMPLICIT_GEMM)
+            return replace(_plan_gemm(pass_name, g, dtype, algo, variant, reason), fallback=fallback)
+    return _plan_gemm(pass_name, g, dtype, algo, variant, reason)
+
+
+def tensor_op_workspace_bytes(pass_name: str, g: ConvGeometry, dtype) -> int:
+    """A tensor-core pass's workspace: its fprop's (registry.tensor_op_geometry) input packed NHWC and weight
+    packed (K, R, S, C), channels padded per group."""
+    shapes = registry.tensor_op_workspace_shapes(registry.tensor_op_geometry(pass_name, g), dtype)
+    return sum(int(np.prod(shape)) for shape in shapes) * np.dtype(dtype).itemsize
 
 
 def _launch_of(variant: Variant, dtype, grid) -> KernelLaunch:
@@ -344,6 +398,15 @@ def _plan_gemm(pass_name, g, dtype, algo, variant: Variant, reason: str) -> Conv
                                   elementwise_launch("wgrad_splitk_reduce", dtype, weights)),
                         wgrad_splits=splits, wgrad_pixels_per_split=per_split,
                         workspace_bytes=splits * weights * accumulation_dtype(dtype).itemsize, **common)
+    if variant.family == TENSOR_CORE:  # pack the operands, then the GEMM on the packed copies
+        as_fprop = registry.tensor_op_geometry(pass_name, g)  # dgrad: the fprop of dy with w flipped
+        packed_input, packed_weight = registry.tensor_op_workspace_shapes(as_fprop, dtype)
+        launches = (elementwise_launch(registry.TENSOR_OP_PACK_INPUT, dtype, int(np.prod(packed_input))),
+                    elementwise_launch(registry.TENSOR_OP_WEIGHT_PACKS[pass_name], dtype,
+                                       int(np.prod(packed_weight))),
+                    _launch_of(variant, dtype, gemm_grid("fprop", as_fprop, variant)))
+        return ConvPlan(launches=launches, workspace_bytes=tensor_op_workspace_bytes(pass_name, g, dtype),
+                        **common)
     if variant.family == DIRECT:  # the depthwise stencil: a block per output tile of one plane
         P, Q, channels = (g.P, g.Q, g.K) if pass_name == "fprop" else (g.H, g.W, g.C)
         tiles = ceil_div(P, registry.DEPTHWISE_TILE_P) * ceil_div(Q, registry.DEPTHWISE_TILE_Q)
@@ -415,4 +478,4 @@ __all__ = ["PASS_NAMES", "IM2COL_WORKSPACE_BYTES", "WGRAD_TARGET_BLOCKS", "WGRAD
            "wgrad_split", "im2col_bytes_per_image", "im2col_batch_chunk", "batch_chunks", "im2col_budget",
            "result_shape", "result_bytes", "fixed_rule", "rule_variant", "candidates", "check_algo", "plan_conv",
            "plan_pool", "with_grid", "elementwise_launch", "im2col_launch", "dgrad_phases",
-           "depthwise_traffic"]
+           "depthwise_traffic", "tensor_op_workspace_bytes"]

@@ -14,23 +14,28 @@ Pure Python (NumPy only): importing this module needs neither CuPy nor a GPU.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 
-from .._shapes import INTEGER_DTYPES, ConvGeometry, accumulation_dtype
+from .._shapes import BFLOAT16, INTEGER_DTYPES, ConvGeometry, accumulation_dtype
 
 #: Storage dtypes the kernels can be instantiated for -> (name suffix, C storage type).
 DTYPE_INFO = {
     np.dtype(np.float16): ("f16", "gpuconv_half"),
+    BFLOAT16: ("bf16", "gpuconv_bf16"),  # kernels/warp_primitives.cuh: the tensor-core kernels only
     np.dtype(np.float32): ("f32", "float"),
     np.dtype(np.float64): ("f64", "double"),
     **{d: (f"{d.kind}{8 * d.itemsize}", c_type)
        for d, c_type in zip(INTEGER_DTYPES, ("unsigned char", "signed char", "short", "int", "long long"))},
 }
-#: The floating dtypes: every kernel has them.
-SIMT_DTYPES = tuple(d for d in DTYPE_INFO if d.kind == "f")
+#: The floating dtypes of the SIMT kernels: every kernel but the tensor-core ones has them.
+SIMT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+#: The tensor-core kernels' storage dtypes: float16 and bfloat16 (float32 accumulation) and float32 as TF32.
+HALF_TENSOR_OP_DTYPES = (np.dtype(np.float16), BFLOAT16)
+TF32_TENSOR_OP_DTYPES = (np.dtype(np.float32),)
+TENSOR_OP_DTYPES = HALF_TENSOR_OP_DTYPES + TF32_TENSOR_OP_DTYPES
 #: Integer dtypes, which only max pooling's forward kernels compare.
 INT_DTYPES = tuple(d for d in DTYPE_INFO if d.kind in "iu")
 
@@ -39,8 +44,8 @@ CONV_PASSES = ("fprop", "dgrad", "wgrad")
 #: What each pass computes from: y from (x, w), dx from (dy, w), dw from (x, dy).
 PASS_OPERANDS = {"fprop": ("x", "w"), "dgrad": ("dy", "w"), "wgrad": ("x", "dy")}
 #: Algorithm families ``algo=`` accepts besides registry names; "auto" picks among all of them.
-IM2COL, IMPLICIT_GEMM, DIRECT = "im2col", "implicit_gemm", "direct"
-FAMILIES = (IM2COL, IMPLICIT_GEMM, DIRECT)
+IM2COL, IMPLICIT_GEMM, DIRECT, TENSOR_CORE = "im2col", "implicit_gemm", "direct", "tensor_core"
+FAMILIES = (IM2COL, IMPLICIT_GEMM, DIRECT, TENSOR_CORE)
 
 #: Threads per block of the grid-stride kernels (im2col, col2im, pooling, the wgrad reduction).
 ELEMENTWISE_THREADS = 256
@@ -50,7 +55,7 @@ def dtype_suffix(dtype) -> str:
     try:
         return DTYPE_INFO[np.dtype(dtype)][0]
     except (KeyError, TypeError):
-        raise TypeError(f"no CUDA kernels for dtype {dtype}; use float16, float32 or float64") from None
+        raise TypeError(f"no CUDA kernels for dtype {dtype}; use float16, bfloat16, float32 or float64") from None
 
 
 def c_types(dtype) -> tuple[str, str]:
@@ -115,6 +120,48 @@ class GemmTile:
         return self.stages * self.block_k * (self.block_m + 1 + self.block_n + 1) * acc_itemsize
 
 
+@dataclass(frozen=True)
+class TensorOpTile:
+    """A thread-block tile of the tensor-core kernels: kernels/conv2d_tensor_core.cu's TensorOpTile.
+
+    A block computes block_m x block_n outputs with warps of warp_m x warp_n, block_k reduction elements per
+    stage of a ``stages``-deep cp.async pipeline; shared memory holds every stage of both operand slices,
+    in the storage type.
+    """
+    block_m: int
+    block_n: int
+    block_k: int
+    warp_m: int
+    warp_n: int
+    stages: int
+    #: dgrad: outputs stored as NaN are summed again over the taps inside the input (the padding NaN rule).
+    nan_resum: bool = False
+
+    def __post_init__(self):
+        if self.block_m % self.warp_m or self.block_n % self.warp_n or self.warp_m % 16 or self.warp_n % 16:
+            raise ValueError(f"warp tile {self.warp_m}x{self.warp_n} must divide {self.block_m}x{self.block_n} "
+                             f"in units of 16x16")
+        if self.stages < 2:
+            raise ValueError(f"a cp.async pipeline has at least 2 stages, got {self.stages}")
+
+    @property
+    def threads(self) -> int:
+        return (self.block_m // self.warp_m) * (self.block_n // self.warp_n) * 32
+
+    @property
+    def label(self) -> str:
+        return f"{self.block_m}x{self.block_n}x{self.block_k}_{self.warp_m}x{self.warp_n}_{self.stages}stage"
+
+    @property
+    def cpp(self) -> str:
+        return (f"gpuconv::TensorOpTile<{self.block_m}, {self.block_n}, {self.block_k}, {self.warp_m}, "
+                f"{self.warp_n}, {self.stages}, {str(self.nan_resum).lower()}>")
+
+    def shared_bytes(self, itemsize: int) -> int:
+        """TensorOpShared: ``stages`` slices of A (block_m rows) and B (block_n rows) of block_k elements."""
+        return self.stages * (self.block_m + self.block_n) * self.block_k * itemsize
+
+
 def _always(*_args) -> bool:
     return True
 
@@ -128,7 +175,7 @@ class Variant:
     export_macro: str          # that file's macro: MACRO(NAME, T, ACC[, template arguments])
     threads: int               # per block (1-D blocks)
     dtypes: tuple = SIMT_DTYPES
-    tile: GemmTile | None = None
+    tile: GemmTile | TensorOpTile | None = None
     family: str | None = None  # the algorithm family a convolution variant belongs to
     min_compute_capability: int = 75
     emulatable: bool = True    # the CPU emulator (tests/cuda_emulation) can run it
@@ -141,6 +188,10 @@ class Variant:
     #: geometry -> whether the fixed rule picks it (the first applicable variant of a pass that it prefers).
     preferred: Callable[[ConvGeometry], bool] = field(default=_always, compare=False)
     description: str = ""
+    #: float32 inputs rounded to TF32 (10 mantissa bits): never chosen for float32 unless asked for by name, by
+    #: its family, or by ``allow_tf32`` (the caller's precision policy) -- not by "auto" alone, the autotuner
+    #: or another family's rule.
+    tf32: bool = False
 
     def kernel_name(self, dtype) -> str:
         if np.dtype(dtype) not in self.dtypes:
@@ -157,6 +208,8 @@ class Variant:
         return f"{self.export_macro}({', '.join(args)})"
 
     def static_shared_bytes(self, dtype) -> int:
+        if isinstance(self.tile, TensorOpTile):  # staged in the storage type
+            return self.tile.shared_bytes(np.dtype(dtype).itemsize)
         acc_itemsize = accumulation_dtype(dtype).itemsize
         return self.tile.shared_bytes(acc_itemsize) if self.tile else self.shared_elements * acc_itemsize
 
@@ -225,6 +278,98 @@ def _elementwise(name: str, source: str, macro: str, description: str, dtypes=SI
                    description=description)
 
 
+#: The tensor-core kernels (kernels/conv2d_tensor_core.cu), sm_80+: 128x128 blocks of 4 warps of 64x64 and a
+#: 3-stage cp.async pipeline of 64-byte rows: 32 halves or 16 floats deep. 3 * (128 + 128) * 64 B = 48 KiB, the
+#: static shared-memory limit (the CPU emulator has no dynamic shared memory).
+TENSOR_OP_TILE_HALF = TensorOpTile(128, 128, 32, 64, 64, stages=3)
+TENSOR_OP_TILE_TF32 = TensorOpTile(128, 128, 16, 64, 64, stages=3)
+TENSOR_OP_SOURCE = "conv2d_tensor_core.cu"
+#: The pre-passes of the tensor-core kernels: x (dgrad: dy) to NHWC, w to (K, R, S, C), channels padded per
+#: group; for dgrad w transposed per group and flipped to (C, R, S, K).
+TENSOR_OP_PACK_INPUT, TENSOR_OP_PACK_WEIGHT = "tensorop_pack_input_nhwc", "tensorop_pack_weight_krsc"
+TENSOR_OP_PACK_WEIGHT_FLIPPED = "tensorop_pack_weight_flipped_crsk"
+#: The weight pack of each pass the tensor-core kernels run.
+TENSOR_OP_WEIGHT_PACKS = {"fprop": TENSOR_OP_PACK_WEIGHT, "dgrad": TENSOR_OP_PACK_WEIGHT_FLIPPED}
+
+
+def dgrad_as_fprop(g: ConvGeometry) -> ConvGeometry:
+    """dgrad of a stride-1 convolution as the fprop the tensor-core kernel computes: dy (N, K, P, Q) convolved
+    with w transposed per group and flipped, (C, K / groups, R, S), the same dilation, padding
+    (R-1)*dilation - pad on each side (negative where the padding exceeds the filter's span); its output is
+    (N, C, H, W). Built directly (ConvGeometry.create refuses negative padding)."""
+    if g.stride != (1, 1):
+        raise ValueError(f"dgrad runs as an fprop at stride 1 only, got stride {g.stride}")
+    (dh, dw), (top, bottom, left, right) = g.dilation, g.pad
+    span_h, span_w = (g.R - 1) * dh, (g.S - 1) * dw
+    return ConvGeometry(g.N, g.K, g.P, g.Q, g.C, g.R, g.S, g.H, g.W, (1, 1), g.dilation,
+                        (span_h - top, span_h - bottom, span_w - left, span_w - right), g.groups)
+
+
+def tensor_op_geometry(pass_name: str, g: ConvGeometry) -> ConvGeometry:
+    """The fprop the tensor-core kernels of a pass compute: the convolution itself, or dgrad_as_fprop."""
+    return g if pass_name == "fprop" else dgrad_as_fprop(g)
+
+
+def tensor_op_padded_channels(g: ConvGeometry, dtype) -> int:
+    """Channels per group in the packed operands: Cg rounded up to 16 bytes of elements (8 halves, 4 floats)."""
+    per_chunk = 16 // np.dtype(dtype).itemsize
+    return -(-g.channels_per_group // per_chunk) * per_chunk
+
+
+def tensor_op_workspace_shapes(g: ConvGeometry, dtype) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The packed input (N, H, W, groups * Cgp) and weight (K, R, S, Cgp) the tensor-core fprop reads."""
+    cgp = tensor_op_padded_channels(g, dtype)
+    return (g.N, g.H, g.W, g.groups * cgp), (g.K, g.R, g.S, cgp)
+
+
+def _tensor_op_fits(g: ConvGeometry, dtype) -> bool:
+    """The kernel addresses the packed input and weight with 32-bit element offsets (a padding tap's reach past
+    either end and the filter rows past the last of a 128-wide block included) and indexes output pixels
+    (N*P*Q) with ints; its grid has ceil(Kg / 128) columns (y <= 65535)."""
+    cgp = tensor_op_padded_channels(g, dtype)
+    limit = 2**31 - 1
+    packed_input = g.N * g.H * g.W * g.groups * cgp
+    # How far a window's taps reach before the first or past the last pixel of xp (padding taps' addresses).
+    pad = max(abs(p) for p in g.pad)
+    span_h, span_w = (g.R - 1) * g.dilation[0] + pad, (g.S - 1) * g.dilation[1] + pad
+    reach = ((span_h + 1) * g.W + span_w + 1) * g.groups * cgp
+    packed_weight = (g.K + 128) * g.R * g.S * cgp + 32
+    return (g.N * g.P * g.Q <= limit and packed_input + reach <= limit and packed_weight <= limit
+            and -(-g.filters_per_group // 128) <= 65535)
+
+
+def _tensor_op_preferred(g: ConvGeometry) -> bool:
+    """The fixed rule's tensor-core geometries (float16, bfloat16; float32 with allow_tf32): at least 8 input
+    channels and 8 filters per group -- a depthwise or nearly depthwise layer would multiply mostly padding
+    (the stencil does better)."""
+    return g.channels_per_group >= 8 and g.filters_per_group >= 8
+
+
+def _dgrad_tensor_op_fits(g: ConvGeometry, dtype) -> bool:
+    return g.stride == (1, 1) and _tensor_op_fits(dgrad_as_fprop(g), dtype)
+
+
+def _dgrad_tensor_op_preferred(g: ConvGeometry) -> bool:
+    return _tensor_op_preferred(dgrad_as_fprop(g)) if g.stride == (1, 1) else False
+
+
+def _tensor_op(op: str, tile: TensorOpTile, dtypes, tf32: bool, description: str) -> Variant:
+    """fprop, or dgrad at stride 1 (the same kernel on dgrad_as_fprop's shape, re-summing NaN outputs over the
+    taps that reach them: the padding NaN rule)."""
+    applies, preferred = ((_tensor_op_fits, _tensor_op_preferred) if op == "fprop"
+                          else (_dgrad_tensor_op_fits, _dgrad_tensor_op_preferred))
+    tile = tile if op == "fprop" else replace(tile, nan_resum=True)
+    return Variant(f"{op}_tensorop_{tile.label}" + ("_tf32" if tf32 else ""), op, TENSOR_OP_SOURCE,
+                   "GPUCONV_FPROP_TENSOR_OP_KERNEL", tile.threads, dtypes=dtypes, tile=tile, family=TENSOR_CORE,
+                   min_compute_capability=80, applies=applies, preferred=preferred, description=description,
+                   tf32=tf32)
+
+
+def _tensor_op_pack(name: str, macro: str, description: str) -> Variant:
+    return Variant(name, name, TENSOR_OP_SOURCE, macro, ELEMENTWISE_THREADS, dtypes=TENSOR_OP_DTYPES,
+                   grid_stride=True, min_compute_capability=80, description=description)
+
+
 WARP_TILE_128 = GemmTile(128, 128, 8, 8, 8, stages=2, warp_m=32, warp_n=64)  # 8 warps of 32x64
 WARP_TILE_128X64 = GemmTile(128, 64, 8, 8, 8, stages=2, warp_m=64, warp_n=32)  # 4 warps of 64x32
 WARP_TILE_64 = GemmTile(64, 64, 8, 8, 8, stages=2, warp_m=32, warp_n=64)  # 2 warps of 32x64
@@ -248,6 +393,12 @@ VARIANTS: tuple[Variant, ...] = (
             "warp-tiled 8x8 per thread, 128-bit shared loads, double-buffered, no division in the main loop",
             applies=lambda g, dtype: _int32_offsets(g, g.C, g.H * g.W)) for tile, least in WARP_TILES),
     _gemm("fprop", GENERAL_TILE, description="the general tile"),
+    # Last of the fprop variants: "auto" reaches them through the fixed rule's float16/bfloat16 clause
+    # (plan.fixed_rule), never through a SIMT family's; TF32 only when named.
+    _tensor_op("fprop", TENSOR_OP_TILE_HALF, HALF_TENSOR_OP_DTYPES, False,
+               "tensor cores (mma.sync m16n8k16, float32 accumulation) on NHWC-packed operands, 3-stage cp.async"),
+    _tensor_op("fprop", TENSOR_OP_TILE_TF32, TF32_TENSOR_OP_DTYPES, True,
+               "TF32 tensor cores (mma.sync m16n8k8; inputs rounded to 10 mantissa bits), only when named"),
     _depthwise("dgrad", lambda g, dtype: _depthwise_fits(g, g.stride, transposed=True),
                "depthwise: per dx tile, the dy patch it receives from and only the taps that reach each pixel"),
     _gemm("dgrad", NARROW_TILE, lambda g: g.channels_per_group <= 4,
@@ -256,6 +407,10 @@ VARIANTS: tuple[Variant, ...] = (
             "per stride phase, a tap-major GEMM of dy with only the taps that reach it, warp-tiled",
             applies=lambda g, dtype: _int32_offsets(g, g.K, g.P * g.Q)) for tile, least in WARP_TILES),
     _gemm("dgrad", GENERAL_TILE, description="the general tile"),
+    _tensor_op("dgrad", TENSOR_OP_TILE_HALF, HALF_TENSOR_OP_DTYPES, False,
+               "stride 1: the tensor-core fprop of dy with w transposed and flipped (float32 accumulation)"),
+    _tensor_op("dgrad", TENSOR_OP_TILE_TF32, TF32_TENSOR_OP_DTYPES, True,
+               "stride 1: the TF32 tensor-core fprop of dy with w transposed and flipped, only when named"),
     _depthwise("wgrad", lambda g, dtype: _depthwise_fits(g, g.stride),
                "depthwise: per output tile, every tap's products from a shared-memory patch, split over images"),
     _gemm("wgrad", SMALL_TILE, lambda g: min(g.filters_per_group, g.channels_per_group * g.R * g.S) <= 16,
@@ -266,6 +421,12 @@ VARIANTS: tuple[Variant, ...] = (
     _gemm("wgrad", GENERAL_TILE, description="the general tile"),
     _elementwise("wgrad_splitk_reduce", "conv2d_wgrad.cu", "GPUCONV_WGRAD_REDUCE_KERNEL",
                  "sums the split-K partial weight gradients in split order"),
+    _tensor_op_pack(TENSOR_OP_PACK_INPUT, "GPUCONV_TENSOR_OP_PACK_INPUT_KERNEL",
+                    "x to NHWC, channels zero-padded per group to 16 bytes (float32: rounded to TF32)"),
+    _tensor_op_pack(TENSOR_OP_PACK_WEIGHT, "GPUCONV_TENSOR_OP_PACK_WEIGHT_KERNEL",
+                    "w to (K, R, S, C), channels zero-padded to 16 bytes (float32: rounded to TF32)"),
+    _tensor_op_pack(TENSOR_OP_PACK_WEIGHT_FLIPPED, "GPUCONV_TENSOR_OP_PACK_WEIGHT_FLIPPED_KERNEL",
+                    "dgrad: w transposed per group and flipped to (C, R, S, K), K zero-padded (float32: TF32)"),
     _elementwise("im2col_nchw", "im2col.cu", "GPUCONV_IM2COL_KERNEL", "column matrix (C*R*S, N*P*Q)"),
     _elementwise("col2im_nchw", "im2col.cu", "GPUCONV_COL2IM_KERNEL", "adjoint of im2col, as a gather"),
     _elementwise("maxpool2d_forward", "pooling.cu", "GPUCONV_MAXPOOL_FORWARD_KERNEL", "max pooling",
@@ -323,5 +484,10 @@ def instantiations(source: str | None = None) -> tuple[tuple[Variant, np.dtype],
 
 
 __all__ = ["DTYPE_INFO", "SIMT_DTYPES", "INT_DTYPES", "CONV_PASSES", "PASS_OPERANDS", "IM2COL", "IMPLICIT_GEMM",
-           "FAMILIES", "ELEMENTWISE_THREADS", "GemmTile", "Variant", "VARIANTS", "BY_NAME", "get", "variants",
+           "DIRECT", "TENSOR_CORE", "HALF_TENSOR_OP_DTYPES", "TF32_TENSOR_OP_DTYPES", "TENSOR_OP_DTYPES",
+           "TENSOR_OP_SOURCE", "TENSOR_OP_PACK_INPUT", "TENSOR_OP_PACK_WEIGHT", "TENSOR_OP_PACK_WEIGHT_FLIPPED",
+           "TENSOR_OP_WEIGHT_PACKS", "dgrad_as_fprop", "tensor_op_geometry", "tensor_op_padded_channels",
+           "tensor_op_workspace_shapes", "TENSOR_OP_TILE_HALF", "TENSOR_OP_TILE_TF32",
+           "FAMILIES", "ELEMENTWISE_THREADS", "GemmTile", "TensorOpTile", "Variant", "VARIANTS", "BY_NAME", "get",
+           "variants",
            "conv_variants", "algo_choices", "pool_ops", "sources", "instantiations", "dtype_suffix", "c_types"]

@@ -12,7 +12,10 @@ one row per variant:
 * the instruction mix of the main loop -- the loop of the SASS with the most FMA-type instructions:
   FMA and tensor-core shares, shared-memory loads by width, FMAs per shared load, integer/address and
   uniform-datapath shares, barriers per FMA, global loads and the global-load round trips per iteration
-  whose latency no math covers.
+  whose latency no math covers;
+* for the tensor-core variants: tensor-core instructions (HMMA) per ldmatrix.x4 (LDSM ... .4), the scalar
+  shared loads (LDS, no ldmatrix) of the main loop, the widths of its cp.async copies (LDGSTS ... .128) and
+  the pipeline's stages (registry).
 
 Those figures are what we judge a kernel's speed by before a GPU is at hand: a SIMT GEMM loop that is
 not mostly FFMA, or that waits on global memory every K-slice, will not be fast whatever the GPU.
@@ -464,6 +467,9 @@ class LoopStats:
     barriers: int
     global_loads: int              # LDG / LD
     async_copies: int              # LDGSTS (cp.async): global -> shared without registers
+    async_copy_widths: dict        # bits per LDGSTS -> count: {128: 8} (LDGSTS.E.BYPASS.128: 16 bytes)
+    ldmatrix_x4: int               # LDSM ... .4 (ldmatrix .x4: four 8x8 matrices of 16-bit elements)
+    scalar_shared_loads: int       # LDS of any width: shared loads other than ldmatrix
     local_accesses: int            # LDL / STL: spills or stack arrays
     calls: int                     # CALL: a subroutine (64-bit division, say) inside the loop
     exposed_global_round_trips: int
@@ -503,10 +509,15 @@ class LoopStats:
         math = self.fma + self.tensor
         return self.barriers / math if math else None
 
+    @property
+    def tensor_per_ldmatrix(self) -> float | None:
+        """Tensor-core instructions per ldmatrix.x4: what a fragment load buys (4 for a 64x64 warp tile)."""
+        return self.tensor / self.ldmatrix_x4 if self.ldmatrix_x4 else None
+
     def to_dict(self) -> dict:
         data = asdict(self)
         for name in ("shared_load_count", "fma_share", "tensor_share", "integer_share", "uniform_share",
-                     "fma_per_shared_load", "barriers_per_fma"):
+                     "fma_per_shared_load", "barriers_per_fma", "tensor_per_ldmatrix"):
             data[name] = getattr(self, name)
         return data
 
@@ -559,6 +570,13 @@ def global_round_trips(body) -> tuple:
     return exposed, hidden
 
 
+def _copy_bits(ins: Instruction) -> int:
+    """The width of one LDGSTS in bits: its .32/.64/.128 modifier (LDGSTS.E.BYPASS.LTC128B.128: 128 -- the
+    last width modifier, not the L2 sector hint)."""
+    widths = [int(m) for m in ins.modifiers if m in ("32", "64", "128")]
+    return widths[-1] if widths else 32
+
+
 def loop_stats(body, label: str = "") -> LoopStats:
     """The instruction mix of one loop body (a list of Instruction)."""
     body = counted(body)
@@ -579,6 +597,9 @@ def loop_stats(body, label: str = "") -> LoopStats:
         barriers=classes["barrier"],
         global_loads=classes["global_load"],
         async_copies=sum(1 for ins in body if ins.base == "LDGSTS"),
+        async_copy_widths=dict(sorted(Counter(_copy_bits(ins) for ins in body if ins.base == "LDGSTS").items())),
+        ldmatrix_x4=sum(1 for ins in body if ins.base == "LDSM" and "4" in ins.modifiers),
+        scalar_shared_loads=sum(1 for ins in body if ins.base == "LDS"),
         local_accesses=sum(1 for ins in body if ins.base in ("LDL", "STL")),
         calls=sum(1 for ins in body if ins.base == "CALL"),
         exposed_global_round_trips=exposed,
@@ -642,6 +663,7 @@ class VariantReport:
     dtype: str
     arch: str
     threads: int
+    stages: int | None = None          # the pipeline's shared-memory stages (registry), for tiled kernels
     registers: int | None = None
     spill_stores: int | None = None
     spill_loads: int | None = None
@@ -664,7 +686,8 @@ class VariantReport:
 
     def to_dict(self) -> dict:
         data = {name: getattr(self, name) for name in (
-            "variant", "op", "kernel", "dtype", "arch", "threads", "registers", "spill_stores", "spill_loads",
+            "variant", "op", "kernel", "dtype", "arch", "threads", "stages", "registers", "spill_stores",
+            "spill_loads",
             "spill_bytes", "stack_bytes", "static_smem", "dynamic_smem", "disassembler", "note", "error")}
         data["occupancy"] = asdict(self.occupancy) if self.occupancy else None
         data["main_loop"] = self.main_loop.to_dict() if self.main_loop else None
@@ -679,7 +702,8 @@ def variant_report(variant, dtype="float32", arch: str = "sm_90") -> VariantRepo
     variant = registry.get(variant) if isinstance(variant, str) else variant
     dtype = np.dtype(dtype)
     report = VariantReport(variant.name, variant.op, variant.kernel_name(dtype), str(dtype), arch,
-                           variant.threads, dynamic_smem=variant.dynamic_shared_bytes)
+                           variant.threads, stages=variant.tile.stages if variant.tile else None,
+                           dynamic_smem=variant.dynamic_shared_bytes)
     try:
         compiled = loader.compile_variant(variant, dtype, arch)
     except loader.KernelCompileError as exc:
@@ -734,8 +758,11 @@ BAR/FMA  barriers per FMA-type instruction             LDG      global loads
 expRT    exposed global-load round trips per iteration: waits on a global load with no FMA issued
          between the load and its first use (its latency is not covered by math)
 CALL     subroutine calls in the loop (ptxas' 64-bit integer division, float division slow path, ...)
+MMA/LDSM tensor-core instructions per ldmatrix.x4 (LDSM ... .4)
+LDGSTS   cp.async copies (global -> shared) by width in bits: 128b:8 is eight 16-byte copies
+stg      shared-memory pipeline stages of the variant's tile (registry)
 LDS      shared-memory loads by width (LDS = 32-bit, LDS.64, LDS.128, LDS.U16, LDSM = ldmatrix;
-         sm_75 prints the 32-bit load as LDS.U)"""
+         sm_75 prints the 32-bit load as LDS.U); an ldmatrix kernel should show LDSM only"""
 
 
 def _percent(value: float) -> str:
@@ -761,19 +788,24 @@ def _row(report: VariantReport) -> list:
         return cells + [report.note or "-"]
     ratio = loop.fma_per_shared_load
     barriers = loop.barriers_per_fma
+    per_ldsm = loop.tensor_per_ldmatrix
     cells += [
         str(loop.instructions), _percent(loop.fma_share), _percent(loop.tensor_share),
         "-" if ratio is None else f"{ratio:.1f}",
+        "-" if per_ldsm is None else f"{per_ldsm:.1f}",
         _percent(loop.integer_share), _percent(loop.uniform_share),
         "-" if barriers is None else f"{barriers:.3f}",
         str(loop.global_loads), str(loop.exposed_global_round_trips), str(loop.calls),
+        " ".join(f"{bits}b:{n}" for bits, n in loop.async_copy_widths.items()) or "-",
+        "-" if report.stages is None else str(report.stages),
         " ".join(f"{op}:{n}" for op, n in loop.shared_loads.items()) or "-",
     ]
     return cells
 
 
 HEADER = ["variant", "regs", "spill", "smem", "dyn", "thr", "occ (blocks)", "limit",
-          "instr", "FMA%", "MMA%", "FMA/LDS", "int%", "uni%", "BAR/FMA", "LDG", "expRT", "CALL", "LDS"]
+          "instr", "FMA%", "MMA%", "FMA/LDS", "MMA/LDSM", "int%", "uni%", "BAR/FMA", "LDG", "expRT", "CALL",
+          "LDGSTS", "stg", "LDS"]
 
 
 def format_table(rows) -> str:
@@ -820,7 +852,8 @@ def _parse_args(argv):
     parser.add_argument("--arch", default="sm_90", help=f"target architecture ({', '.join(ARCHS)}; default sm_90)")
     parser.add_argument("--variant", action="extend", nargs="+", metavar="NAME",
                         help="report only these variants (default: every registered variant)")
-    parser.add_argument("--dtype", default="float32", help="float16, float32 or float64 (default float32)")
+    parser.add_argument("--dtype", default="float32",
+                        help="float16, bfloat16, float32 or float64 (default float32; TF32 variants: float32)")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     parser.add_argument("--emit-cubin", metavar="DIR", help="write <kernel>.cubin and <kernel>.sass per variant")
     return parser.parse_args(argv)

@@ -47,7 +47,7 @@ class _Conv2d(Function):
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, padding_mode="zeros",
-           algo="auto") -> Tensor:
+           algo="auto", precision=None) -> Tensor:
     """2-D cross-correlation (``torch.nn.functional.conv2d``); backward runs our dgrad and wgrad.
 
     ``padding_mode`` "reflect", "replicate" or "circular" pads the input first (``pad``, PyTorch's Conv2d).
@@ -61,7 +61,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if mode_pad is not None:
         input, padding = pad(input, mode_pad, CONV_PADDING_MODES[padding_mode]), 0
     return _Conv2d.apply(input, weight, bias, args=dict(stride=stride, padding=padding, dilation=dilation,
-                                                        groups=groups, algo=algo))
+                                                        groups=groups, algo=algo, precision=precision))
 
 
 def _line_as_plane(t, name: str):

@@ -91,7 +91,9 @@ class Conv2d(_Conv):
 
     ``padding``: an int, a pair, (top, bottom, left, right), "valid", "same", "same_lower" or "full";
     ``padding_mode``: "zeros", "reflect", "replicate" or "circular" (PyTorch's). ``algo`` picks the kernel
-    family every pass of this layer runs on the GPU ("auto", "im2col", "implicit_gemm", "direct").
+    family every pass of this layer runs on the GPU ("auto", "im2col", "implicit_gemm", "direct", "tensor_core";
+    a family without a kernel for one of the passes -- "direct" beyond depthwise, "tensor_core" for wgrad and
+    strided dgrad -- fails on that pass).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,

@@ -94,8 +94,11 @@ def route_functional(monkeypatch, backend, algo=None) -> None:
     from gpuconv import functional
     from gpuconv.cuda import conv as cuda_conv, pool as cuda_pool
 
-    def run_conv(pass_name, xp, call_algo, *args):
-        return getattr(cuda_conv, pass_name)(*args, algo=call_algo if algo is None else algo, backend=backend)
+    def run_conv(pass_name, xp, call_algo, *args, precision=None):
+        extra = {"allow_tf32": True} if functional._precision.allows_tf32(precision) and \
+            args[0].dtype == np.float32 else {}
+        return getattr(cuda_conv, pass_name)(*args, algo=call_algo if algo is None else algo, backend=backend,
+                                             **extra)
 
     class EmulatedPool:  # gpuconv.cuda.pool's functions, with this backend
         def __getattr__(self, name):

@@ -64,6 +64,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
@@ -183,7 +184,7 @@ def inline_local_includes(path: Path, _seen: set | None = None) -> str:
 
 _POINTEE_DTYPES = {
     "float": np.float32, "double": np.float64, "gpuconv_half": np.float16, "__half": np.float16,
-    "gpuconv_bf16": np.uint16,  # bfloat16 (kernels/warp_primitives.cuh): NumPy has none, so its raw bits
+    "gpuconv_bf16": ml_dtypes.bfloat16,  # kernels/warp_primitives.cuh's bfloat16 storage type
     "half": np.float16, "int": np.int32, "unsigned int": np.uint32, "unsigned": np.uint32,
     "long long": np.int64, "long long int": np.int64, "unsigned long long": np.uint64,
     "signed char": np.int8, "unsigned char": np.uint8, "char": np.int8, "short": np.int16,
