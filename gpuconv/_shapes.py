@@ -308,9 +308,12 @@ def pool_output_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: b
     """PyTorch's rule, including dropping a last window that would start in the padding after the input;
     ``pad`` is the padding before the input and ``pad_end`` (default: ``pad``) the padding after it."""
     pad_end = pad if pad_end is None else pad_end
-    numerator = size + pad + pad_end - dilation * (kernel - 1) - 1 + ((stride - 1) if ceil_mode else 0)
-    out = numerator // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + pad:
+    span = size + pad + pad_end - dilation * (kernel - 1) - 1
+    floor_out = span // stride + 1
+    out = (span + ((stride - 1) if ceil_mode else 0)) // stride + 1
+    # Only the window ceil_mode adds is dropped: with padding past half the kernel (ONNX) floor mode's own last
+    # windows may lie in the padding, and ceil_mode never gives fewer outputs than floor mode.
+    if out > floor_out and (out - 1) * stride >= size + pad:
         out -= 1
     return out
 

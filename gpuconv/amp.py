@@ -56,17 +56,19 @@ def _dtype(value):
 
 def _cast(value, dtype):
     """A floating tensor or array in ``dtype`` (a tensor through the recorded cast); anything else as it is."""
-    from .autograd import Tensor
     current = _dtype(value)
     if current is None or not is_floating(current) or current == dtype:
         return value
-    return value.astype(dtype) if isinstance(value, Tensor) else value.astype(dtype)
+    return value.astype(dtype)
 
 
 def low_precision(*values):
-    """The inputs of a convolution or linear layer: in the autocast dtype when one is active."""
+    """The inputs of a convolution or linear layer: float32 ones in the autocast dtype when one is active
+    (float64 stays float64, as in PyTorch)."""
     dtype = get_autocast_dtype()
-    return list(values) if dtype is None else [_cast(v, dtype) for v in values]
+    if dtype is None:
+        return list(values)
+    return [v if _dtype(v) == np.float64 else _cast(v, dtype) for v in values]
 
 
 def full_precision(*values):
@@ -96,9 +98,12 @@ class GradScaler:
         return loss * self._scale if self.enabled else loss
 
     def unscale_(self, optimizer) -> bool:
-        """Divide every gradient by the scale; return whether they are all finite."""
+        """Divide every gradient by the scale (once per step: a second call is an error, as in PyTorch);
+        return whether they are all finite."""
         if not self.enabled:
             return True
+        if self._found_inf is not None:
+            raise RuntimeError("GradScaler.unscale_ was already called since the last update()")
         finite = True
         inverse = 1.0 / self._scale
         for group in optimizer.param_groups:

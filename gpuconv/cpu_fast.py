@@ -756,7 +756,7 @@ def _scatter(grad_win: np.ndarray, g: PoolGeometry) -> np.ndarray:
 def max_pool2d_forward(x: np.ndarray, g: PoolGeometry, return_indices: bool = False):
     if g.is_adaptive or return_indices:
         return reference.max_pool2d_forward(x, g, return_indices)
-    # The first maximum's value is the window's maximum: np.max propagates NaN, padding holds the lowest value.
+    # The chosen maximum's value is the window's maximum: np.max propagates NaN, padding holds the lowest value.
     return _windows(x, g, reference.lowest(x.dtype)).max(axis=-1)
 
 
@@ -765,7 +765,7 @@ def max_pool2d_grad(grad_output: np.ndarray, x: np.ndarray, g: PoolGeometry) -> 
         return reference.max_pool2d_grad(grad_output, x, g)
     win = _windows(x, g, reference.lowest(x.dtype))
     tap, has_pixel = reference.first_max(win, reference.real_taps(g))
-    grad_win = np.zeros(win.shape, dtype=grad_output.dtype)
+    grad_win = np.zeros(win.shape, dtype=accumulation_dtype(grad_output.dtype))
     np.put_along_axis(grad_win, tap[..., None], np.where(has_pixel, grad_output, 0)[..., None], axis=-1)
     return _scatter(grad_win, g)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._shapes import is_floating
 from .nn.module import load_arrays
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -423,7 +424,7 @@ def check_dataset(ds: Dataset, source: str) -> tuple[list[str], list[str]]:
     ranges = {}
     for k in ("x_train", "x_test"):
         x = arrays[k]
-        if x.size == 0 or x.dtype.kind != "f":
+        if x.size == 0 or not is_floating(x.dtype):
             continue
         finite = np.isfinite(x)
         bad = x.size - int(np.count_nonzero(finite))
@@ -448,7 +449,7 @@ def _structure_problems(arrays: dict, source, accepted: str) -> list[str]:
         n = x.shape[0] if x.ndim else 0
         if x.ndim != 4:
             out.append(f"{source}: x_{split} must be {accepted}, got shape {x.shape}")
-        elif x.dtype.kind not in "biuf":
+        elif x.dtype.kind not in "biuf" and not is_floating(x.dtype):
             out.append(f"{source}: x_{split} must hold numbers, got dtype {x.dtype}")
         if y.ndim != 1 or y.shape[0] != n or y.dtype.kind not in "iu":
             hint = ""

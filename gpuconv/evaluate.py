@@ -9,6 +9,7 @@ import numpy as np
 
 from . import models, nn
 from ._backend import to_device
+from ._shapes import is_floating
 from .autograd import no_grad
 from .nn import functional as F
 from .train import normalize
@@ -33,7 +34,7 @@ def as_model_input(images: np.ndarray, metadata: dict, what: str) -> np.ndarray:
     """
     c, h, w = metadata["input_shape"]
     x = np.asarray(images)
-    if x.dtype.kind not in "iuf":
+    if x.dtype.kind not in "iuf" and not is_floating(x.dtype):
         raise ValueError(f"{what}: images must be numbers, got dtype {x.dtype}")
     if x.ndim == 2:
         x = x[None, None]

@@ -250,10 +250,10 @@ def conv_transpose2d_grad_weight(grad_output, x, g: ConvGeometry, weight_shape, 
 
 
 # ---------------------------------------------------------------- pooling ---
-# Max pooling: NaN propagates (the first NaN wins); ties and all--inf windows go to the first maximum among the
-# real pixels, never padding (PyTorch); a window of padding only (padding larger than the kernel, ONNX) gives
-# the lowest value (-inf, an integer dtype's minimum) and index -1, and passes no gradient. Average pooling
-# over no pixel (count_include_pad=False) gives 0.
+# Max pooling: NaN propagates (the last NaN wins, as in PyTorch); ties and all--inf windows go to the first
+# maximum among the real pixels, never padding (PyTorch); a window of padding only (padding larger than the
+# kernel, ONNX) gives the lowest value (-inf, an integer dtype's minimum) and index -1, and passes no gradient.
+# Average pooling over no pixel (count_include_pad=False) gives 0.
 
 def pool_max(x, g: PoolGeometry, return_indices: bool = False):
     """Max pooling of x over geometry g: y, or (y, int64 per-plane indices h * W + w)."""

@@ -125,13 +125,14 @@ def lowest(dtype):
 
 
 def first_max(win: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(tap, has_pixel) of each window's maximum: the first NaN, else the first real tap holding the largest
-    value, so that when every real pixel is -inf it is the first of them, never padding (PyTorch's rule);
-    has_pixel is False for a window of padding only."""
-    is_nan = np.isnan(win) if is_floating(win.dtype) else np.zeros(win.shape, bool)
-    best = np.where(real, win, lowest(win.dtype)).max(axis=-1, keepdims=True)  # NaN when the window has one
-    hit = real & ((win == best) | is_nan)
-    return hit.argmax(axis=-1), hit.any(axis=-1)
+    """(tap, has_pixel) of each window's maximum, PyTorch's rule (its loop keeps a value when ``v > max or
+    isnan(v)``): the last NaN, else the first real tap holding the largest value, so that when every real
+    pixel is -inf it is the first of them, never padding; has_pixel is False for a window of padding only."""
+    nan = real & (np.isnan(win) if is_floating(win.dtype) else np.zeros(win.shape, bool))
+    best = np.where(real & ~nan, win, lowest(win.dtype)).max(axis=-1, keepdims=True)
+    first_best = (real & (win == best)).argmax(axis=-1)
+    last_nan = win.shape[-1] - 1 - nan[..., ::-1].argmax(axis=-1)
+    return np.where(nan.any(axis=-1), last_nan, first_best), real.any(axis=-1)
 
 
 def max_pool2d_forward(x: np.ndarray, g: PoolGeometry, return_indices: bool = False):
@@ -152,7 +153,8 @@ def max_pool2d_grad(grad_output: np.ndarray, x: np.ndarray, g: PoolGeometry) -> 
     """Each output's gradient goes to its window's maximum (``first_max``); nowhere for a padding-only one."""
     win = pool_windows(x, g, lowest(x.dtype))
     tap, has_pixel = first_max(win, real_taps(g))
-    grad_win = np.zeros(win.shape, dtype=grad_output.dtype)
+    # Overlapping windows sum in float32 for float16 / bfloat16, rounded once (as the kernels do).
+    grad_win = np.zeros(win.shape, dtype=accumulation_dtype(grad_output.dtype))
     np.put_along_axis(grad_win, tap[..., None], np.where(has_pixel, grad_output, 0)[..., None], axis=-1)
     return scatter_windows(grad_win, g)
 

@@ -401,8 +401,8 @@ def train(data: Dataset, config: TrainConfig | None = None, *, device: str = "cp
             epoch_times.append(seconds)
             record = {"epoch": epoch, "train_loss": running_loss / seen, "train_accuracy": correct / seen,
                       "test_loss": test_loss, "test_accuracy": test_accuracy,
-                      "lr": run.optimizer.param_groups[0]["lr"], "seconds": seconds, "images_per_second": seen / seconds,
-                      "precision": config.precision}
+                      "lr": run.optimizer.param_groups[0]["lr"], "seconds": seconds,
+                      "images_per_second": seen / seconds, "precision": config.precision}
             if run.scaler.enabled:
                 record.update(loss_scale=run.scaler.get_scale(), skipped_steps=run.scaler.skipped_steps)
             run.history.append(record)

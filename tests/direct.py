@@ -94,14 +94,15 @@ def _pool_setup(x, kernel_size, stride, padding, ceil_mode):
 
 
 def _max_window(plane, H, W, h0, w0, kh, kw):
-    """(value, (h, w)) of the first maximum in row-major window order; padding is -inf; a NaN wins."""
+    """(value, (h, w)) of the first maximum in row-major window order; padding is -inf; a NaN wins, the last
+    one when there are several (PyTorch's loop: keep v when v > max or v is NaN)."""
     best, where = -math.inf, None
     for i in range(kh):
         for j in range(kw):
             h, v = h0 + i, w0 + j
             if 0 <= h < H and 0 <= v < W:
                 val = plane[h][v]
-                if where is None or (val > best) or (math.isnan(val) and not math.isnan(best)):
+                if where is None or (val > best) or math.isnan(val):
                     best, where = val, (h, v)
     return best, where
 

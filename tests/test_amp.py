@@ -201,3 +201,21 @@ def test_mixed_precision_training_reaches_float32_accuracy(tmp_path):
 def test_precision_flag_is_checked():
     from gpuconv import train
     assert "--precision must be one of fp32, bf16, fp16, got 'fp8'" in train.TrainConfig(precision="fp8").problems()
+
+
+def test_grad_scaler_refuses_a_second_unscale_before_update():
+    scaler = amp.GradScaler(init_scale=8.0)
+    p, opt = _one_parameter(8.0)
+    scaler.unscale_(opt)
+    with pytest.raises(RuntimeError, match="already called"):
+        scaler.unscale_(opt)
+    scaler.step(opt)
+    scaler.update()
+    np.testing.assert_allclose(p.data, 0.9)  # divided by the scale once
+
+
+def test_autocast_leaves_float64_alone():
+    with amp.autocast(np.float16):
+        assert NF.conv2d(rand(1, 1, 4, 4).astype(np.float64), rand(1, 1, 3, 3).astype(np.float64)).dtype == np.float64
+        assert NF.conv2d(rand(1, 1, 4, 4), rand(1, 1, 3, 3)).dtype == np.float16
+        assert NF.linear(rand(2, 3).astype(np.float64), rand(4, 3).astype(np.float64)).dtype == np.float64

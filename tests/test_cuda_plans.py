@@ -426,3 +426,11 @@ def test_the_depthwise_stencil_reads_few_bytes_per_output():
         assert plan.plan_conv("dgrad", g, np.float32).variant == "dgrad_depthwise_8x32"
         # dgrad reads dy: at stride 2 a quarter as many pixels as it writes (plus halos and taps).
         assert plan.depthwise_traffic("dgrad", g)[0] <= (1.9 if g.stride == (1, 1) else 0.8), layer.name
+
+
+def test_pooling_refuses_extents_past_32_bits():
+    """pooling.cu computes window positions and divisors in int: a padded extent or a kernel area past 2**31
+    is refused before anything runs (the reviewer's count_include_pad divisor of 46341**2 taps)."""
+    g = PoolGeometry.create((1, 1, 1, 1), 46341, 1, (0, 46340, 0, 46340))
+    with pytest.raises(ValueError, match="kernel_area = 2147488281 exceeds 2"):
+        plan.plan_pool("avgpool2d_forward", g, np.float32)

@@ -666,15 +666,16 @@ def test_emulated_gpu_integer_max_pool2d(monkeypatch, dtype, kwargs, schedule):
 
 # ------------------------------------------ the rules torch does not have ---
 # Plain loops from the spec: window tap i of output p sits at p * stride - pad_before + i * dilation; a tap is a
-# real pixel when it falls inside the input. Max: the first NaN, else the first maximum in row-major order, over
+# real pixel when it falls inside the input. Max: the last NaN, else the first maximum in row-major order, over
 # the real pixels; no real pixel -> -inf (integers: the dtype's minimum), index -1, no gradient. Avg: the sum of
 # the real pixels over divisor_override, else over the taps inside the padded input (count_include_pad) or the
 # real pixels (not); no real pixel with count_include_pad=False -> 0.
 
 def pool_output_size(size, k, s, before, after, d, ceil_mode):
     span = d * (k - 1) + 1
+    floor_out = (size + before + after - span) // s + 1
     out = (size + before + after - span + ((s - 1) if ceil_mode else 0)) // s + 1
-    if ceil_mode and (out - 1) * s >= size + before:
+    if out > floor_out and (out - 1) * s >= size + before:  # the window ceil_mode added starts past the input
         out -= 1
     return out
 
@@ -716,7 +717,7 @@ def brute_max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
                     if not real:
                         continue
                     v = x[n, c, h, w]
-                    if arg == -1 or (best == best and (v != v or v > best)):  # v != v: NaN
+                    if arg == -1 or v > best or v != v:  # PyTorch's test; v != v: NaN (the last one stays)
                         best, arg = v, h * W + w
                 y[n, c, p, q], idx[n, c, p, q] = best, arg
     return y, idx
@@ -865,11 +866,11 @@ def test_max_pool1d_large_padding_and_float32_min_window():
     assert ridx[0, 0, 0, 0] == -1 and ridx[0, 0, 0, 1] == 0  # no real pixel; only -inf pixels: the first one
 
 
-def test_max_pool2d_several_nans_first_wins():
-    """The spec's rule (PyTorch's CPU kernel takes the last NaN instead): the first NaN in row-major window
-    order is the value's index and takes the gradient."""
+def test_max_pool2d_several_nans_last_wins():
+    """PyTorch's rule (its loop keeps v when v > max or v is NaN): the last NaN in row-major window order is
+    the value's index and takes the gradient."""
     x = rand((1, 2, 4, 6), 81)
-    x[0, 0, 0, 1] = x[0, 0, 1, 0] = np.nan  # window (0, 0) of 2x2: first NaN at (0, 1)
+    x[0, 0, 0, 1] = x[0, 0, 1, 0] = np.nan  # window (0, 0) of 2x2: last NaN at (1, 0)
     x[0, 1, 2, 5] = x[0, 1, 3, 4] = x[0, 1, 3, 5] = np.nan
     for kwargs in (dict(kernel_size=2), dict(kernel_size=3, stride=1, padding=1, dilation=1),
                    dict(kernel_size=2, stride=1, dilation=2, padding="same")):

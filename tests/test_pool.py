@@ -177,12 +177,11 @@ def test_max_pool2d_propagates_nan():
                                                          [0, 0, 0, 0]])
 
 
-def test_max_pool2d_grad_with_nan_goes_to_first_nan():
-    # gpuconv's rule: NaN counts as the maximum and the first NaN of a window takes the gradient.
-    # (PyTorch's CPU kernel picks the last NaN instead; both propagate NaN in the forward pass.)
+def test_max_pool2d_grad_with_nan_goes_to_the_last_nan():
+    # PyTorch's rule: NaN counts as the maximum and the last NaN of a window takes the gradient.
     x = np.array([[[[1.0, np.nan], [np.nan, 5.0]]]])
     dx = F.max_pool2d_grad(np.array([[[[3.0]]]]), x, 2)
-    np.testing.assert_array_equal(dx[0, 0], [[0.0, 3.0], [0.0, 0.0]])
+    np.testing.assert_array_equal(dx[0, 0], [[0.0, 0.0], [3.0, 0.0]])
     np.testing.assert_array_equal(dx, direct.max_pool2d_grad(np.array([[[[3.0]]]]), x, 2))
 
 
@@ -262,3 +261,13 @@ def test_the_cpu_path_runs_the_fast_pooling():
 def test_divisible_adaptive_sizes_are_ordinary_pooling():
     assert PoolGeometry.adaptive((1, 1, 8, 6), (4, 3)) == PoolGeometry.create((1, 1, 8, 6), 2)
     assert PoolGeometry.adaptive((1, 1, 7, 6), (3, 3)).is_adaptive
+
+
+def test_ceil_mode_never_gives_fewer_outputs_than_floor_mode():
+    """With padding past half the kernel (ONNX), floor mode's own last windows may lie in the padding: only the
+    window ceil_mode adds is dropped when it starts past the input (PyTorch's rule, where PyTorch applies)."""
+    for kernel, stride, padding in ((1, 1, (0, 3, 0, 0)), (2, 2, (0, 4, 0, 0)), (3, 2, 1), (2, 3, (1, 2, 0, 0))):
+        floor = PoolGeometry.create((1, 1, 4, 4), kernel, stride, padding, False)
+        ceil = PoolGeometry.create((1, 1, 4, 4), kernel, stride, padding, True)
+        assert ceil.P >= floor.P and ceil.P - floor.P <= 1, (kernel, stride, padding, floor.P, ceil.P)
+    assert PoolGeometry.create((1, 1, 4, 4), 1, 1, (0, 3, 0, 0), True).P == 7

@@ -451,7 +451,11 @@ def plan_pool(op: str, g: PoolGeometry, dtype) -> PoolPlan:
     dtypes = registry.get(op).dtypes
     if np.dtype(dtype) not in dtypes:
         raise TypeError(f"{op}: no kernel for dtype {np.dtype(dtype)}; it exists for {', '.join(map(str, dtypes))}")
-    _launch.check_extents("pool2d", H_times_W=g.H * g.W, P_times_Q=g.P * g.Q)
+    (kh, kw), (dh, dw), (pt, pb, pl, pr) = g.kernel, g.dilation, g.pad
+    # pooling.cu's window arithmetic: positions up to the padded extent plus a window, divisors up to kh * kw.
+    _launch.check_extents("pool2d", H_times_W=g.H * g.W, P_times_Q=g.P * g.Q, kernel_area=kh * kw,
+                          padded_H=g.H + pt + pb + kh * dh + g.stride[0],
+                          padded_W=g.W + pl + pr + kw * dw + g.stride[1])
     shape = g.input_shape if op.endswith("backward") else g.output_shape
     return PoolPlan(elementwise_launch(op, dtype, int(np.prod(shape))), g)
 

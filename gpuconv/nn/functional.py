@@ -263,8 +263,8 @@ class _Linear(Function):
         self.saved = (x if self.needs_input_grad[1] else None, weight)
         # float16 / bfloat16 multiply in float32 (NumPy has no BLAS for them) and round the result once.
         dtype, acc = x.dtype, accumulation_dtype(x.dtype)
-        y = (x.astype(acc, copy=False) @ weight.astype(acc, copy=False).T).astype(dtype, copy=False)
-        return y if bias is None else y + bias
+        y = x.astype(acc, copy=False) @ weight.astype(acc, copy=False).T
+        return (y if bias is None else y + bias.astype(acc, copy=False)).astype(dtype, copy=False)
 
     def backward(self, grad):
         x, weight = self.saved

@@ -256,7 +256,8 @@ class MaxPool2d(Module):
 
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}"
+                + (", return_indices=True" if self.return_indices else ""))
 
 
 class MaxPool1d(MaxPool2d):
