@@ -11,8 +11,8 @@ CuPy's pool. The autograd engine runs each backward on its forward's stream, so 
 
 Rules, the same for every function:
 
-* dtypes: ``DTYPE_SUPPORT`` is the one table (float16, float32, float64; bfloat16 is refused with the reason
-  until the tensor-core kernels land). Under ``torch.autocast`` convolutions compute in the autocast dtype
+* dtypes: ``DTYPE_SUPPORT`` is the one table (float16, float32, float64; bfloat16 is refused with the reason:
+  the bridge does not exchange it yet). Under ``torch.autocast`` convolutions compute in the autocast dtype
   where gpuconv has it (float16), else in float32 (CPU autocast's default bfloat16): their output is then
   float32, where PyTorch's would be bfloat16. Pooling keeps its input's dtype, or float32 under autocast
   when that dtype is one gpuconv lacks.
@@ -48,14 +48,15 @@ from ._backend import require_cuda
 from ._shapes import PoolGeometry, conv_transpose_geometry
 
 #: Every dtype gpuconv.torch knows, and whether gpuconv computes in it: None where it does, else why not.
-#: The one dtype rule of the bridge (bfloat16 joins with its kernels); torch.autocast falls back to float32
+#: The one dtype rule of the bridge (bfloat16 joins when the exchange has it); torch.autocast falls back to float32
 #: where this table says no.
 DTYPE_SUPPORT = {
     torch.float16: None,
     torch.float32: None,
     torch.float64: None,
-    torch.bfloat16: "bfloat16 is not supported yet (it comes with gpuconv's tensor-core kernels); cast to "
-                    "float32 or float16, or run under torch.autocast, which computes it in float32",
+    torch.bfloat16: "bfloat16 is not supported by the bridge yet (gpuconv computes bfloat16 NumPy arrays, and "
+                    "CuPy ones on its tensor-core kernels, but the tensor exchange lacks it); cast to float32 or "
+                    "float16, or run under torch.autocast, which computes it in float32",
 }
 
 

@@ -272,7 +272,7 @@ def test_float16_and_float32_compute_in_their_dtype():
 
 def test_unsupported_dtypes_devices_and_mixes_are_refused_clearly():
     x, w = rand(1, 2, 4, 4, requires_grad=False), rand(3, 2, 3, 3, requires_grad=False)
-    with pytest.raises(TypeError, match="bfloat16 is not supported yet"):
+    with pytest.raises(TypeError, match="bfloat16 is not supported by the bridge yet"):
         gt.conv2d(x.bfloat16(), w.bfloat16())
     with pytest.raises(TypeError, match="input is torch.int64: gpuconv computes in torch.float16"):
         gt.max_pool2d(x.long(), 2)
