@@ -87,9 +87,9 @@ struct WindowMax {
     int index;  // h * W + w within the plane; -1 for a window of padding only
 };
 
-// The maximum of window (p, q) and where it first occurs, scanning taps row by row. A NaN is the maximum
-// (the first NaN, as NumPy's argmax picks), so NaN propagates; padding never wins, and when every pixel is
-// -inf the first of them does (PyTorch's rule).
+// The maximum of window (p, q) and where it is, scanning taps row by row with PyTorch's test (keep v when
+// v > max or v is NaN): the last NaN, else the first largest value, so NaN propagates; padding never wins,
+// and when every pixel is -inf the first of them does.
 template <typename T>
 __device__ __forceinline__ WindowMax<typename AccT<T>::type> window_first_max(const T* __restrict__ plane,
                                                                              const PoolShape& s, int p, int q) {
@@ -102,8 +102,7 @@ __device__ __forceinline__ WindowMax<typename AccT<T>::type> window_first_max(co
         for (int j = c.real_lo; j < c.real_hi; ++j) {
             const int index = h * W + c.first + j * c.step;
             const Acc v = to_acc(plane[index]);
-            if (is_nan(v)) return WindowMax<Acc>{v, index};
-            if (best.index < 0 || v > best.value) best = WindowMax<Acc>{v, index};
+            if (best.index < 0 || v > best.value || is_nan(v)) best = WindowMax<Acc>{v, index};
         }
     }
     return best;
