@@ -1,6 +1,8 @@
 // conv2d_tensor_core.cu -- forward convolution as an implicit GEMM on the tensor cores (mma.sync, sm_80+):
 // float16 and bfloat16 storage with float32 accumulation, and TF32 for float32. dgrad at stride 1 runs on it
 // too: dx = conv2d(dy, w transposed per group and flipped), with padding (R-1)*dilation - pad (per side).
+// wgrad (float16, bfloat16) has its own main loop at the end of this file: dw = dy^T x_col on pixel-major packed
+// x and dy, fragments by ldmatrix.trans (no TF32: ldmatrix moves 16-bit elements).
 //
 // The design is CUTLASS's analytic NHWC fprop (cutlass/conv/threadblock/conv2d_fprop_activation_tile_access_
 // iterator_analytic.h and the sm80 multistage mainloop), on a pre-packed copy of the operands:
@@ -435,4 +437,187 @@ __device__ __forceinline__ void conv2d_fprop_tensor_op(const T* __restrict__ xp,
     extern "C" __global__ void __launch_bounds__(THREADS, 2)                                    \
         NAME(const T* __restrict__ xp, const T* __restrict__ wp, T* __restrict__ y, GPUCONV_CONV_SHAPE_PARAMS) { \
         gpuconv::conv2d_fprop_tensor_op<T, __VA_ARGS__>(xp, wp, y, GPUCONV_CONV_SHAPE);         \
+    }
+
+// ------------------------------------------------------------------------------------------------ wgrad
+//
+// wgrad (float16, bfloat16; float32 accumulation): for each group g the GEMM
+//     dw[k, j] = sum_m dyp[m, g*Kgp + k] * A_x[m, j]
+// over k a filter of the group (Kg rows), j = (r, s, c) a tap and a padded input channel (R*S*Cgp columns, c
+// fastest) and m = (n, p, q) an output pixel (the reduction, N*P*Q), with dyp = dy packed NHWC ((N, P, Q,
+// G*Kgp): the input pack over dy's shape) and A_x[m, j] = xp[n, p*stride_h - pad_top + r*dilation_h,
+// q*stride_w - pad_left + s*dilation_w, g*Cgp + c] (zero in the padding: cp.async's zero fill).
+// Both operands are pixel-major: a slice holds 32 pixel rows of 128 filters (A) and of 128 columns j (B),
+// 256-byte rows of 16 chunks, chunk c of row r stored at c ^ (r % 8) (8 consecutive rows of one chunk cover
+// all 32 banks; so do the 8 chunks of one row a quarter-warp of cp.async writes). The fragments, whose
+// reduction index is the row, come from ldmatrix.x4.trans. A thread's B chunk column is fixed for the whole
+// loop (its tap and channel: one division, before it); each slice divides its 4 pixel rows (FastDivisor).
+// Padding taps are zero-filled copies that the GEMM multiplies: 0 * NaN and 0 * inf in dy give NaN as the
+// padding NaN rule wants (tests/test_padding_nan_rule.py). One block per output tile: no split of the
+// reduction (a block walks all N*P*Q pixels).
+// Launch: pack x (shape) and dy (the input pack over (N, K, P, Q)), then grid (ceil(Kg / BLOCK_M),
+// ceil(R*S*Cgp / BLOCK_N), groups), Tile::THREADS threads, 48 KiB of static shared memory at 3 stages.
+
+namespace gpuconv {
+
+template <typename T, class Tile>
+struct WgradTensorOpShared {
+    static constexpr int A_CHUNKS = Tile::BLOCK_M * (int)sizeof(T) / 16, B_CHUNKS = Tile::BLOCK_N * (int)sizeof(T) / 16;
+    static_assert(A_CHUNKS == 16 && B_CHUNKS == 16, "the swizzle is written for 256-byte rows: 128 halves");
+    Chunk16 a[Tile::STAGES][Tile::BLOCK_K * A_CHUNKS];
+    Chunk16 b[Tile::STAGES][Tile::BLOCK_K * B_CHUNKS];
+};
+
+// Chunk c of row r of a 16-chunk row: at c ^ (r % 8).
+__device__ __forceinline__ int swizzled16(int row, int chunk) { return row * 16 + (chunk ^ (row & 7)); }
+
+template <typename T, class Tile>
+__device__ __forceinline__ void conv2d_wgrad_tensor_op(const T* __restrict__ xp, const T* __restrict__ dyp,
+                                                       T* __restrict__ dw, const ConvShape shape) {
+    typedef WgradTensorOpShared<T, Tile> Shared;
+    constexpr int BM = Tile::BLOCK_M, BN = Tile::BLOCK_N, BK = Tile::BLOCK_K, STAGES = Tile::STAGES;
+    constexpr int EPC = ChunkOf<T>::ELEMENTS;
+    constexpr int LOAD_ROWS = Tile::THREADS / 16;       // pixel rows a pass of the block's threads loads
+    constexpr int LOADS = BK / LOAD_ROWS;               // per operand and thread
+    constexpr int K_STEPS = BK / TensorOpMath<T>::MMA_K;
+    static_assert(TensorOpMath<T>::MMA_K == 16, "ldmatrix.trans moves 16-bit elements: no TF32 wgrad");
+    static_assert(BK % LOAD_ROWS == 0, "whole passes of the loaders");
+    __shared__ Shared smem;
+
+    const int group = (int)blockIdx.z;
+    const int Cg = shape.channels_per_group(), Kg = shape.filters_per_group();
+    const int Cgp = padded_channels<T>(Cg), Kgp = padded_channels<T>(Kg);
+    const int pixel_stride = shape.groups * Cgp, dy_stride = shape.groups * Kgp;
+    const int columns = shape.R * shape.S * Cgp;
+    const int PQ = shape.P * shape.Q, pixels = shape.N * PQ;
+    const int k_first = (int)blockIdx.x * BM, j_first = (int)blockIdx.y * BN;
+    const int slices = (pixels + BK - 1) / BK;
+
+    const int tid = (int)threadIdx.x;
+    const int load_chunk = tid & 15, load_row = tid >> 4;
+    const int store_chunk = swizzled16(load_row, load_chunk);  // rows LOAD_ROWS (8) apart share the swizzle
+
+    // A: this thread's 8 filters of dyp (the same for every pixel row); valid inside the padded group.
+    const int a_k = k_first + load_chunk * EPC;
+    const bool a_valid = a_k < Kgp;
+    const int a_column = group * Kgp + a_k;
+    // B: this thread's column chunk j = (r*S + s)*Cgp + c, fixed for the loop. Addresses are formed from the
+    // last column and the last pixel where the chunk or the row is past them (zero-filled, never read): every
+    // offset stays within the packed input's reach (registry._wgrad_tensor_op_fits).
+    const int b_j = j_first + load_chunk * EPC;
+    const bool b_valid = b_j < columns;
+    const int b_tap = min_of(b_j, columns - EPC) / Cgp, b_channel = min_of(b_j, columns - EPC) - b_tap * Cgp;
+    const int b_r = b_tap / shape.S, b_s = b_tap - b_r * shape.S;
+    const int b_dh = b_r * shape.dilation_h - shape.pad_top, b_dw = b_s * shape.dilation_w - shape.pad_left;
+    const int b_column = group * Cgp + b_channel;
+    const FastDivisor by_pq(PQ), by_q(shape.Q);
+
+    auto load_slice = [&](int stage, int slice) {
+        Chunk16* a_dst = &smem.a[stage][store_chunk];
+        Chunk16* b_dst = &smem.b[stage][store_chunk];
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            const int m = slice * BK + load_row + LOAD_ROWS * i;
+            const bool m_valid = m < pixels;
+            cp_async_16_zfill(a_dst + i * LOAD_ROWS * 16, dyp + (m * dy_stride + a_column),
+                              m_valid && a_valid ? 16 : 0);
+            const int m_last = min_of(m, pixels - 1);
+            const int n = by_pq.divide(m_last), pq = m_last - n * PQ;
+            const int p = by_q.divide(pq), q = pq - p * shape.Q;
+            const int h = p * shape.stride_h + b_dh, w = q * shape.stride_w + b_dw;
+            const bool valid = m_valid && b_valid && (unsigned)h < (unsigned)shape.H && (unsigned)w < (unsigned)shape.W;
+            const int b_offset = ((n * shape.H + h) * shape.W + w) * pixel_stride + b_column;
+            cp_async_16_zfill(b_dst + i * LOAD_ROWS * 16, xp + b_offset, valid ? 16 : 0);
+        }
+    };
+
+    // Warps: (warp_m, warp_n); ldmatrix.trans rows are pixels. A matrices (filters 0-7, pixels 0-7), (8-15,
+    // 0-7), (0-7, 8-15), (8-15, 8-15) of a 16 x 16 tile are a[0..3]; B matrices (pixels 0-7, n 0-7), (8-15,
+    // 0-7), (0-7, 8-15), (8-15, 8-15) the b[0..1] of two n8 tiles.
+    const int lane = lane_id(), warp = warp_id();
+    const int warp_m = warp % Tile::WARPS_M, warp_n = warp / Tile::WARPS_M;
+    int a_lane[K_STEPS][Tile::M_TILES], b_lane[K_STEPS][Tile::N_TILES / 2];
+#pragma unroll
+    for (int step = 0; step < K_STEPS; ++step) {
+        const int a_row = 16 * step + (lane & 7) + ((lane >> 4) & 1) * 8;
+        const int b_row = 16 * step + (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+        for (int i = 0; i < Tile::M_TILES; ++i)
+            a_lane[step][i] = swizzled16(a_row, (warp_m * Tile::WARP_M + 16 * i) / 8 + ((lane >> 3) & 1));
+#pragma unroll
+        for (int j = 0; j < Tile::N_TILES / 2; ++j)
+            b_lane[step][j] = swizzled16(b_row, (warp_n * Tile::WARP_N + 16 * j) / 8 + (lane >> 4));
+    }
+
+    float acc[Tile::M_TILES][Tile::N_TILES][4];
+#pragma unroll
+    for (int i = 0; i < Tile::M_TILES; ++i)
+#pragma unroll
+        for (int j = 0; j < Tile::N_TILES; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < slices) load_slice(s, s);
+        cp_async_commit_group();
+    }
+
+    int read_stage = 0, write_stage = STAGES - 1;
+    for (int slice = 0; slice < slices; ++slice) {
+        cp_async_wait_group<STAGES - 2>();
+        __syncthreads();
+        if (slice + STAGES - 1 < slices) load_slice(write_stage, slice + STAGES - 1);
+        cp_async_commit_group();
+
+#pragma unroll
+        for (int step = 0; step < K_STEPS; ++step) {
+            unsigned int a[Tile::M_TILES][4], b[Tile::N_TILES / 2][4];
+#pragma unroll
+            for (int i = 0; i < Tile::M_TILES; ++i) ldmatrix_x4_trans(a[i], &smem.a[read_stage][a_lane[step][i]]);
+#pragma unroll
+            for (int j = 0; j < Tile::N_TILES / 2; ++j) ldmatrix_x4_trans(b[j], &smem.b[read_stage][b_lane[step][j]]);
+#pragma unroll
+            for (int i = 0; i < Tile::M_TILES; ++i)
+#pragma unroll
+                for (int j = 0; j < Tile::N_TILES; ++j) {
+                    const unsigned int b_pair[2] = {b[j / 2][2 * (j % 2)], b[j / 2][2 * (j % 2) + 1]};
+                    TensorOpMath<T>::mma(acc[i][j], a[i], b_pair);
+                }
+        }
+        read_stage = read_stage == STAGES - 1 ? 0 : read_stage + 1;
+        write_stage = write_stage == STAGES - 1 ? 0 : write_stage + 1;
+    }
+    cp_async_wait_all();
+
+    // Epilogue: acc[i][j] holds filters g and g + 8, columns 2t and 2t + 1 of the 16 x 8 tile (i, j);
+    // dw[group*Kg + k, c, r, s] for c < Cg.
+    const int g = lane >> 2, t = lane & 3;
+    const int taps = shape.R * shape.S;
+#pragma unroll
+    for (int j = 0; j < Tile::N_TILES; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int column = j_first + warp_n * Tile::WARP_N + 8 * j + 2 * t + e;
+            if (column >= columns) continue;
+            const int tap = column / Cgp, c = column - tap * Cgp;
+            if (c >= Cg) continue;
+#pragma unroll
+            for (int i = 0; i < Tile::M_TILES; ++i)
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    const int k = k_first + warp_m * Tile::WARP_M + 16 * i + g + 8 * half;
+                    if (k >= Kg) continue;
+                    dw[((long long)(group * Kg + k) * Cg + c) * taps + tap] = from_acc<T>(acc[i][j][2 * half + e]);
+                }
+        }
+}
+
+}  // namespace gpuconv
+
+// dw (K, C / groups, R, S) from the packed xp (N, H, W, groups * Cgp) and dyp (N, P, Q, groups * Kgp).
+#define GPUCONV_WGRAD_TENSOR_OP_KERNEL(NAME, T, ACC, THREADS, ...)                              \
+    extern "C" __global__ void __launch_bounds__(THREADS, 2)                                    \
+        NAME(const T* __restrict__ xp, const T* __restrict__ dyp, T* __restrict__ dw, GPUCONV_CONV_SHAPE_PARAMS) { \
+        gpuconv::conv2d_wgrad_tensor_op<T, __VA_ARGS__>(xp, dyp, dw, GPUCONV_CONV_SHAPE);       \
     }

@@ -320,6 +320,7 @@ def test_every_kernel_variant_is_checked():
                                           np.dtype(np.float16) in v.dtypes and v.can_run(float16_case, np.float16))
                               }, pass_name
         assert ("dgrad", "dgrad_tensorop_128x128x32_64x64_3stage", "3x3-pad1", "float16") in KERNEL_RUNS
+        assert ("wgrad", "wgrad_tensorop_128x128x32_64x64_3stage", "3x3-pad1", "float16") in KERNEL_RUNS
 
 
 def run_kernels(pass_name, algo, case, dtype, backend):

@@ -1,8 +1,9 @@
 """The tensor-core kernels (kernels/conv2d_tensor_core.cu: mma.sync, ldmatrix, cp.async) on the CPU emulator,
 and how the planner chooses them -- no GPU needed.
 
-Every tensor-core variant -- fprop, and dgrad at stride 1 (the fprop of dy with w transposed and flipped) --
-and dtype (float16 and bfloat16 with float32 accumulation, float32 as TF32) runs the pack kernels and the
+Every tensor-core variant -- fprop, dgrad at stride 1 (the fprop of dy with w transposed and flipped), and
+wgrad (float16 / bfloat16 only) -- and dtype (float16 and bfloat16 with float32 accumulation, float32 as TF32)
+runs the pack kernels and the
 main kernel exactly as planned (``plan.plan_conv`` + ``conv.run_conv``), in both emulator
 schedules (threads and blocks forward with buffers against a guard page after their end, reverse with one
 before their start), on edge shapes: stride, asymmetric padding, dilation, groups (depthwise too), channels
@@ -32,16 +33,20 @@ HALF = "fprop_tensorop_128x128x32_64x64_3stage"
 TF32 = "fprop_tensorop_128x128x16_64x64_3stage_tf32"
 DGRAD_HALF = "dgrad_tensorop_128x128x32_64x64_3stage"
 DGRAD_TF32 = "dgrad_tensorop_128x128x16_64x64_3stage_tf32"
+WGRAD_HALF = "wgrad_tensorop_128x128x32_64x64_3stage"
 F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 #: (variant, dtype): every tensor-core fprop instantiation; PASS_RUNS: (pass, variant, dtype), dgrad's too.
 RUNS = [(HALF, F16), (HALF, BFLOAT16), (TF32, F32)]
 RUN_IDS = ["float16", "bfloat16", "tf32"]
-VARIANT_OF = {("fprop", HALF): HALF, ("fprop", TF32): TF32, ("dgrad", HALF): DGRAD_HALF, ("dgrad", TF32): DGRAD_TF32}
-PASS_RUNS = [(p, VARIANT_OF[(p, v)], d) for p in ("fprop", "dgrad") for v, d in RUNS]
-PASS_RUN_IDS = [f"{p}-{i}" for p in ("fprop", "dgrad") for i in RUN_IDS]
+VARIANT_OF = {("fprop", HALF): HALF, ("fprop", TF32): TF32, ("dgrad", HALF): DGRAD_HALF, ("dgrad", TF32): DGRAD_TF32,
+              ("wgrad", HALF): WGRAD_HALF}  # wgrad has no TF32 kernel (ldmatrix.trans moves 16-bit elements)
+PASS_RUNS = [(p, VARIANT_OF[(p, v)], d) for p in ("fprop", "dgrad", "wgrad") for v, d in RUNS if (p, v) in VARIANT_OF]
+PASS_RUN_IDS = [f"{p}-{i}" for p in ("fprop", "dgrad", "wgrad") for (v, _), i in zip(RUNS, RUN_IDS)
+                if (p, v) in VARIANT_OF]
 #: pass -> (operands from x, w, dy; the float64 reference)
 PASSES = {"fprop": (lambda x, w, dy: (x, w), reference.conv2d_forward),
-          "dgrad": (lambda x, w, dy: (dy, w), reference.conv2d_grad_input)}
+          "dgrad": (lambda x, w, dy: (dy, w), reference.conv2d_grad_input),
+          "wgrad": (lambda x, w, dy: (x, dy), reference.conv2d_grad_weight)}
 SCHEDULES = {"forward": "end", "reverse": "start"}
 
 
@@ -92,12 +97,12 @@ def geometry(case) -> ConvGeometry:
 
 
 def operands(g: ConvGeometry, dtype, seed=0, pass_name="fprop"):
-    """Guarded operands of a pass: (x, w) or (dy, w). float16 / bfloat16: normal values rounded to the dtype
+    """Guarded operands of a pass: (x, w), (dy, w) or (x, dy). float16 / bfloat16: normal values rounded to the dtype
     (what it stores). float32: full 24-bit significands, so that TF32's rounding of the inputs is exercised."""
     rng = np.random.default_rng(seed)
     x, w, dy = (rng.standard_normal(shape) for shape in (g.input_shape, g.weight_shape, g.output_shape))
-    a = x if pass_name == "fprop" else dy
-    return emu.to_guarded(a.astype(dtype)), emu.to_guarded(w.astype(dtype))
+    a, b = PASSES[pass_name][0](x, w, dy)
+    return emu.to_guarded(a.astype(dtype)), emu.to_guarded(b.astype(dtype))
 
 
 def to_tf32(a: np.ndarray) -> np.ndarray:
@@ -108,8 +113,9 @@ def to_tf32(a: np.ndarray) -> np.ndarray:
 
 def error_bound(g: ConvGeometry, dtype, a64, w64, expected, pass_name="fprop") -> np.ndarray:
     """An elementwise bound on |kernel - float64 reference|, with M = sum |a| |w| over the output's taps (a = x
-    for fprop, dy for dgrad) and k the reduction length, Cg*R*S (fprop) or Kg*R*S (dgrad; the zero padding of
-    the channels adds exact zeros):
+    for fprop, dy for dgrad; for wgrad sum |x| |dy| over the output pixels, w standing for dy) and k the
+    reduction length, Cg*R*S (fprop), Kg*R*S (dgrad; the zero padding of the channels adds exact zeros) or
+    N*P*Q (wgrad; padding taps and pixels past the last add exact zeros):
 
     * float16 / bfloat16: products of two inputs are exact in float32 (11- and 8-bit significands); the float32
       sums round k times in another order than the reference: k * 2^-23 * M (2^-23 rather than 2^-24: the
@@ -118,7 +124,8 @@ def error_bound(g: ConvGeometry, dtype, a64, w64, expected, pass_name="fprop") -
     * TF32: each input is rounded to 10 mantissa bits (2^-11 relative), so each product is off by up to
       2^-10 + 2^-22 relative: (2^-10 + 2^-22) * M, plus the same float32 sums and the float32 result's
       rounding 2^-24 |y|."""
-    k = (g.channels_per_group if pass_name == "fprop" else g.filters_per_group) * g.R * g.S
+    k = {"fprop": g.channels_per_group * g.R * g.S, "dgrad": g.filters_per_group * g.R * g.S,
+         "wgrad": g.N * g.P * g.Q}[pass_name]
     magnitude = PASSES[pass_name][1](np.abs(a64), np.abs(w64), g)
     accumulation = k * 2.0**-23 * magnitude
     if dtype == F32:
@@ -185,8 +192,12 @@ def test_nan_reaches_exactly_the_outputs_whose_window_holds_it(pass_name, varian
     multiplies (NaN * 0 is NaN)."""
     g = geometry(BY_ID["two-blocks-each-way"])  # 9 taps x 16 (12) channels: the last slice is partial
     a, w = operands(g, dtype, seed=4, pass_name=pass_name)
-    a[0, 3, 0, 0] = a[1, 8, 9, 8] = a[1, 0, 4, 4] = np.nan
-    w[129, 8, 2, 2] = np.nan
+    if pass_name == "wgrad":  # (x, dy): a corner input pixel (reached by 4 taps) and a filter's dy
+        a[0, 3, 0, 0] = np.nan
+        w[1, 129, 0, 0] = np.nan
+    else:
+        a[0, 3, 0, 0] = a[1, 8, 9, 8] = a[1, 0, 4, 4] = np.nan
+        w[129, 8, 2, 2] = np.nan
     _, y = run(EmulatorBackend(), variant, dtype, g, a, w, pass_name=pass_name)
     expected = PASSES[pass_name][1](a.astype(np.float64), w.astype(np.float64), g)
     np.testing.assert_array_equal(np.isnan(y.astype(np.float64)), np.isnan(expected))
@@ -283,8 +294,13 @@ def test_schedules_give_the_same_bits_and_every_mma_runs(pass_name, variant, dty
             _, y = run(EmulatorBackend(schedule), variant, dtype, g, a, w, pass_name=pass_name)
         results.append(y)
         tile, gg = registry.get(variant).tile, registry.tensor_op_geometry(pass_name, g)
-        blocks = -(-gg.N * gg.P * gg.Q // tile.block_m) * -(-gg.filters_per_group // tile.block_n) * gg.groups
-        slices = -(-gg.R * gg.S * registry.tensor_op_padded_channels(gg, dtype) // tile.block_k)
+        pixels, columns = gg.N * gg.P * gg.Q, gg.R * gg.S * registry.tensor_op_padded_channels(gg, dtype)
+        if pass_name == "wgrad":  # blocks of filters x columns (r, s, c), slices of 32 pixels
+            blocks = -(-gg.filters_per_group // tile.block_m) * -(-columns // tile.block_n) * gg.groups
+            slices = -(-pixels // tile.block_k)
+        else:
+            blocks = -(-pixels // tile.block_m) * -(-gg.filters_per_group // tile.block_n) * gg.groups
+            slices = -(-columns // tile.block_k)
         assert emulated_module(registry.TENSOR_OP_SOURCE).warp_collectives == blocks * slices * 2 * 4 * (8 + 32)
     np.testing.assert_array_equal(results[0].view(np.uint8), results[1].view(np.uint8))
 
@@ -314,9 +330,14 @@ def test_registry_entries():
         half, tf32 = registry.get(VARIANT_OF[(pass_name, HALF)]), registry.get(VARIANT_OF[(pass_name, TF32)])
         assert half.dtypes == (F16, BFLOAT16) and tf32.dtypes == (F32,) and (half.tf32, tf32.tf32) == (False, True)
         assert half.op == tf32.op == pass_name
-    assert [v.name for v in registry.VARIANTS if v.family == "tensor_core"] == [HALF, TF32, DGRAD_HALF, DGRAD_TF32]
+    assert [v.name for v in registry.VARIANTS if v.family == "tensor_core"] == [
+        HALF, TF32, DGRAD_HALF, DGRAD_TF32, WGRAD_HALF]
+    wgrad = registry.get(WGRAD_HALF)
+    assert wgrad.op == "wgrad" and wgrad.dtypes == (F16, BFLOAT16) and not wgrad.tf32
+    assert wgrad.export_macro == "GPUCONV_WGRAD_TENSOR_OP_KERNEL" and not wgrad.tile.nan_resum
     for v in (v for v in registry.VARIANTS if v.family == "tensor_core"):
-        assert v.source == "conv2d_tensor_core.cu" and v.export_macro == "GPUCONV_FPROP_TENSOR_OP_KERNEL"
+        macro = "GPUCONV_WGRAD_TENSOR_OP_KERNEL" if v.op == "wgrad" else "GPUCONV_FPROP_TENSOR_OP_KERNEL"
+        assert v.source == "conv2d_tensor_core.cu" and v.export_macro == macro
         assert v.min_compute_capability == 80 and v.emulatable and v.deterministic and not v.grid_stride
         assert v.threads == 128 and v.tile.stages == 3 and (v.tile.warp_m, v.tile.warp_n) == (64, 64)
         assert all(v.static_shared_bytes(d) == 48 * 1024 for d in v.dtypes) and v.dynamic_shared_bytes == 0
@@ -362,8 +383,9 @@ def test_tf32_only_when_named():
         plan.plan_conv("fprop", DENSE, F64, "tensor_core")
     with pytest.raises(ValueError, match="no tensor_core dgrad kernel"):  # dgrad: stride 1 only
         plan.plan_conv("dgrad", FIRST_LAYER, F16, "tensor_core")
-    with pytest.raises(ValueError, match="no tensor_core wgrad kernel"):
-        plan.plan_conv("wgrad", DENSE, F16, "tensor_core")
+    with pytest.raises(ValueError, match="no tensor_core wgrad kernel exists for float32"):  # no TF32 wgrad
+        plan.plan_conv("wgrad", DENSE, F32, "tensor_core")
+    assert plan.plan_conv("wgrad", DENSE, F16, "tensor_core").variant == WGRAD_HALF
 
 
 def test_allow_tf32_lets_auto_choose_tf32():
@@ -401,12 +423,15 @@ def test_the_fixed_rule_takes_tensor_cores_for_half_types(dtype):
     # other kernel) still runs on the tensor cores.
     for g, simt in ((DEPTHWISE, "fprop_depthwise_8x32"), (FIRST_LAYER, "im2col")):
         assert plan.plan_conv("fprop", g, dtype).variant == (simt if dtype == F16 else HALF)
-    # dgrad at stride 1 too; strided dgrad and wgrad have no tensor-core kernel.
+    # dgrad at stride 1 and wgrad too (strided dgrad has no tensor-core kernel).
     assert plan.plan_conv("dgrad", DENSE, dtype, compute_capability=90).variant == DGRAD_HALF
+    for g in (DENSE, GROUPED, FIRST_LAYER if dtype == BFLOAT16 else DENSE):
+        assert plan.plan_conv("wgrad", g, dtype, compute_capability=90).variant == WGRAD_HALF
     if dtype == F16:  # before sm_80: the SIMT rule
         assert plan.plan_conv("fprop", DENSE, dtype, compute_capability=75).variant == "im2col"
         assert plan.plan_conv("dgrad", FIRST_LAYER, dtype, compute_capability=90).variant == "im2col"
-        assert plan.plan_conv("wgrad", DENSE, dtype, compute_capability=90).variant == "im2col"
+        assert plan.plan_conv("wgrad", DENSE, dtype, compute_capability=75).variant == "im2col"
+        assert plan.plan_conv("wgrad", DEPTHWISE, dtype, compute_capability=90).variant != WGRAD_HALF
         assert HALF in plan.candidates("fprop", DENSE, dtype, 80) and "im2col" in plan.candidates("fprop", DENSE, dtype)
     else:  # bfloat16 has tensor-core fprop and stride-1 dgrad kernels only
         with pytest.raises(ValueError, match="no fprop kernel exists for bfloat16 and this geometry on compute "
@@ -415,7 +440,7 @@ def test_the_fixed_rule_takes_tensor_cores_for_half_types(dtype):
         with pytest.raises(ValueError, match="no dgrad kernel exists for bfloat16"):
             plan.plan_conv("dgrad", FIRST_LAYER, dtype)
         with pytest.raises(ValueError, match="no wgrad kernel exists for bfloat16"):
-            plan.plan_conv("wgrad", DENSE, dtype)
+            plan.plan_conv("wgrad", DENSE, dtype, compute_capability=75)
         with pytest.raises(ValueError, match="algo='im2col' has no bfloat16 kernels"):
             plan.plan_conv("fprop", DENSE, dtype, "im2col")
         assert plan.candidates("fprop", DENSE, dtype) == (HALF,)
@@ -447,6 +472,33 @@ def test_dgrad_plan_runs_the_fprop_of_dy():
     assert p.launches[2].grid == (-(-3 * 9 * 11 // 128), 1, 2)
     with pytest.raises(ValueError, match="stride 1 only"):
         registry.dgrad_as_fprop(FIRST_LAYER)
+
+
+def test_wgrad_plan_packs_x_and_dy():
+    """wgrad: x and dy packed NHWC (dy by the input pack over dy's shape), then a grid of filters x columns
+    (r, s, c) per group."""
+    g = ConvGeometry.create((3, 20, 9, 11), (150, 10, 3, 2), padding=(1, 0, 2, 1), stride=2, groups=2)
+    for dtype in (F16, BFLOAT16):
+        p = plan.plan_conv("wgrad", g, dtype, WGRAD_HALF)
+        packed_input, packed_dy = 3 * 9 * 11 * 2 * 16, 3 * g.P * g.Q * 2 * 80  # 75 filters per group -> 80
+        assert registry.tensor_op_workspace_shapes(g, dtype, "wgrad")[1] == (3, g.P, g.Q, 160)
+        assert p.workspace_bytes == (packed_input + packed_dy) * 2
+        assert [launch.variant.name for launch in p.launches] == [
+            registry.TENSOR_OP_PACK_INPUT, registry.TENSOR_OP_PACK_INPUT, WGRAD_HALF]
+        assert p.launches[1].grid == plan.elementwise_grid(packed_dy)
+        assert p.launches[2].grid == (1, 1, 2) and p.launches[2].block == (128, 1, 1)  # 75 filters, 96 columns
+    # The dy pack alone, bit for bit: (N, P, Q, groups * Kgp), each group's filters zero-padded.
+    g = geometry(BY_ID["groups2"])
+    x, dy = operands(g, F16, seed=1, pass_name="wgrad")
+    p = plan.plan_conv("wgrad", g, F16, WGRAD_HALF)
+    shape = registry.tensor_op_workspace_shapes(g, F16, "wgrad")[1]
+    assert shape == (2, 5, 5, 16)
+    packed = emu.empty(shape, F16)
+    EmulatorBackend().launch(p.launches[1], (dy, packed, *conv.conv_shape_args(registry.wgrad_dy_as_input(g))))
+    expected = np.zeros(shape, F16)
+    for group in range(2):
+        expected[..., 8 * group:8 * group + 6] = dy[:, 6 * group:6 * group + 6].transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(packed.view(np.uint8), expected.view(np.uint8))
 
 
 def test_workspace_that_does_not_fit():

@@ -16,11 +16,12 @@ Three algorithm families:
   registry variants.
 * ``"direct"`` -- kernels/conv2d_depthwise.cu: depthwise convolutions as a stencil over shared-memory
   patches.
-* ``"tensor_core"`` -- kernels/conv2d_tensor_core.cu (fprop, and dgrad at stride 1 as the fprop of dy with
-  w transposed and flipped; sm_80+): the operands packed to NHWC / (K, R, S, C) with channels zero-padded
-  per group, then an implicit GEMM on mma.sync: float16 and bfloat16 with float32 accumulation, float32 as
-  TF32 (its inputs rounded to 10 mantissa bits: only when asked for by name or family, never by ``auto``).
-  ``auto`` prefers it for float16 and bfloat16 where it applies.
+* ``"tensor_core"`` -- kernels/conv2d_tensor_core.cu (fprop, dgrad at stride 1 as the fprop of dy with
+  w transposed and flipped, wgrad for float16 / bfloat16 on pixel-major packed x and dy; sm_80+): the
+  operands packed to NHWC / (K, R, S, C) with channels zero-padded per group, then an implicit GEMM on
+  mma.sync: float16 and bfloat16 with float32 accumulation, float32 as TF32 (its inputs rounded to 10
+  mantissa bits: only when asked for by name or family, never by ``auto``). ``auto`` prefers it for
+  float16 and bfloat16 where it applies.
 
 ``algo="auto"`` asks the autotuner on a GPU (``gpuconv.cuda.autotune``) and applies the fixed rule
 otherwise. float16 is a storage type: the kernels accumulate in float32, and cuBLAS multiplies float16
@@ -35,7 +36,8 @@ from . import _launch, autotune
 from .backend import resolve_backend
 from .plan import (PASS_NAMES, ConvPlan, check_algo, check_geometry, elementwise_launch, im2col_launch, plan_conv,
                    result_bytes, result_shape)
-from .registry import IM2COL, PASS_OPERANDS, TENSOR_CORE, tensor_op_geometry, tensor_op_workspace_shapes
+from .registry import (IM2COL, PASS_OPERANDS, TENSOR_CORE, tensor_op_geometry, tensor_op_workspace_shapes,
+                       wgrad_dy_as_input)
 
 
 def conv_shape_args(g: ConvGeometry, batch: int | None = None) -> tuple:
@@ -90,7 +92,7 @@ def conv2d_grad_input(dy, w, g: ConvGeometry, algo: str = "auto", backend=None, 
 
 def conv2d_grad_weight(x, dy, g: ConvGeometry, algo: str = "auto", backend=None, allow_tf32: bool = False):
     """dw (K, C/groups, R, S), the gradient of conv2d with respect to its weight, in x's dtype (``allow_tf32``
-    is accepted for symmetry: no wgrad kernel runs on tensor cores yet)."""
+    is accepted for symmetry: the tensor-core wgrad is float16 / bfloat16 only, no TF32 kernel yet)."""
     return _run_pass("wgrad", g, algo, backend, allow_tf32, x=x, dy=dy)
 
 
@@ -153,6 +155,21 @@ def _tensor_op_pass(plan, backend, a, w):
     out = xp.empty(g.output_shape, dtype=plan.dtype)
     backend.launch(gemm, (a_packed, w_packed, out, *shape))
     return out
+
+
+def _tensor_op_wgrad(plan, backend, x, dy):
+    """wgrad on the tensor cores: x and dy packed NHWC (each group's channels and filters padded to 16 bytes),
+    then the GEMM of the packed copies into dw."""
+    g, xp = plan.geometry, backend.xp
+    pack_input, pack_dy, gemm = plan.launches
+    input_shape, dy_shape = tensor_op_workspace_shapes(g, plan.dtype, "wgrad")
+    x_packed = xp.empty(input_shape, dtype=plan.dtype)
+    backend.launch(pack_input, (x, x_packed, *conv_shape_args(g)))
+    dy_packed = xp.empty(dy_shape, dtype=plan.dtype)
+    backend.launch(pack_dy, (dy, dy_packed, *conv_shape_args(wgrad_dy_as_input(g))))
+    dw = xp.empty(g.weight_shape, dtype=plan.dtype)
+    backend.launch(gemm, (x_packed, dy_packed, dw, *conv_shape_args(g)))
+    return dw
 
 
 def _wgrad_splits(plan, backend, x, dy):
@@ -231,7 +248,7 @@ def _wgrad_im2col(plan, backend, x, dy):
 #: pass -> how to run it, on im2col + cuBLAS or on our kernels (implicit GEMM and direct take the same arguments).
 _IM2COL_RUNNERS = {"fprop": _fprop_im2col, "dgrad": _dgrad_im2col, "wgrad": _wgrad_im2col}
 _KERNEL_RUNNERS = {"fprop": _kernels_into_result, "dgrad": _kernels_into_result, "wgrad": _wgrad_splits}
-_TENSOR_OP_RUNNERS = {"fprop": _tensor_op_pass, "dgrad": _tensor_op_pass}
+_TENSOR_OP_RUNNERS = {"fprop": _tensor_op_pass, "dgrad": _tensor_op_pass, "wgrad": _tensor_op_wgrad}
 
 
 # ------------------------------------------------------------------ im2col as a function ---

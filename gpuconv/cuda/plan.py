@@ -340,8 +340,8 @@ def plan_conv(pass_name: str, g: ConvGeometry, dtype, algo: str = "auto", free_b
 
 def tensor_op_workspace_bytes(pass_name: str, g: ConvGeometry, dtype) -> int:
     """A tensor-core pass's workspace: its fprop's (registry.tensor_op_geometry) input packed NHWC and weight
-    packed (K, R, S, C), channels padded per group."""
-    shapes = registry.tensor_op_workspace_shapes(registry.tensor_op_geometry(pass_name, g), dtype)
+    packed (K, R, S, C), channels padded per group; wgrad's packed x and dy (both NHWC)."""
+    shapes = registry.tensor_op_workspace_shapes(registry.tensor_op_geometry(pass_name, g), dtype, pass_name)
     return sum(int(np.prod(shape)) for shape in shapes) * np.dtype(dtype).itemsize
 
 
@@ -398,6 +398,16 @@ def _plan_gemm(pass_name, g, dtype, algo, variant: Variant, reason: str) -> Conv
                                   elementwise_launch("wgrad_splitk_reduce", dtype, weights)),
                         wgrad_splits=splits, wgrad_pixels_per_split=per_split,
                         workspace_bytes=splits * weights * accumulation_dtype(dtype).itemsize, **common)
+    if variant.family == TENSOR_CORE and pass_name == "wgrad":  # x and dy packed NHWC, then the GEMM
+        packed_input, packed_dy = registry.tensor_op_workspace_shapes(g, dtype, "wgrad")
+        t = variant.tile
+        grid = (ceil_div(g.filters_per_group, t.block_m),
+                ceil_div(g.R * g.S * registry.tensor_op_padded_channels(g, dtype), t.block_n), g.groups)
+        launches = (elementwise_launch(registry.TENSOR_OP_PACK_INPUT, dtype, int(np.prod(packed_input))),
+                    elementwise_launch(registry.TENSOR_OP_WEIGHT_PACKS[pass_name], dtype, int(np.prod(packed_dy))),
+                    _launch_of(variant, dtype, grid))
+        return ConvPlan(launches=launches, workspace_bytes=tensor_op_workspace_bytes(pass_name, g, dtype),
+                        **common)
     if variant.family == TENSOR_CORE:  # pack the operands, then the GEMM on the packed copies
         as_fprop = registry.tensor_op_geometry(pass_name, g)  # dgrad: the fprop of dy with w flipped
         packed_input, packed_weight = registry.tensor_op_workspace_shapes(as_fprop, dtype)

@@ -288,8 +288,10 @@ TENSOR_OP_SOURCE = "conv2d_tensor_core.cu"
 #: group; for dgrad w transposed per group and flipped to (C, R, S, K).
 TENSOR_OP_PACK_INPUT, TENSOR_OP_PACK_WEIGHT = "tensorop_pack_input_nhwc", "tensorop_pack_weight_krsc"
 TENSOR_OP_PACK_WEIGHT_FLIPPED = "tensorop_pack_weight_flipped_crsk"
-#: The weight pack of each pass the tensor-core kernels run.
-TENSOR_OP_WEIGHT_PACKS = {"fprop": TENSOR_OP_PACK_WEIGHT, "dgrad": TENSOR_OP_PACK_WEIGHT_FLIPPED}
+#: The second pack of each pass the tensor-core kernels run: the weight's (fprop, dgrad), or wgrad's dy packed
+#: NHWC (N, P, Q, groups * Kgp) by the input pack over dy's shape (wgrad_dy_as_input).
+TENSOR_OP_WEIGHT_PACKS = {"fprop": TENSOR_OP_PACK_WEIGHT, "dgrad": TENSOR_OP_PACK_WEIGHT_FLIPPED,
+                          "wgrad": TENSOR_OP_PACK_INPUT}
 
 
 def dgrad_as_fprop(g: ConvGeometry) -> ConvGeometry:
@@ -306,8 +308,15 @@ def dgrad_as_fprop(g: ConvGeometry) -> ConvGeometry:
 
 
 def tensor_op_geometry(pass_name: str, g: ConvGeometry) -> ConvGeometry:
-    """The fprop the tensor-core kernels of a pass compute: the convolution itself, or dgrad_as_fprop."""
-    return g if pass_name == "fprop" else dgrad_as_fprop(g)
+    """The shape the tensor-core kernels of a pass take: the convolution itself (fprop, wgrad), or
+    dgrad_as_fprop."""
+    return dgrad_as_fprop(g) if pass_name == "dgrad" else g
+
+
+def wgrad_dy_as_input(g: ConvGeometry) -> ConvGeometry:
+    """dy (N, K, P, Q) as the input of a shape for the input pack (which reads N, C, H, W and groups alone):
+    its packed copy is (N, P, Q, groups * Kgp), each group's filters zero-padded to 16 bytes."""
+    return ConvGeometry(g.N, g.K, g.P, g.Q, g.K, 1, 1, g.P, g.Q, (1, 1), (1, 1), (0, 0, 0, 0), g.groups)
 
 
 def tensor_op_padded_channels(g: ConvGeometry, dtype) -> int:
@@ -316,9 +325,14 @@ def tensor_op_padded_channels(g: ConvGeometry, dtype) -> int:
     return -(-g.channels_per_group // per_chunk) * per_chunk
 
 
-def tensor_op_workspace_shapes(g: ConvGeometry, dtype) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The packed input (N, H, W, groups * Cgp) and weight (K, R, S, Cgp) the tensor-core fprop reads."""
+def tensor_op_workspace_shapes(g: ConvGeometry, dtype, pass_name: str = "fprop"
+                               ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The packed input (N, H, W, groups * Cgp) and weight (K, R, S, Cgp) the tensor-core fprop reads; for
+    ``pass_name`` "wgrad", the packed input and dy (N, P, Q, groups * Kgp)."""
     cgp = tensor_op_padded_channels(g, dtype)
+    if pass_name == "wgrad":
+        dy = wgrad_dy_as_input(g)
+        return (g.N, g.H, g.W, g.groups * cgp), (g.N, g.P, g.Q, g.groups * tensor_op_padded_channels(dy, dtype))
     return (g.N, g.H, g.W, g.groups * cgp), (g.K, g.R, g.S, cgp)
 
 
@@ -351,6 +365,30 @@ def _dgrad_tensor_op_fits(g: ConvGeometry, dtype) -> bool:
 
 def _dgrad_tensor_op_preferred(g: ConvGeometry) -> bool:
     return _tensor_op_preferred(dgrad_as_fprop(g)) if g.stride == (1, 1) else False
+
+
+def _wgrad_tensor_op_fits(g: ConvGeometry, dtype) -> bool:
+    """wgrad's kernel addresses the packed input (a padding tap's reach included) and the packed dy (the pixel
+    rows of a last partial slice included) with 32-bit offsets and indexes pixels with ints; its grid has
+    ceil(R*S*Cgp / 128) columns (y <= 65535)."""
+    cgp = tensor_op_padded_channels(g, dtype)
+    kgp = tensor_op_padded_channels(wgrad_dy_as_input(g), dtype)
+    limit = 2**31 - 1
+    pad = max(abs(p) for p in g.pad)
+    span_h, span_w = (g.R - 1) * g.dilation[0] + pad, (g.S - 1) * g.dilation[1] + pad
+    reach = ((span_h + 1) * g.W + span_w + 1) * g.groups * cgp
+    pixels = g.N * g.P * g.Q
+    return (pixels + 32 <= limit and g.N * g.H * g.W * g.groups * cgp + reach <= limit
+            and (pixels + 32) * g.groups * kgp <= limit and -(-g.R * g.S * cgp // 128) <= 65535)
+
+
+def _wgrad_tensor_op(tile: TensorOpTile, description: str) -> Variant:
+    """wgrad (float16, bfloat16): the GEMM of dy^T (filters x pixels) and x's column matrix (pixels x taps and
+    channels), both packed pixel-major, fragments by ldmatrix.trans (16-bit elements only: no TF32)."""
+    return Variant(f"wgrad_tensorop_{tile.label}", "wgrad", TENSOR_OP_SOURCE, "GPUCONV_WGRAD_TENSOR_OP_KERNEL",
+                   tile.threads, dtypes=HALF_TENSOR_OP_DTYPES, tile=tile, family=TENSOR_CORE,
+                   min_compute_capability=80, applies=_wgrad_tensor_op_fits, preferred=_tensor_op_preferred,
+                   description=description)
 
 
 def _tensor_op(op: str, tile: TensorOpTile, dtypes, tf32: bool, description: str) -> Variant:
@@ -419,6 +457,8 @@ VARIANTS: tuple[Variant, ...] = (
             "warp-tiled, the reduction walking output rows (no division in the main loop)")
       for tile, least in WARP_TILES),
     _gemm("wgrad", GENERAL_TILE, description="the general tile"),
+    _wgrad_tensor_op(TENSOR_OP_TILE_HALF, "tensor cores (mma.sync m16n8k16, ldmatrix.trans, float32 accumulation) "
+                     "on pixel-major packed x and dy, 3-stage cp.async, one block per dw tile"),
     _elementwise("wgrad_splitk_reduce", "conv2d_wgrad.cu", "GPUCONV_WGRAD_REDUCE_KERNEL",
                  "sums the split-K partial weight gradients in split order"),
     _tensor_op_pack(TENSOR_OP_PACK_INPUT, "GPUCONV_TENSOR_OP_PACK_INPUT_KERNEL",
@@ -486,7 +526,8 @@ def instantiations(source: str | None = None) -> tuple[tuple[Variant, np.dtype],
 __all__ = ["DTYPE_INFO", "SIMT_DTYPES", "INT_DTYPES", "CONV_PASSES", "PASS_OPERANDS", "IM2COL", "IMPLICIT_GEMM",
            "DIRECT", "TENSOR_CORE", "HALF_TENSOR_OP_DTYPES", "TF32_TENSOR_OP_DTYPES", "TENSOR_OP_DTYPES",
            "TENSOR_OP_SOURCE", "TENSOR_OP_PACK_INPUT", "TENSOR_OP_PACK_WEIGHT", "TENSOR_OP_PACK_WEIGHT_FLIPPED",
-           "TENSOR_OP_WEIGHT_PACKS", "dgrad_as_fprop", "tensor_op_geometry", "tensor_op_padded_channels",
+           "TENSOR_OP_WEIGHT_PACKS", "dgrad_as_fprop", "wgrad_dy_as_input", "tensor_op_geometry",
+           "tensor_op_padded_channels",
            "tensor_op_workspace_shapes", "TENSOR_OP_TILE_HALF", "TENSOR_OP_TILE_TF32",
            "FAMILIES", "ELEMENTWISE_THREADS", "GemmTile", "TensorOpTile", "Variant", "VARIANTS", "BY_NAME", "get",
            "variants",
