@@ -763,37 +763,23 @@ def max_pool2d_forward(x: np.ndarray, g: PoolGeometry, return_indices: bool = Fa
 def max_pool2d_grad(grad_output: np.ndarray, x: np.ndarray, g: PoolGeometry) -> np.ndarray:
     if g.is_adaptive:
         return reference.max_pool2d_grad(grad_output, x, g)
-    win = _windows(x, g, reference.lowest(x.dtype))
-    tap, has_pixel = reference.first_max(win, reference.real_taps(g))
-    grad_win = np.zeros(win.shape, dtype=accumulation_dtype(grad_output.dtype))
-    np.put_along_axis(grad_win, tap[..., None], np.where(has_pixel, grad_output, 0)[..., None], axis=-1)
-    return _scatter(grad_win, g)
+    return _scatter(reference.max_window_grads(_windows(x, g, reference.lowest(x.dtype)), grad_output, g), g)
 
 
 def avg_pool2d_forward(x: np.ndarray, g: PoolGeometry, count_include_pad: bool = True,
                        divisor_override: int | None = None) -> np.ndarray:
     if g.is_adaptive:
         return reference.avg_pool2d_forward(x, g, count_include_pad, divisor_override)
-    acc = accumulation_dtype(x.dtype)
-    sums = _windows(x.astype(acc, copy=False), g, 0).sum(axis=-1)
-    divisors = g.divisors(count_include_pad, divisor_override).astype(acc)
-    return np.divide(sums, divisors, out=np.zeros_like(sums), where=divisors != 0)
+    sums = _windows(x.astype(accumulation_dtype(x.dtype), copy=False), g, 0).sum(axis=-1)
+    return reference.averages(sums, g, count_include_pad, divisor_override)
 
 
 def avg_pool2d_grad(grad_output: np.ndarray, g: PoolGeometry, count_include_pad: bool = True,
                     divisor_override: int | None = None) -> np.ndarray:
     if g.is_adaptive:
         return reference.avg_pool2d_grad(grad_output, g, count_include_pad, divisor_override)
-    acc = accumulation_dtype(grad_output.dtype)
-    divisors = g.divisors(count_include_pad, divisor_override).astype(acc)
-    grad = grad_output.astype(acc, copy=False)
-    share = np.divide(grad, divisors, out=np.zeros_like(grad), where=divisors != 0)
-    rows, cols = _padded_extent(g)
-    pt, pl = g.pad[0], g.pad[2]
-    img = np.zeros((g.N, g.C, rows, cols), dtype=acc)
-    for where in _tap_slices(g):  # padding taps land outside the kept part
-        img[where] += share
-    return img[:, :, pt:pt + g.H, pl:pl + g.W]
+    # Padding taps land outside the kept part.
+    return _scatter(reference.average_grad_windows(grad_output, g, count_include_pad, divisor_override), g)
 
 
 __all__ = ["conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight", "max_pool2d_forward", "max_pool2d_grad",

@@ -149,29 +149,42 @@ def max_pool2d_forward(x: np.ndarray, g: PoolGeometry, return_indices: bool = Fa
     return y, np.where(has_pixel, index, -1).astype(np.int64)
 
 
-def max_pool2d_grad(grad_output: np.ndarray, x: np.ndarray, g: PoolGeometry) -> np.ndarray:
-    """Each output's gradient goes to its window's maximum (``first_max``); nowhere for a padding-only one."""
-    win = pool_windows(x, g, lowest(x.dtype))
+def max_window_grads(win: np.ndarray, grad_output: np.ndarray, g: PoolGeometry) -> np.ndarray:
+    """Window gradients (N, C, P, Q, kh*kw) of max pooling: each output's gradient at its window's maximum
+    (``first_max``), nowhere for a padding-only window; in float32 for float16 / bfloat16, so that overlapping
+    windows sum before rounding once (as the kernels do)."""
     tap, has_pixel = first_max(win, real_taps(g))
-    # Overlapping windows sum in float32 for float16 / bfloat16, rounded once (as the kernels do).
     grad_win = np.zeros(win.shape, dtype=accumulation_dtype(grad_output.dtype))
     np.put_along_axis(grad_win, tap[..., None], np.where(has_pixel, grad_output, 0)[..., None], axis=-1)
-    return scatter_windows(grad_win, g)
+    return grad_win
+
+
+def averages(sums: np.ndarray, g: PoolGeometry, count_include_pad: bool, divisor_override) -> np.ndarray:
+    """Window sums (N, C, P, Q) over ``PoolGeometry.divisors``; 0 for a window without a divisor."""
+    divisors = g.divisors(count_include_pad, divisor_override).astype(sums.dtype)
+    return np.divide(sums, divisors, out=np.zeros_like(sums), where=divisors != 0)
+
+
+def average_grad_windows(grad_output: np.ndarray, g: PoolGeometry, count_include_pad: bool,
+                         divisor_override) -> np.ndarray:
+    """Window gradients of average pooling: each output's gradient over its divisor, at every tap (a view)."""
+    share = averages(grad_output.astype(accumulation_dtype(grad_output.dtype), copy=False), g, count_include_pad,
+                     divisor_override)
+    return np.broadcast_to(share[..., None], share.shape + (g.kernel[0] * g.kernel[1],))
+
+
+def max_pool2d_grad(grad_output: np.ndarray, x: np.ndarray, g: PoolGeometry) -> np.ndarray:
+    """Each output's gradient goes to its window's maximum (``first_max``); nowhere for a padding-only one."""
+    return scatter_windows(max_window_grads(pool_windows(x, g, lowest(x.dtype)), grad_output, g), g)
 
 
 def avg_pool2d_forward(x: np.ndarray, g: PoolGeometry, count_include_pad: bool = True,
                        divisor_override: int | None = None) -> np.ndarray:
-    acc = accumulation_dtype(x.dtype)
-    sums = pool_windows(x.astype(acc, copy=False), g, 0).sum(axis=-1)
-    divisors = g.divisors(count_include_pad, divisor_override).astype(acc)
-    return np.divide(sums, divisors, out=np.zeros_like(sums), where=divisors != 0)
+    sums = pool_windows(x.astype(accumulation_dtype(x.dtype), copy=False), g, 0).sum(axis=-1)
+    return averages(sums, g, count_include_pad, divisor_override)
 
 
 def avg_pool2d_grad(grad_output: np.ndarray, g: PoolGeometry, count_include_pad: bool = True,
                     divisor_override: int | None = None) -> np.ndarray:
-    acc = accumulation_dtype(grad_output.dtype)
-    divisors = g.divisors(count_include_pad, divisor_override).astype(acc)
-    grad = grad_output.astype(acc, copy=False)
-    share = np.divide(grad, divisors, out=np.zeros_like(grad), where=divisors != 0)
-    grad_win = np.broadcast_to(share[..., None], share.shape + (g.kernel[0] * g.kernel[1],))
-    return scatter_windows(grad_win, g)  # padding taps land on the fill row / column, which is dropped
+    # Padding taps land on the fill row / column, which is dropped.
+    return scatter_windows(average_grad_windows(grad_output, g, count_include_pad, divisor_override), g)
