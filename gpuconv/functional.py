@@ -178,11 +178,27 @@ def conv2d_grad_bias(grad_output):
     return _contiguous(xp, grad_output).sum(axis=(0, 2, 3), dtype=acc).astype(dtype, copy=False)
 
 
-def _line_as_plane(a, name: str):
-    """A 1-D operation's (N, C, L) array as the (N, C, 1, L) plane its 2-D operation takes."""
-    if a.ndim != 3:
+def line_to_plane(a, name: str):
+    """A 1-D operation's (N, C, L) array or tensor as the (N, C, 1, L) plane its 2-D operation takes (for a
+    tensor the reshape is recorded): the 1-D operations are the 2-D ones over a one-row plane."""
+    if len(a.shape) != 3:
         raise ValueError(f"{name} must be 3-D (N, C, L) for a 1-D operation, got shape {tuple(a.shape)}")
-    return a[:, :, None, :]
+    N, C, L = a.shape
+    return a.reshape(N, C, 1, L)
+
+
+def plane_to_line(result):
+    """A 2-D operation's result over a one-row plane (or a tuple of them) as the 1-D operation's (N, C, L')."""
+    if isinstance(result, tuple):
+        return tuple(plane_to_line(r) for r in result)
+    N, C, _, L = result.shape
+    return result.reshape(N, C, L)
+
+
+def conv1d_plane_args(stride, padding, dilation) -> dict:
+    """conv1d's stride, padding and dilation as those of its conv2d over a one-row plane."""
+    return dict(stride=line_as_plane(stride, "stride"), padding=line_padding_as_plane(padding),
+                dilation=line_as_plane(dilation, "dilation"))
 
 
 def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, padding_mode="zeros", algo="auto"):
@@ -194,10 +210,8 @@ def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, p
         from .nn import functional as tensor_ops
         return tensor_ops.conv1d(x, weight, bias, stride, padding, dilation, groups, padding_mode=padding_mode,
                                  algo=algo)
-    y = conv2d(_line_as_plane(x, "input"), _line_as_plane(weight, "weight"), bias, line_as_plane(stride, "stride"),
-               line_padding_as_plane(padding), line_as_plane(dilation, "dilation"), groups,
-               padding_mode=padding_mode, algo=algo)
-    return y[:, :, 0, :]
+    return plane_to_line(conv2d(line_to_plane(x, "input"), line_to_plane(weight, "weight"), bias, groups=groups,
+                                padding_mode=padding_mode, algo=algo, **conv1d_plane_args(stride, padding, dilation)))
 
 
 # -------------------------------------------------- transposed convolution ---
@@ -356,20 +370,13 @@ def line_pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilatio
                                line_as_plane(dilation, "dilation"))
 
 
-def _plane_result(result):
-    """A 2-D pooling's result over a one-row plane -> the 1-D operation's (N, C, L')."""
-    if isinstance(result, tuple):
-        return tuple(r[:, :, 0, :] for r in result)
-    return result[:, :, 0, :]
-
-
 def max_pool1d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """Max pooling over (N, C, L) (``torch.nn.functional.max_pool1d``); indices are positions along L."""
     if _has_tensor(x):
         return _tensor_ops().max_pool1d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
     array_module(x=x)
     g = line_pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
-    return _plane_result(pool_max(x[:, :, None, :], g, return_indices))
+    return plane_to_line(pool_max(line_to_plane(x, "input"), g, return_indices))
 
 
 def avg_pool1d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
@@ -378,7 +385,7 @@ def avg_pool1d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
         return _tensor_ops().avg_pool1d(x, kernel_size, stride, padding, ceil_mode, count_include_pad)
     array_module(x=x)
     g = line_pool_geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode)
-    return _plane_result(pool_avg(x[:, :, None, :], g, count_include_pad))
+    return plane_to_line(pool_avg(line_to_plane(x, "input"), g, count_include_pad))
 
 
 def adaptive_avg_pool2d(x, output_size):
@@ -415,7 +422,7 @@ def adaptive_avg_pool1d(x, output_size):
         return _tensor_ops().adaptive_avg_pool1d(x, output_size)
     array_module(x=x)
     g = line_adaptive_geometry(x.shape, output_size, "adaptive_avg_pool1d")
-    return _plane_result(pool_avg(x[:, :, None, :], g))
+    return plane_to_line(pool_avg(line_to_plane(x, "input"), g))
 
 
 def adaptive_max_pool1d(x, output_size, return_indices=False):
@@ -424,7 +431,7 @@ def adaptive_max_pool1d(x, output_size, return_indices=False):
         return _tensor_ops().adaptive_max_pool1d(x, output_size, return_indices)
     array_module(x=x)
     g = line_adaptive_geometry(x.shape, output_size, "adaptive_max_pool1d")
-    return _plane_result(pool_max(x[:, :, None, :], g, return_indices))
+    return plane_to_line(pool_max(line_to_plane(x, "input"), g, return_indices))
 
 
 def global_avg_pool2d(x):
@@ -515,19 +522,19 @@ def max_unpool1d(x, indices, kernel_size, stride=None, padding=0, output_size=No
     """``torch.nn.functional.max_unpool1d`` over (N, C, L): ``max_unpool2d`` of a one-row plane."""
     if _has_tensor(x):
         return _tensor_ops().max_unpool1d(x, indices, kernel_size, stride, padding, output_size)
-    y = max_unpool2d(_line_as_plane(x, "input"), _line_as_plane(indices, "indices"),
-                     line_as_plane(kernel_size, "kernel_size"), line_as_plane(stride, "stride"),
-                     (0, _line_padding(padding)), line_unpool_size(output_size))
-    return y[:, :, 0, :]
+    return plane_to_line(max_unpool2d(line_to_plane(x, "input"), line_to_plane(indices, "indices"),
+                                      **unpool1d_plane_args(kernel_size, stride, padding, output_size)))
 
 
-def line_unpool_size(output_size):
-    """``max_unpool1d``'s output_size, (L,) or (N, C, L), as its plane's (1, L)."""
-    if output_size is None:
-        return None
-    if not isinstance(output_size, (tuple, list)) or len(output_size) not in (1, 3):
-        raise TypeError(f"max_unpool1d: output_size must be (L,) or (N, C, L), got {output_size!r}")
-    return (1, output_size[-1])
+def unpool1d_plane_args(kernel_size, stride, padding, output_size) -> dict:
+    """max_unpool1d's arguments as those of its max_unpool2d over a one-row plane; output_size (L,) or
+    (N, C, L) becomes (1, L)."""
+    if output_size is not None:
+        if not isinstance(output_size, (tuple, list)) or len(output_size) not in (1, 3):
+            raise TypeError(f"max_unpool1d: output_size must be (L,) or (N, C, L), got {output_size!r}")
+        output_size = (1, output_size[-1])
+    return dict(kernel_size=line_as_plane(kernel_size, "kernel_size"), stride=line_as_plane(stride, "stride"),
+                padding=(0, _line_padding(padding)), output_size=output_size)
 
 
 def _line_padding(padding) -> int:
@@ -544,4 +551,5 @@ __all__ = ["conv1d", "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2
            "avg_pool2d", "avg_pool2d_grad", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool1d",
            "adaptive_max_pool2d", "global_avg_pool2d", "global_max_pool2d", "max_unpool1d", "max_unpool2d",
            "max_unpool2d_grad", "pool_max", "pool_max_grad", "pool_avg", "pool_avg_grad", "line_pool_geometry",
-           "line_adaptive_geometry", "unpool_output_hw", "CPU_ALGOS", "GPU_ALGOS"]
+           "line_adaptive_geometry", "unpool_output_hw", "line_to_plane", "plane_to_line", "conv1d_plane_args",
+           "unpool1d_plane_args", "CPU_ALGOS", "GPU_ALGOS"]

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as arrays
+from ..functional import line_to_plane, plane_to_line
 from .._backend import array_module
-from .._shapes import (PoolGeometry, accumulation_dtype, check_float_dtype, check_same_dtype, conv_transpose_geometry,
-                       line_as_plane, line_padding_as_plane)
+from .._shapes import PoolGeometry, accumulation_dtype, check_float_dtype, check_same_dtype, conv_transpose_geometry
 from ..padding import CONV_PADDING_MODES
 from ..amp import full_precision, low_precision
 from ..autograd import Function, Tensor, as_array
@@ -64,28 +64,12 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
                                                         groups=groups, algo=algo, precision=precision))
 
 
-def _line_as_plane(t, name: str):
-    """(N, C, L) -> (N, C, 1, L), recorded: the 1-D operations are the 2-D ones over a one-row plane."""
-    shape = as_array(t).shape
-    if len(shape) != 3:
-        raise ValueError(f"{name} must be 3-D (N, C, L) for a 1-D operation, got shape {tuple(shape)}")
-    return t.reshape(shape[0], shape[1], 1, shape[2]) if isinstance(t, Tensor) else t[:, :, None, :]
-
-
-def _plane_as_line(t):
-    if isinstance(t, tuple):
-        return tuple(_plane_as_line(v) for v in t)
-    shape = t.shape
-    return t.reshape(shape[0], shape[1], shape[3])
-
-
 def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, padding_mode="zeros",
            algo="auto") -> Tensor:
     """1-D cross-correlation (``torch.nn.functional.conv1d``): ``conv2d`` over a one-row plane."""
-    y = conv2d(_line_as_plane(input, "input"), _line_as_plane(weight, "weight"), bias,
-               line_as_plane(stride, "stride"), line_padding_as_plane(padding), line_as_plane(dilation, "dilation"),
-               groups, padding_mode=padding_mode, algo=algo)
-    return _plane_as_line(y)
+    return plane_to_line(conv2d(line_to_plane(input, "input"), line_to_plane(weight, "weight"), bias, groups=groups,
+                                padding_mode=padding_mode, algo=algo, **arrays.conv1d_plane_args(stride, padding,
+                                                                                                  dilation)))
 
 
 class _Pad(Function):
@@ -189,13 +173,13 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
 def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """``torch.nn.functional.max_pool1d`` over (N, C, L); indices are positions along L."""
     g = arrays.line_pool_geometry(_shape(input), kernel_size, stride, padding, dilation, ceil_mode)
-    return _plane_as_line(_max_pool(_line_as_plane(input, "input"), g, return_indices))
+    return plane_to_line(_max_pool(line_to_plane(input, "input"), g, return_indices))
 
 
 def avg_pool1d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True) -> Tensor:
     """``torch.nn.functional.avg_pool1d`` over (N, C, L)."""
     g = arrays.line_pool_geometry(_shape(input), kernel_size, stride, padding, 1, ceil_mode)
-    return _plane_as_line(_avg_pool(_line_as_plane(input, "input"), g, count_include_pad))
+    return plane_to_line(_avg_pool(line_to_plane(input, "input"), g, count_include_pad))
 
 
 def adaptive_avg_pool2d(input, output_size) -> Tensor:
@@ -211,12 +195,12 @@ def adaptive_max_pool2d(input, output_size, return_indices=False):
 
 def adaptive_avg_pool1d(input, output_size) -> Tensor:
     g = arrays.line_adaptive_geometry(_shape(input), output_size, "adaptive_avg_pool1d")
-    return _plane_as_line(_avg_pool(_line_as_plane(input, "input"), g))
+    return plane_to_line(_avg_pool(line_to_plane(input, "input"), g))
 
 
 def adaptive_max_pool1d(input, output_size, return_indices=False):
     g = arrays.line_adaptive_geometry(_shape(input), output_size, "adaptive_max_pool1d")
-    return _plane_as_line(_max_pool(_line_as_plane(input, "input"), g, return_indices))
+    return plane_to_line(_max_pool(line_to_plane(input, "input"), g, return_indices))
 
 
 def global_avg_pool2d(input) -> Tensor:
@@ -245,10 +229,8 @@ def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_siz
 
 def max_unpool1d(input, indices, kernel_size, stride=None, padding=0, output_size=None) -> Tensor:
     """``torch.nn.functional.max_unpool1d`` over (N, C, L)."""
-    y = max_unpool2d(_line_as_plane(input, "input"), _line_as_plane(as_array(indices), "indices"),
-                     line_as_plane(kernel_size, "kernel_size"), line_as_plane(stride, "stride"),
-                     (0, arrays._line_padding(padding)), arrays.line_unpool_size(output_size))
-    return _plane_as_line(y)
+    return plane_to_line(max_unpool2d(line_to_plane(input, "input"), line_to_plane(as_array(indices), "indices"),
+                                      **arrays.unpool1d_plane_args(kernel_size, stride, padding, output_size)))
 
 
 # ---------------------------------------------------------- dense layers ---
