@@ -258,6 +258,12 @@ def _memory_error(what: str, needed: int, free_bytes: int | None) -> GPUOutOfMem
 
 # ------------------------------------------------------------------------------------- planning ---
 
+def _implicit_gemm_fallback(pass_name, g, dtype, algo, compute_capability, reason, why: str) -> ConvPlan:
+    """The rule's implicit-GEMM plan, for when the chosen plan's memory does not fit (``why``)."""
+    variant = rule_variant(pass_name, g, dtype, compute_capability, family=IMPLICIT_GEMM)
+    return replace(_plan_gemm(pass_name, g, dtype, algo, variant, reason), fallback=f"{why}: implicit GEMM instead")
+
+
 def plan_conv(pass_name: str, g: ConvGeometry, dtype, algo: str = "auto", free_bytes: int | None = None,
               tuned: str | None = None, compute_capability: int | None = None, allow_tf32: bool = False) -> ConvPlan:
     """The plan for one convolution pass. Pure: no CuPy, no GPU.
@@ -319,10 +325,9 @@ def plan_conv(pass_name: str, g: ConvGeometry, dtype, algo: str = "auto", free_b
         if algo == IM2COL:
             raise _memory_error(f"conv2d {pass_name} ({PASS_NAMES[pass_name]}) with algo='im2col' (the workspace "
                                 f"of one image, twice for headroom)", needed, free_after_result)
-        fallback = (f"im2col needs {needed:,} bytes for one image's workspace (twice for headroom), "
-                    f"{free_after_result:,} free after the result: implicit GEMM instead")
-        variant = rule_variant(pass_name, g, dtype, compute_capability, family=IMPLICIT_GEMM)
-        return replace(_plan_gemm(pass_name, g, dtype, algo, variant, reason), fallback=fallback)
+        return _implicit_gemm_fallback(pass_name, g, dtype, algo, compute_capability, reason,
+                                       f"im2col needs {needed:,} bytes for one image's workspace (twice for "
+                                       f"headroom), {free_after_result:,} free after the result")
     variant = registry.get(choice)
     if variant.family == TENSOR_CORE and free_bytes is not None:
         needed = tensor_op_workspace_bytes(pass_name, g, dtype) + result_bytes(pass_name, g, dtype)
@@ -331,10 +336,9 @@ def plan_conv(pass_name: str, g: ConvGeometry, dtype, algo: str = "auto", free_b
                                          for v in registry.conv_variants(pass_name) if v.family != TENSOR_CORE):
                 raise _memory_error(f"conv2d {pass_name} ({PASS_NAMES[pass_name]}) on {variant.name} (the result "
                                     f"and the packed input and weight)", needed, free_bytes)
-            fallback = (f"{variant.name} needs {needed:,} bytes for the result and its packed operands, "
-                        f"{int(free_bytes):,} free: implicit GEMM instead")
-            variant = rule_variant(pass_name, g, dtype, compute_capability, family=IMPLICIT_GEMM)
-            return replace(_plan_gemm(pass_name, g, dtype, algo, variant, reason), fallback=fallback)
+            return _implicit_gemm_fallback(pass_name, g, dtype, algo, compute_capability, reason,
+                                           f"{variant.name} needs {needed:,} bytes for the result and its packed "
+                                           f"operands, {int(free_bytes):,} free")
     return _plan_gemm(pass_name, g, dtype, algo, variant, reason)
 
 
