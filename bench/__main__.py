@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                    help="auto: CUDA when usable, else the CPU (default: auto)")
     r.add_argument("--batch", type=int, help="batch size (default: 32 on cuda, 8 on cpu)")
-    r.add_argument("--dtypes", help="comma-separated: float32,float16 (default: both on cuda, float32 on cpu)")
+    r.add_argument("--dtypes", help="comma-separated: float32,float16,bfloat16 (default: all three on cuda, "
+                                    "float32 on cpu)")
     r.add_argument("--passes", default="fprop,dgrad,wgrad", help="default: fprop,dgrad,wgrad")
     r.add_argument("--impls", help="comma-separated (default on cuda: gpuconv:im2col,gpuconv:implicit_gemm,"
                                    "cudnn,cudnn-tf32,cublas-gemm; on cpu: numpy,torch-cpu; "

@@ -5,13 +5,16 @@ GPUCONV_AUTOTUNE=0; the families ``gpuconv:im2col`` and ``gpuconv:implicit_gemm`
 and one ``gpuconv:<variant>`` per implicit-GEMM variant of the kernel registry,
 for its own pass only), cuDNN
 through PyTorch on the very same CuPy buffers (``cudnn`` with TF32 off,
-``cudnn-tf32`` with it on, float32 only), and the cuBLAS GEMM of the pass's
-GEMM-equivalent size (``cublas-gemm``, a ceiling). CPU: gpuconv's NumPy paths
-(``numpy``: the default fast path; ``numpy-reference``: the textbook
-im2col path) and PyTorch's CPU convolution (``torch-cpu``).
+``cudnn-tf32`` with it on, float32 only: the baseline of gpuconv's TF32
+variants), and the cuBLAS GEMM of the pass's GEMM-equivalent size
+(``cublas-gemm``, a ceiling). CPU: gpuconv's NumPy paths (``numpy``: the
+default fast path; ``numpy-reference``: the textbook im2col path) and
+PyTorch's CPU convolution (``torch-cpu``). Every dtype of ``DTYPES``
+(float32, float16, bfloat16) runs on both sides: tensors cross to PyTorch by
+gpuconv.torch's exchange (bfloat16 as its bits), without a copy.
 
 Every implementation's first result is checked against a float64 ground truth
-(gpuconv's NumPy reference on the same float16-representable inputs), so a
+(gpuconv's NumPy reference on the same inputs, exact in every dtype), so a
 fast but wrong kernel is visible as a large ``max_rel_err``.
 """
 from __future__ import annotations
@@ -25,9 +28,14 @@ import numpy as np
 
 import gpuconv
 from gpuconv import reference
+from gpuconv._shapes import BFLOAT16
 from gpuconv.cuda import registry
 
 from .flops import gemm_shape
+
+
+#: The dtypes a benchmark runs, by the name its records carry, and their NumPy (and CuPy) dtype.
+DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "bfloat16": BFLOAT16}
 
 
 @dataclass
@@ -57,7 +65,7 @@ class Impl:
     device: str
     prepare: Callable[[Case], Prepared]
     requires: Callable[[], str | None]   # None when usable here, else why not
-    dtypes: tuple = ("float32", "float16")
+    dtypes: tuple = tuple(DTYPES)
     role: str = "gpuconv"                # "gpuconv" (ours), "baseline" (cuDNN / torch-cpu) or "ceiling"
     precision: str = "native"            # "tf32" when float32 math runs in TF32
     passes: tuple = registry.CONV_PASSES  # the passes it computes
@@ -65,8 +73,9 @@ class Impl:
 
 # ------------------------------------------------------------------ checks ---
 
-#: max_rel_err above this marks a result wrong (normwise over the max: max|out - ref| / max|ref|).
-TOLERANCE = {"float32": 1e-4, "tf32": 5e-3, "float16": 1e-2}
+#: max_rel_err above this marks a result wrong (normwise over the max: max|out - ref| / max|ref|). bfloat16
+#: rounds each output by up to 2**-8 of it (8 significant bits); 2e-2 leaves room for rounded partial sums.
+TOLERANCE = {"float32": 1e-4, "tf32": 5e-3, "float16": 1e-2, "bfloat16": 2e-2}
 
 
 def tolerance(impl: Impl, dtype: str) -> float:
@@ -79,8 +88,9 @@ def to_host(out) -> np.ndarray:
     """NumPy copy of a NumPy / CuPy / PyTorch result."""
     if isinstance(out, np.ndarray):
         return out
-    if hasattr(out, "detach"):  # torch.Tensor
-        return out.detach().cpu().numpy()
+    if hasattr(out, "detach"):  # torch.Tensor; NumPy has no torch.bfloat16, float32 holds it exactly
+        out = out.detach().cpu()
+        return (out.float() if str(out.dtype) == "torch.bfloat16" else out).numpy()
     if hasattr(out, "get"):     # cupy.ndarray
         return out.get()
     return np.asarray(out)
@@ -98,16 +108,23 @@ def max_rel_err(out, expected: np.ndarray) -> float:
     return err / scale if scale > 0 else err
 
 
-def make_host_inputs(g, seed: int) -> dict:
-    """x, w and dy for a geometry: uniform in [-1, 1), rounded to float16 and held in float64.
+def exact_in_every_dtype(values, xp=np):
+    """``values`` (finite) rounded to float16, then to bfloat16's 8 significant bits (to nearest even, on the
+    float32 bits: no bfloat16 support needed in xp), as float32: exact in float16 (whose subnormal spacing
+    2**-24 the second rounding keeps), bfloat16 and float32 alike."""
+    bits = values.astype(xp.float16).astype(xp.float32).view(xp.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(xp.uint32).view(xp.float32)
 
-    Being exactly representable in float16, the same values feed every dtype, so one
-    float64 reference per pass serves float32 and float16 alike.
+
+def make_host_inputs(g, seed: int) -> dict:
+    """x, w and dy for a geometry: uniform in [-1, 1), ``exact_in_every_dtype``, held in float64.
+
+    The same values feed every dtype, so one float64 reference per pass serves them all.
     """
     rng = np.random.default_rng(seed)
 
     def draw(shape):
-        return (rng.random(shape, dtype=np.float32) * 2 - 1).astype(np.float16).astype(np.float64)
+        return exact_in_every_dtype(rng.random(shape, dtype=np.float32) * 2 - 1).astype(np.float64)
 
     return {"x": draw(g.input_shape), "w": draw(g.weight_shape), "dy": draw(g.output_shape)}
 
@@ -189,10 +206,12 @@ def _gpuconv(algo: str):
 
 # ------------------------------------------------------------- PyTorch ---
 
-def _torch_call(case: Case, as_tensor):
-    """conv2d / conv2d_input / conv2d_weight (both wrap aten.convolution_backward with one output)."""
+def _torch_call(case: Case):
+    """conv2d / conv2d_input / conv2d_weight (both wrap aten.convolution_backward with one output), on tensors
+    viewing the case's NumPy or CuPy arrays (gpuconv.torch's exchange, which knows bfloat16)."""
     import torch
     import torch.nn.functional as F
+    from gpuconv.torch import _as_tensor
 
     g = case.geometry
     top, bottom, left, right = g.pad
@@ -200,7 +219,7 @@ def _torch_call(case: Case, as_tensor):
         raise ValueError(f"PyTorch's convolution takes symmetric padding only; this layer pads "
                          f"(top, bottom, left, right) = {g.pad}")
     args = (g.stride, (top, left), g.dilation, g.groups)
-    t = {k: as_tensor(v) for k, v in case.inputs.items()}
+    t = {k: _as_tensor(v) for k, v in case.inputs.items()}
     if case.pass_name == "fprop":
         return lambda: F.conv2d(t["x"], t["w"], None, *args)
     if case.pass_name == "dgrad":
@@ -218,21 +237,24 @@ def set_cudnn_tf32(torch, enabled: bool) -> str:
     return f"cudnn.allow_tf32={enabled}"
 
 
+def _torch_on_cupy_stream(torch, cp):
+    """PyTorch on CuPy's device; refused unless on CuPy's current stream, where the timer records its events."""
+    torch.cuda.set_device(cp.cuda.Device().id)
+    torch_stream, cupy_stream = torch.cuda.current_stream().cuda_stream, cp.cuda.get_current_stream().ptr
+    if torch_stream != cupy_stream:
+        raise RuntimeError(f"PyTorch's current stream ({torch_stream:#x}) is not CuPy's ({cupy_stream:#x}); "
+                           f"the events would not bracket PyTorch's work")
+
+
 def _cudnn(tf32: bool):
     def prepare(case: Case) -> Prepared:
         import torch
 
-        cp = case.xp
-        torch.cuda.set_device(cp.cuda.Device().id)
-        # The timer's events are recorded on CuPy's current stream: PyTorch must run on that same stream.
-        torch_stream, cupy_stream = torch.cuda.current_stream().cuda_stream, cp.cuda.get_current_stream().ptr
-        if torch_stream != cupy_stream:
-            raise RuntimeError(f"PyTorch's current stream ({torch_stream:#x}) is not CuPy's ({cupy_stream:#x}); "
-                               f"the events would not bracket cuDNN's work")
+        _torch_on_cupy_stream(torch, case.xp)
         torch.backends.cudnn.enabled = True
         torch.backends.cudnn.benchmark = True  # autotune each shape on its first call (in first_call_ms)
         precision = set_cudnn_tf32(torch, tf32)
-        return Prepared(_torch_call(case, torch.from_dlpack),  # zero-copy views of the CuPy arrays
+        return Prepared(_torch_call(case),  # zero-copy views of the CuPy arrays
                         settings={"cudnn_benchmark": True, "precision": precision})
     return prepare
 
@@ -240,29 +262,43 @@ def _cudnn(tf32: bool):
 def _torch_cpu(case: Case) -> Prepared:
     import torch
 
-    return Prepared(_torch_call(case, torch.from_numpy), settings={"threads": torch.get_num_threads()})
+    return Prepared(_torch_call(case), settings={"threads": torch.get_num_threads()})
 
 
 # -------------------------------------------------------------- cuBLAS ---
 
 def _cublas_gemm(case: Case) -> Prepared:
-    """cupy.matmul (cuBLAS) of the pass's GEMM-equivalent M x K times K x N, once per group."""
+    """cuBLAS's product of the pass's GEMM-equivalent M x K times K x N, once per group: cupy.matmul, or for
+    bfloat16 torch.matmul on the same buffers (CuPy's bfloat16 matmul is no plain cuBLAS bfloat16 GEMM)."""
     cp = case.xp
     gemm = gemm_shape(case.geometry, case.pass_name)
     rng = cp.random.default_rng(case.seed)
+    dtype = DTYPES[case.dtype]
 
-    def draw(shape):  # float16-representable, like the convolution inputs
-        return (rng.random(shape, dtype=cp.float32) * 2 - 1).astype(cp.float16).astype(case.dtype)
+    def draw(shape):  # exact in every dtype, like the convolution inputs
+        return exact_in_every_dtype(rng.random(shape, dtype=cp.float32) * 2 - 1, cp).astype(dtype)
 
     a, b = draw((gemm.batch, gemm.M, gemm.K)), draw((gemm.batch, gemm.K, gemm.N))
     if gemm.batch == 1:
         a, b = a[0], b[0]
-    out = cp.empty(a.shape[:-1] + (gemm.N,), dtype=case.dtype)
+    out = cp.empty(a.shape[:-1] + (gemm.N,), dtype=dtype)
 
     def expected():
         return cp.matmul(a.astype(cp.float64), b.astype(cp.float64)).get()
 
-    return Prepared(lambda: cp.matmul(a, b, out=out), reference=expected, settings={"gemm": gemm.as_dict()})
+    settings = {"gemm": gemm.as_dict()}
+    if dtype != BFLOAT16:
+        return Prepared(lambda: cp.matmul(a, b, out=out), reference=expected, settings=settings)
+    reason = _torch_reason(True)
+    if reason:
+        raise RuntimeError(f"cublas-gemm runs bfloat16 through torch.matmul: {reason}")
+    import torch
+    from gpuconv.torch import _as_tensor
+
+    _torch_on_cupy_stream(torch, cp)
+    ta, tb, tout = _as_tensor(a), _as_tensor(b), _as_tensor(out)
+    return Prepared(lambda: torch.matmul(ta, tb, out=tout), reference=expected,
+                    settings={**settings, "via": "torch.matmul"})
 
 
 # ------------------------------------------------------------ registry ---
@@ -272,7 +308,7 @@ IMPLS = {impl.name: impl for impl in (
     Impl("gpuconv:im2col", "cuda", _gpuconv("im2col"), _cuda_reason),
     Impl("gpuconv:implicit_gemm", "cuda", _gpuconv("implicit_gemm"), _cuda_reason),
     *(Impl(f"gpuconv:{v.name}", "cuda", _gpuconv(v.name), _cuda_reason, passes=(v.op,),
-           dtypes=tuple(str(d) for d in v.dtypes if str(d) in TOLERANCE), precision="tf32" if v.tf32 else "native")
+           dtypes=tuple(str(d) for d in v.dtypes if str(d) in DTYPES), precision="tf32" if v.tf32 else "native")
       for p in registry.CONV_PASSES for v in registry.conv_variants(p)),
     Impl("cudnn", "cuda", _cudnn(tf32=False), functools.partial(_torch_reason, True), role="baseline"),
     Impl("cudnn-tf32", "cuda", _cudnn(tf32=True), functools.partial(_torch_reason, True), dtypes=("float32",),
@@ -289,8 +325,18 @@ DEFAULT_IMPLS = {
              "cudnn", "cudnn-tf32", "cublas-gemm"),
     "cpu": ("numpy", "torch-cpu"),
 }
-#: What ratio_vs_cudnn divides by, per device.
+#: What ratio_vs_cudnn divides by, per device; gpuconv's TF32 runs are held against cuDNN's (``baseline_of``).
 BASELINE = {"cuda": "cudnn", "cpu": "torch-cpu"}
+TF32_BASELINE = "cudnn-tf32"
+
+
+def baseline_of(impl_name: str, device: str) -> str:
+    """The baseline a record of this impl is compared with: cudnn-tf32 for gpuconv's TF32 variants (both
+    round float32 to TF32), else the device's BASELINE."""
+    impl = IMPLS.get(impl_name)
+    if device == "cuda" and impl is not None and impl.role == "gpuconv" and impl.precision == "tf32":
+        return TF32_BASELINE
+    return BASELINE[device]
 
 
 def resolve_impls(names, device: str) -> tuple:

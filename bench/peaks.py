@@ -3,9 +3,11 @@
 Table figures are NVIDIA's datasheet numbers for dense math (no 2:4 sparsity):
 ``fp32`` on the CUDA cores, ``tf32`` and ``fp16`` on the tensor cores with float32
 accumulation (the mode cuDNN and cuBLAS use for float16 by default), memory
-bandwidth in GB/s. Cards not in the table get an estimate from SM count x max SM
-clock x FLOPs per clock per SM for their compute capability, and from memory
-clock x bus width; the ``source`` field says which it was.
+bandwidth in GB/s. ``bf16`` is the fp16 rate on the cards with bfloat16 tensor
+cores (compute capability 8.0 on, the ones with TF32), else unknown. Cards not
+in the table get an estimate from SM count x max SM clock x FLOPs per clock per
+SM for their compute capability, and from memory clock x bus width; the
+``source`` field says which it was.
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ def table_peaks(name: str):
     for key, pattern, fp32, tf32, fp16, bandwidth in KNOWN_CARDS:
         if re.search(pattern, name or "", flags=re.IGNORECASE):
             return {"source": "table", "card": key, "fp32_tflops": fp32, "tf32_tflops": tf32,
-                    "fp16_tflops": fp16, "bandwidth_gbs": bandwidth}
+                    "fp16_tflops": fp16, "bf16_tflops": fp16 if tf32 else None, "bandwidth_gbs": bandwidth}
     return None
 
 
@@ -84,7 +86,7 @@ def estimate_peaks(cc, sm_count, sm_clock_mhz, mem_clock_mhz=None, bus_width_bit
     bandwidth = (mem_clock_mhz * 1e6 * 2 * bus_width_bits / 8 / 1e9
                  if mem_clock_mhz and bus_width_bits else None)
     return {"source": "estimate", "card": None, "fp32_tflops": fp32, "tf32_tflops": tf32, "fp16_tflops": fp16,
-            "bandwidth_gbs": bandwidth,
+            "bf16_tflops": fp16 if cc >= (8, 0) else None, "bandwidth_gbs": bandwidth,
             "basis": {"compute_capability": f"{cc[0]}.{cc[1]}", "sm_count": sm_count, "sm_clock_mhz": sm_clock_mhz,
                       "mem_clock_mhz": mem_clock_mhz, "bus_width_bits": bus_width_bits}}
 
@@ -98,7 +100,7 @@ def device_peaks(device_info: dict) -> dict:
     cc = device_info.get("compute_capability")
     if not cc:
         return {"source": "unknown", "card": None, "fp32_tflops": None, "tf32_tflops": None,
-                "fp16_tflops": None, "bandwidth_gbs": None}
+                "fp16_tflops": None, "bf16_tflops": None, "bandwidth_gbs": None}
     return estimate_peaks(cc, device_info.get("sm_count"), device_info.get("sm_clock_max_mhz"),
                           device_info.get("mem_clock_max_mhz"), device_info.get("memory_bus_width_bits"), name)
 
@@ -106,11 +108,13 @@ def device_peaks(device_info: dict) -> dict:
 def cpu_peaks() -> dict:
     """No CPU peak model: percentages of peak are left empty on the CPU."""
     return {"source": "unknown", "card": None, "fp32_tflops": None, "tf32_tflops": None, "fp16_tflops": None,
-            "bandwidth_gbs": None}
+            "bf16_tflops": None, "bandwidth_gbs": None}
 
 
-def peak_kind(impl: str, dtype: str) -> str:
-    """Which peak a measurement is held against: float16 -> tensor-core fp16; TF32 runs -> tf32; else fp32."""
-    if dtype == "float16":
-        return "fp16"
-    return "tf32" if impl.endswith("-tf32") else "fp32"
+def peak_kind(impl: str, dtype: str, precision: str | None = None) -> str:
+    """Which peak a measurement is held against: float16 / bfloat16 -> tensor-core fp16 / bf16; TF32 runs (the
+    impl's ``precision``, or a name ending in -tf32) -> tf32; else fp32."""
+    half = {"float16": "fp16", "bfloat16": "bf16"}.get(dtype)
+    if half:
+        return half
+    return "tf32" if precision == "tf32" or impl.endswith("-tf32") else "fp32"

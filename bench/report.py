@@ -6,7 +6,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from .impls import BASELINE
+from .impls import BASELINE, baseline_of
 
 
 def _finite(obj):
@@ -88,13 +88,14 @@ def _peaks_line(peaks: dict) -> str:
         return "unknown (no peak model for this device)"
     where = f"table: {peaks.get('card')}" if peaks.get("source") == "table" else "estimated from SMs x clock"
     return (f"fp32 {fmt(peaks.get('fp32_tflops'), '.1f')}, tf32 {fmt(peaks.get('tf32_tflops'), '.1f')}, "
-            f"fp16 {fmt(peaks.get('fp16_tflops'), '.1f')} TFLOP/s; {fmt(peaks.get('bandwidth_gbs'), '.0f')} GB/s "
-            f"({where})")
+            f"fp16 {fmt(peaks.get('fp16_tflops'), '.1f')}, bf16 {fmt(peaks.get('bf16_tflops'), '.1f')} TFLOP/s; "
+            f"{fmt(peaks.get('bandwidth_gbs'), '.0f')} GB/s ({where})")
 
 
 def network_totals(result: dict) -> list:
-    """Rows (pass, dtype, impl, total ms, layers timed, ratio to baseline) summing time x count over layers."""
-    baseline = BASELINE.get(result.get("device_kind"), "cudnn")
+    """Rows (pass, dtype, impl, total ms, layers timed, ratio to baseline) summing time x count over layers;
+    the baseline is the device's, cudnn-tf32 for gpuconv's TF32 variants (``baseline_of``)."""
+    device = result.get("device_kind") if result.get("device_kind") in BASELINE else "cuda"
     times = defaultdict(dict)  # (suite, pass, dtype, impl) -> {layer: (time, count)}
     layers = defaultdict(set)
     for r in result["records"]:
@@ -104,6 +105,7 @@ def network_totals(result: dict) -> list:
     rows = []
     for (suite, pass_name, dtype, impl), per_layer in times.items():
         total = sum(t * c for t, c in per_layer.values())
+        baseline = baseline_of(impl, device)
         base = times.get((suite, pass_name, dtype, baseline), {})
         common = [name for name in per_layer if name in base]
         ratio = None
@@ -131,6 +133,10 @@ def ratio_summary(result: dict) -> list:
     order = {p: i for i, p in enumerate(("fprop", "dgrad", "wgrad"))}
     rows.sort(key=lambda r: (r[0], r[2], r[3], order.get(r[1], 9)))
     return rows
+
+
+#: How a ratio's baseline differs for gpuconv's TF32 variants (``impls.baseline_of``).
+_TF32_NOTE = {"cudnn": " (gpuconv's TF32 variants: cudnn-tf32's time, TF32 on both sides)"}
 
 
 def render_markdown(result: dict) -> str:
@@ -166,7 +172,7 @@ def render_markdown(result: dict) -> str:
 
     out += ["", "## Network totals", "",
             f"Time per pass summed over the layers, each weighted by how often it occurs; "
-            f"'vs {baseline}' = {baseline} total / this total (> 1: faster).", ""]
+            f"'vs {baseline}' = {baseline} total / this total (> 1: faster){_TF32_NOTE.get(baseline, '')}.", ""]
     multi = len(suites) > 1
     rows = [((s,) if multi else ()) + (p, d, i, fmt(t, ".4g"), n, fmt(r, ".2f"))
             for s, p, d, i, t, n, r in network_totals(result)]
@@ -176,16 +182,17 @@ def render_markdown(result: dict) -> str:
     summary = ratio_summary(result)
     if summary:
         out += ["", f"## Ratio to {baseline} per layer", "",
-                f"{baseline} time / this time for each layer (> 1: faster), summarised per pass: the geometric "
-                f"mean over the layers and the worst layer.", ""]
+                f"{baseline} time / this time for each layer (> 1: faster){_TF32_NOTE.get(baseline, '')}, "
+                f"summarised per pass: the geometric mean over the layers and the worst layer.", ""]
         rows = [((s,) if multi else ()) + (p, d, i, fmt(g, ".2f"), fmt(w, ".2f"), layer, n)
                 for s, p, d, i, g, w, layer, n in summary]
         out.append(md_table((["suite"] if multi else []) + ["pass", "dtype", "impl", "geometric mean", "worst",
                                                           "worst layer", "layers"], rows))
 
     out += ["", "## Layers", "",
-            f"ms: median time; % peak: of the card's peak for the dtype (fp16 = tensor cores); "
-            f"vs {baseline}: {baseline} time / this time; err: max|out - ref| / max|ref| against float64.", ""]
+            f"ms: median time; % peak: of the card's peak for the dtype (fp16, bf16, tf32 = tensor cores); "
+            f"vs {baseline}: {baseline} time / this time{_TF32_NOTE.get(baseline, '')}; err: max|out - ref| / "
+            f"max|ref| against float64.", ""]
     rows = []
     for r in records:
         if r.get("error") and not r.get("time_ms"):

@@ -8,6 +8,7 @@ JSON file holds); ``bench.report`` writes it out. A failing implementation
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import math
 import os
 import platform
@@ -26,14 +27,15 @@ from gpuconv.suites import load_suite
 
 from . import telemetry
 from .flops import PASSES, check_pass, pass_metrics, roofline_tflops
-from .impls import BASELINE, IMPLS, Case, conv_reference, make_host_inputs, max_rel_err, resolve_impls, tolerance
+from .impls import (DTYPES as NUMPY_DTYPES, IMPLS, Case, baseline_of, conv_reference, make_host_inputs, max_rel_err,
+                    resolve_impls, tolerance)
 from .peaks import cpu_peaks, device_peaks, peak_kind
 from .timing import make_timer
 
 SCHEMA_VERSION = 1
 DEFAULT_BATCH = {"cuda": 32, "cpu": 8}
-DEFAULT_DTYPES = {"cuda": ("float32", "float16"), "cpu": ("float32",)}
-DTYPES = ("float32", "float16")
+DEFAULT_DTYPES = {"cuda": ("float32", "float16", "bfloat16"), "cpu": ("float32",)}
+DTYPES = tuple(NUMPY_DTYPES)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,6 +139,12 @@ def _plan(config: RunConfig, suites):
     return plan
 
 
+def measurements(impls, dtypes, passes) -> list:
+    """[(dtype, pass, impl)] that each layer runs, in run order: every impl in its own dtypes and passes only
+    (cudnn-tf32 and gpuconv's TF32 variants in float32, a variant in its pass)."""
+    return [(d, p, i) for d in dtypes for p in passes for i in impls if d in i.dtypes and p in i.passes]
+
+
 def _layer_seed(base: int, suite: str, layer: str) -> int:
     return (zlib.crc32(f"{suite}/{layer}".encode()) + base) % 2**32
 
@@ -166,7 +174,7 @@ def _free_device_memory(device: str):
 def _base_record(suite, layer, g, pass_name, dtype, impl, batch) -> dict:
     rec = {"suite": suite, "layer": layer.name, "shape": layer.describe(), "count": layer.count,
            "pass": pass_name, "dtype": dtype, "impl": impl.name, "role": impl.role, "batch": batch}
-    rec.update(pass_metrics(g, pass_name, np.dtype(dtype).itemsize))
+    rec.update(pass_metrics(g, pass_name, NUMPY_DTYPES[dtype].itemsize))
     rec.update({"time_ms": None, "min_ms": None, "iqr_ms": None, "runs": 0, "capped": None, "first_call_ms": None,
                 "tflops": None, "pct_of_peak": None, "peak_kind": None, "roofline_tflops": None,
                 "pct_of_roofline": None, "ratio_vs_cudnn": None, "baseline": None, "max_rel_err": None,
@@ -234,7 +242,8 @@ def run_benchmark(config: RunConfig) -> dict:
         "telemetry": {"before": before, "after": None}, "warnings": warnings, "interrupted": False, "records": [],
     }
     records = result["records"]
-    total = sum(1 for _ in plan for p in passes for d in dtypes for i in impls if d in i.dtypes and p in i.passes)
+    per_layer = measurements(impls, dtypes, passes)
+    total = len(plan) * len(per_layer)
     from tqdm.auto import tqdm
     bar = tqdm(total=total, unit="meas", disable=not config.progress, dynamic_ncols=True, file=sys.stderr)
     try:
@@ -249,24 +258,21 @@ def run_benchmark(config: RunConfig) -> dict:
                     references[pass_name] = conv_reference(host, g, pass_name)
                 return references[pass_name]
 
-            for dtype in dtypes:
-                inputs = {k: xp.asarray(v.astype(dtype)) for k, v in host.items()}
-                for pass_name in passes:
-                    for impl in impls:
-                        if dtype not in impl.dtypes or pass_name not in impl.passes:
-                            continue
-                        bar.set_postfix_str(f"{layer.name} {pass_name} {dtype} {impl.name}", refresh=False)
-                        rec = _base_record(suite.name, layer, g, pass_name, dtype, impl, batch)
-                        case = Case(suite.name, layer, g, pass_name, dtype, device, xp, inputs, seed)
-                        try:
-                            _measure(rec, impl, case, timer, lambda p=pass_name: expected(p), config.check)
-                        except (KeyboardInterrupt, SystemExit):
-                            raise
-                        except Exception as exc:  # recorded, and the run goes on with the next measurement
-                            rec["error"] = f"{type(exc).__name__}: {exc}".strip()[:500]
-                            _free_device_memory(device)
-                        records.append(rec)
-                        bar.update(1)
+            for dtype, of_dtype in itertools.groupby(per_layer, key=lambda m: m[0]):
+                inputs = {k: xp.asarray(v.astype(NUMPY_DTYPES[dtype])) for k, v in host.items()}
+                for _, pass_name, impl in of_dtype:
+                    bar.set_postfix_str(f"{layer.name} {pass_name} {dtype} {impl.name}", refresh=False)
+                    rec = _base_record(suite.name, layer, g, pass_name, dtype, impl, batch)
+                    case = Case(suite.name, layer, g, pass_name, dtype, device, xp, inputs, seed)
+                    try:
+                        _measure(rec, impl, case, timer, lambda p=pass_name: expected(p), config.check)
+                    except (KeyboardInterrupt, SystemExit):
+                        raise
+                    except Exception as exc:  # recorded, and the run goes on with the next measurement
+                        rec["error"] = f"{type(exc).__name__}: {exc}".strip()[:500]
+                        _free_device_memory(device)
+                    records.append(rec)
+                    bar.update(1)
                 del inputs
                 _free_device_memory(device)
     except KeyboardInterrupt:
@@ -289,9 +295,9 @@ def record_key(rec) -> tuple:
 
 
 def derive_metrics(records, peaks: dict, device: str):
-    """TFLOP/s, % of peak and of roofline, and the ratio to the baseline, for every timed record."""
+    """TFLOP/s, % of peak and of roofline, and the ratio to the baseline (``baseline_of``), for every timed
+    record."""
     times = {record_key(r): r["time_ms"] for r in records if r.get("time_ms")}
-    baseline = BASELINE[device]
     for rec in records:
         t = rec.get("time_ms")
         if not t:
@@ -300,7 +306,8 @@ def derive_metrics(records, peaks: dict, device: str):
         work = (2 * gemm["M"] * gemm["N"] * gemm["K"] * gemm["batch"]) if rec["impl"] == "cublas-gemm" \
             else rec["flops"]
         rec["tflops"] = work / (t * 1e-3) / 1e12
-        kind = peak_kind(rec["impl"], rec["dtype"])
+        impl = IMPLS.get(rec["impl"])
+        kind = peak_kind(rec["impl"], rec["dtype"], impl.precision if impl is not None else None)
         rec["peak_kind"] = kind
         peak = peaks.get(f"{kind}_tflops")
         if peak:
@@ -308,8 +315,8 @@ def derive_metrics(records, peaks: dict, device: str):
             roof = roofline_tflops(rec["intensity"], peak, peaks.get("bandwidth_gbs"))
             rec["roofline_tflops"] = roof
             rec["pct_of_roofline"] = 100.0 * rec["tflops"] / roof if roof else None
-        impl = IMPLS.get(rec["impl"])
         if impl is not None and impl.role == "gpuconv":
+            baseline = baseline_of(rec["impl"], device)
             base = times.get(record_key({**rec, "impl": baseline}))
             if base:
                 rec["baseline"] = baseline
@@ -324,4 +331,4 @@ def default_out_prefix(result: dict) -> Path:
 
 
 __all__ = ["RunConfig", "run_benchmark", "derive_metrics", "record_key", "default_out_prefix", "environment",
-           "resolve_device", "DEFAULT_BATCH", "DEFAULT_DTYPES"]
+           "resolve_device", "measurements", "DEFAULT_BATCH", "DEFAULT_DTYPES", "DTYPES"]

@@ -11,11 +11,11 @@ CuPy's pool. The autograd engine runs each backward on its forward's stream, so 
 
 Rules, the same for every function:
 
-* dtypes: ``DTYPE_SUPPORT`` is the one table (float16, float32, float64; bfloat16 is refused with the reason:
-  the bridge does not exchange it yet). Under ``torch.autocast`` convolutions compute in the autocast dtype
-  where gpuconv has it (float16), else in float32 (CPU autocast's default bfloat16): their output is then
-  float32, where PyTorch's would be bfloat16. Pooling keeps its input's dtype, or float32 under autocast
-  when that dtype is one gpuconv lacks.
+* dtypes: ``DTYPE_SUPPORT`` is the one table (float16, bfloat16, float32, float64). bfloat16 crosses as its
+  bits (an int16 view: NumPy has no bfloat16, nor have older CuPys' DLPack), still without a copy; gpuconv
+  accumulates it, like float16, in float32. Under ``torch.autocast`` convolutions compute in the autocast
+  dtype (CPU's default bfloat16, CUDA's float16) and return it, as PyTorch's do; pooling keeps its input's
+  dtype. A dtype the table lacks is computed in float32 under autocast, and refused outside it.
 * layout: non-contiguous inputs, channels_last ones included, are copied to contiguous NCHW first (one copy
   of the tensor, per call); results are contiguous NCHW, whatever the input's memory format.
 * gradients: only those asked for are computed (``ctx.needs_input_grad``); ``torch.no_grad()`` records
@@ -45,18 +45,15 @@ from torch.autograd.function import once_differentiable
 
 from . import functional as arrays
 from ._backend import require_cuda
-from ._shapes import PoolGeometry, conv_transpose_geometry
+from ._shapes import BFLOAT16, PoolGeometry, conv_transpose_geometry
 
 #: Every dtype gpuconv.torch knows, and whether gpuconv computes in it: None where it does, else why not.
-#: The one dtype rule of the bridge (bfloat16 joins when the exchange has it); torch.autocast falls back to float32
-#: where this table says no.
+#: The one dtype rule of the bridge; torch.autocast falls back to float32 where this table says no.
 DTYPE_SUPPORT = {
     torch.float16: None,
+    torch.bfloat16: None,
     torch.float32: None,
     torch.float64: None,
-    torch.bfloat16: "bfloat16 is not supported by the bridge yet (gpuconv computes bfloat16 NumPy arrays, and "
-                    "CuPy ones on its tensor-core kernels, but the tensor exchange lacks it); cast to float32 or "
-                    "float16, or run under torch.autocast, which computes it in float32",
 }
 
 
@@ -142,19 +139,26 @@ def _as_array(t):
     if t is None:
         return None
     t = t.detach().contiguous()
-    if t.device.type == "cpu":
-        return t.numpy()
-    return require_cuda().from_dlpack(t)
+    bits = t.dtype == torch.bfloat16  # .numpy() refuses bfloat16 (older CuPys' DLPack too): its bits cross as int16
+    if bits:
+        t = t.view(torch.int16)
+    a = t.numpy() if t.device.type == "cpu" else require_cuda().from_dlpack(t)
+    return a.view(BFLOAT16) if bits else a
 
 
 def _as_tensor(a):
     """A tensor on a gpuconv result's memory (no copy; inside ``_running_on`` for CuPy arrays)."""
     if a is None:
         return None
+    bits = a.dtype == BFLOAT16  # back as int16 bits too (see _as_array)
     if isinstance(a, np.ndarray):
         a = np.ascontiguousarray(a)  # from_numpy takes no negative strides
-        return torch.from_numpy(a if a.flags.writeable else a.copy())
-    return torch.from_dlpack(a)
+        if not a.flags.writeable:  # and warns on read-only ones
+            a = a.copy()
+        t = torch.from_numpy(a.view(np.int16) if bits else a)
+    else:
+        t = torch.from_dlpack(a.view(np.int16) if bits else a)
+    return t.view(torch.bfloat16) if bits else t
 
 
 def _autocast_dtype(device: torch.device, op_casts: bool, dtype):

@@ -14,18 +14,20 @@ import numpy as np
 import pytest
 
 import gpuconv
+from gpuconv._shapes import BFLOAT16
+from gpuconv.cuda import registry
 from gpuconv.suites import Layer, load_suite, parse_suite, suite_names
 
 # bench/ is not an installed package: pytest's pythonpath setting puts the repository root on sys.path.
 from bench import compare, flops, impls, peaks, report, telemetry, timing
 from bench.__main__ import main as bench_main
-from bench.run import RunConfig, derive_metrics, record_key, run_benchmark
+from bench.run import DEFAULT_DTYPES, DTYPES, RunConfig, derive_metrics, measurements, record_key, run_benchmark
 
 try:
-    import torch  # noqa: F401
-    HAVE_TORCH = True
+    import torch
 except ImportError:
-    HAVE_TORCH = False
+    torch = None
+HAVE_TORCH = torch is not None
 
 FAST = timing.TimingPolicy(min_runs=3, min_time_s=0.0, max_time_s=0.5, warmup_runs=0, flush_l2=False)
 
@@ -380,13 +382,17 @@ def test_chunked_reference_equals_the_whole_batch_at_once(monkeypatch, pass_name
     assert chunked.shape == whole.shape and np.allclose(chunked, whole, rtol=1e-12, atol=1e-12)
 
 
-def test_inputs_are_float16_exact_so_every_dtype_sees_the_same_values():
+def test_inputs_are_exact_in_every_dtype_so_each_sees_the_same_values():
     g = load_suite("tiny").layer("conv3x3").geometry(2)
     inputs = impls.make_host_inputs(g, seed=3)
     assert inputs["x"].shape == g.input_shape and inputs["dy"].shape == g.output_shape
     for v in inputs.values():
-        assert v.dtype == np.float64 and np.array_equal(v.astype(np.float16).astype(np.float64), v)
-        assert -1 <= v.min() < 0 < v.max() <= 1
+        assert v.dtype == np.float64 and -1 <= v.min() < 0 < v.max() <= 1
+        for dtype in impls.DTYPES.values():
+            assert np.array_equal(v.astype(dtype).astype(np.float64), v), dtype
+    # float16's subnormals (multiples of 2**-24) survive bfloat16's rounding exactly too
+    tiny = impls.exact_in_every_dtype(np.array([3e-7, -5.5e-6, 1e-5, 2.0**-14 * 1.7], np.float32)).astype(np.float64)
+    assert np.array_equal(tiny.astype(np.float16).astype(np.float64), tiny) and np.all(tiny != 0)
 
 
 def test_impl_selection():
@@ -584,3 +590,163 @@ def test_cli_list(capsys):
 def test_layer_description():
     layer = Layer("x", C=8, K=8, H=6, W=6, R=3, S=3, stride=2, padding=(0, 1, 0, 1), groups=8)
     assert layer.describe() == "8x6x6 -> 8x3x3, 3x3/2 pad (0,1,0,1) depthwise"
+
+
+# ---------------------------------------------------------- bfloat16, TF32 ---
+
+TF32_VARIANT = next(f"gpuconv:{v.name}" for v in registry.conv_variants("fprop") if v.tf32)
+HALF_VARIANT = next(f"gpuconv:{v.name}" for v in registry.conv_variants("fprop")
+                    if BFLOAT16 in v.dtypes and v.family == registry.TENSOR_CORE)
+
+
+def test_bfloat16_is_a_dtype_of_every_run_like_float16():
+    assert DTYPES == ("float32", "float16", "bfloat16") and impls.DTYPES["bfloat16"] == BFLOAT16
+    assert DEFAULT_DTYPES["cuda"] == ("float32", "float16", "bfloat16") and DEFAULT_DTYPES["cpu"] == ("float32",)
+    assert set(impls.TOLERANCE) >= set(DTYPES)
+    for name in ("gpuconv:auto", "gpuconv:im2col", "gpuconv:implicit_gemm", "cudnn", "cublas-gemm", "numpy",
+                 "numpy-reference", "torch-cpu"):
+        assert "bfloat16" in impls.IMPLS[name].dtypes and "float16" in impls.IMPLS[name].dtypes, name
+    assert impls.IMPLS[HALF_VARIANT].dtypes == ("float16", "bfloat16")  # the registry's dtypes, by name
+    assert impls.IMPLS["cudnn-tf32"].dtypes == impls.IMPLS[TF32_VARIANT].dtypes == ("float32",)
+
+
+def test_dtypes_are_parsed_and_unknown_ones_refused(capsys):
+    from bench.__main__ import _csv, build_parser
+
+    assert _csv(build_parser().parse_args(["run", "--dtypes", "bfloat16, float16"]).dtypes) == ("bfloat16", "float16")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    assert "float32,float16,bfloat16" in capsys.readouterr().out
+    assert bench_main(["run", "--device", "cpu", "--suite", "tiny", "--dtypes", "bf16", "--no-progress"]) == 2
+    assert "unknown dtype(s) ['bf16']; choose from ('float32', 'float16', 'bfloat16')" in capsys.readouterr().err
+
+
+def test_each_impl_runs_its_own_dtypes_and_passes_only():
+    names = ("gpuconv:auto", TF32_VARIANT, HALF_VARIANT, "cudnn", "cudnn-tf32", "cublas-gemm")
+    planned = measurements([impls.IMPLS[n] for n in names], ("float32", "bfloat16"), ("fprop", "dgrad"))
+    got = [(d, p, i.name) for d, p, i in planned]
+    assert got == [("float32", "fprop", "gpuconv:auto"), ("float32", "fprop", TF32_VARIANT),
+                   ("float32", "fprop", "cudnn"), ("float32", "fprop", "cudnn-tf32"),
+                   ("float32", "fprop", "cublas-gemm"),
+                   ("float32", "dgrad", "gpuconv:auto"), ("float32", "dgrad", "cudnn"),
+                   ("float32", "dgrad", "cudnn-tf32"), ("float32", "dgrad", "cublas-gemm"),
+                   ("bfloat16", "fprop", "gpuconv:auto"), ("bfloat16", "fprop", HALF_VARIANT),
+                   ("bfloat16", "fprop", "cudnn"), ("bfloat16", "fprop", "cublas-gemm"),
+                   ("bfloat16", "dgrad", "gpuconv:auto"), ("bfloat16", "dgrad", "cudnn"),
+                   ("bfloat16", "dgrad", "cublas-gemm")]
+
+
+def test_gpuconvs_tf32_variants_are_held_against_cudnn_with_tf32():
+    assert impls.IMPLS[TF32_VARIANT].precision == "tf32" and impls.tolerance(impls.IMPLS[TF32_VARIANT], "float32") \
+        == impls.TOLERANCE["tf32"]
+    assert impls.baseline_of(TF32_VARIANT, "cuda") == "cudnn-tf32"
+    assert impls.baseline_of(HALF_VARIANT, "cuda") == impls.baseline_of("gpuconv:auto", "cuda") == "cudnn"
+    assert impls.baseline_of("cudnn-tf32", "cuda") == "cudnn"  # the baselines themselves: against plain cuDNN
+    assert impls.baseline_of("numpy", "cpu") == "torch-cpu" and impls.baseline_of("unknown", "cuda") == "cudnn"
+
+
+def test_cudnn_tf32_is_switched_by_the_flag_pytorch_has():
+    legacy = types.SimpleNamespace(backends=types.SimpleNamespace(cudnn=types.SimpleNamespace(allow_tf32=False)))
+    assert impls.set_cudnn_tf32(legacy, True) == "cudnn.allow_tf32=True" and legacy.backends.cudnn.allow_tf32 is True
+    assert impls.set_cudnn_tf32(legacy, False) == "cudnn.allow_tf32=False" and not legacy.backends.cudnn.allow_tf32
+    conv = types.SimpleNamespace(fp32_precision="ieee")  # PyTorch >= 2.9: the legacy flag is left alone
+    modern = types.SimpleNamespace(backends=types.SimpleNamespace(cudnn=types.SimpleNamespace(conv=conv)))
+    assert impls.set_cudnn_tf32(modern, True) == "cudnn.conv.fp32_precision=tf32" and conv.fp32_precision == "tf32"
+    assert not hasattr(modern.backends.cudnn, "allow_tf32")
+
+
+def test_bfloat16_and_tf32_peaks():
+    h100, t4 = peaks.table_peaks("NVIDIA H100 80GB HBM3"), peaks.table_peaks("Tesla T4")
+    assert h100["bf16_tflops"] == h100["fp16_tflops"] and t4["bf16_tflops"] is None  # no bfloat16 before sm_80
+    assert peaks.estimate_peaks("80", 108, 1410)["bf16_tflops"] == pytest.approx(312, rel=0.01)
+    assert peaks.estimate_peaks("75", 40, 1590)["bf16_tflops"] is None
+    assert peaks.cpu_peaks()["bf16_tflops"] is None and peaks.device_peaks({"name": "?"})["bf16_tflops"] is None
+    assert peaks.peak_kind("cudnn", "bfloat16") == "bf16" and peaks.peak_kind(HALF_VARIANT, "float16") == "fp16"
+    assert peaks.peak_kind(TF32_VARIANT, "float32", "tf32") == "tf32" and peaks.peak_kind("cudnn", "float32") == "fp32"
+
+
+def _fabricated_result(rows) -> dict:
+    """A CUDA result of FABRICATED timings (no GPU ran): rows are (layer, pass, dtype, impl, time_ms)."""
+    records = [_record(layer, p, dtype, impl, t) for layer, p, dtype, impl, t in rows]
+    return {"schema_version": 1, "created": "2026-01-01T00:00:00+00:00", "device": "fabricated card",
+            "device_kind": "cuda", "suites": ["s"], "batch": 32, "environment": {"gpuconv": "0"}, "timing": {},
+            "peaks": {}, "telemetry": {"before": {}, "after": {}}, "records": records}
+
+
+def test_bfloat16_and_tf32_records_get_their_own_ratios_peaks_and_rows(tmp_path):
+    result = _fabricated_result([  # FABRICATED times, chosen to make every ratio distinct
+        ("l1", "fprop", "bfloat16", "gpuconv:auto", 4.0), ("l1", "fprop", "bfloat16", "cudnn", 2.0),
+        ("l1", "fprop", "float16", "gpuconv:auto", 1.0), ("l1", "fprop", "float16", "cudnn", 3.0),
+        ("l1", "fprop", "float32", TF32_VARIANT, 5.0), ("l1", "fprop", "float32", "cudnn-tf32", 10.0),
+        ("l1", "fprop", "float32", "cudnn", 40.0)])
+    pk = {"fp32_tflops": 50.0, "tf32_tflops": 400.0, "fp16_tflops": 800.0, "bf16_tflops": 1000.0,
+          "bandwidth_gbs": 1000.0}
+    derive_metrics(result["records"], pk, "cuda")
+    bf16, _, fp16, _, tf32, cudnn_tf32, _ = result["records"]
+    assert bf16["ratio_vs_cudnn"] == pytest.approx(0.5) and bf16["baseline"] == "cudnn"  # bfloat16 cuDNN only
+    assert fp16["ratio_vs_cudnn"] == pytest.approx(3.0)
+    assert tf32["ratio_vs_cudnn"] == pytest.approx(2.0) and tf32["baseline"] == "cudnn-tf32"  # not 40 / 5
+    assert cudnn_tf32.get("ratio_vs_cudnn") is None
+    assert (bf16["peak_kind"], fp16["peak_kind"], tf32["peak_kind"]) == ("bf16", "fp16", "tf32")
+    assert bf16["pct_of_peak"] == pytest.approx(100 * 2e12 / 4e-3 / 1e12 / 1000.0)
+    assert tf32["pct_of_peak"] == pytest.approx(100 * 2e12 / 5e-3 / 1e12 / 400.0)
+    totals = {(d, i): r for _, _, d, i, _, _, r in report.network_totals(result)}
+    assert totals[("bfloat16", "gpuconv:auto")] == pytest.approx(0.5)
+    assert totals[("float32", TF32_VARIANT)] == pytest.approx(2.0)
+    assert totals[("float32", "cudnn-tf32")] == pytest.approx(4.0)  # what TF32 gains cuDNN
+    summary = {(d, i): g for _, _, d, i, g, _, _, _ in report.ratio_summary(result)}
+    assert summary == {("bfloat16", "gpuconv:auto"): pytest.approx(0.5), ("float16", "gpuconv:auto"):
+                       pytest.approx(3.0), ("float32", TF32_VARIANT): pytest.approx(2.0)}
+    md = report.render_markdown(result)
+    assert "| l1 |  | fprop | bfloat16 | gpuconv:auto | 4 |" in md and "cudnn-tf32's time" in md
+    report.write_outputs(result, tmp_path / "fabricated")
+    again = json.loads((tmp_path / "fabricated.json").read_text())
+    assert [r["dtype"] for r in again["records"]] == ["bfloat16"] * 2 + ["float16"] * 2 + ["float32"] * 3
+
+
+def test_comparison_keeps_bfloat16_apart_from_float16():
+    a = _fabricated_result([("l1", "fprop", "bfloat16", "cudnn", 2.0), ("l1", "fprop", "float16", "cudnn", 1.0)])
+    b = _fabricated_result([("l1", "fprop", "bfloat16", "cudnn", 1.0), ("l1", "fprop", "float16", "cudnn", 1.0)])
+    rows, only_a, only_b, untimed = compare.match(a, b)  # FABRICATED times
+    assert {key[3]: speedup for key, _, _, speedup in rows} == {"bfloat16": 2.0, "float16": 1.0}
+    assert not only_a and not only_b and not untimed
+    assert "| s | l1 | fprop | bfloat16 | cudnn | 32 | 2 | 1 | 2.000 |" in compare.render_comparison(a, b)
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="needs PyTorch for torch-cpu")
+def test_torch_sees_bfloat16_inputs_as_torch_bfloat16_on_their_memory(monkeypatch):
+    layer = load_suite("tiny").layer("conv3x3")
+    g = layer.geometry(2)
+    host = impls.make_host_inputs(g, seed=0)
+    inputs = {k: v.astype(BFLOAT16) for k, v in host.items()}
+    for pass_name in ("fprop", "dgrad", "wgrad"):
+        case = impls.Case("tiny", layer, g, pass_name, "bfloat16", "cpu", np, inputs)
+        out = impls.IMPLS["torch-cpu"].prepare(case).run()
+        assert out.dtype == torch.bfloat16 and impls.to_host(out).dtype == np.float32
+        err = impls.max_rel_err(out, impls.conv_reference(host, g, pass_name))
+        assert 0 < err <= impls.TOLERANCE["bfloat16"], (pass_name, err)
+    seen, real = [], torch.nn.functional.conv2d
+    monkeypatch.setattr(torch.nn.functional, "conv2d", lambda x, w, *args: seen.append((x, w)) or real(x, w, *args))
+    impls.IMPLS["torch-cpu"].prepare(impls.Case("tiny", layer, g, "fprop", "bfloat16", "cpu", np, inputs)).run()
+    ((x, w),) = seen
+    assert x.data_ptr() == inputs["x"].ctypes.data and w.data_ptr() == inputs["w"].ctypes.data  # no copy
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="needs PyTorch for torch-cpu")
+def test_cpu_run_in_bfloat16_end_to_end(tmp_path):
+    result = run_benchmark(RunConfig(suites=("tiny",), device="cpu", batch=2, dtypes=("bfloat16", "float32"),
+                                     impls=("numpy", "torch-cpu"), policy=FAST, progress=False, threads=1))
+    records = result["records"]
+    assert result["dtypes"] == ["bfloat16", "float32"] and len(records) == 3 * 3 * 2 * 2
+    assert [r["dtype"] for r in records[:12]] == ["bfloat16"] * 6 + ["float32"] * 6  # per layer, dtype by dtype
+    by_key = {(r["layer"], r["pass"], r["dtype"], r["impl"]): r for r in records}
+    for r in records:
+        assert r["error"] is None and r["correct"] is True and r["time_ms"] > 0, r
+        assert r["tolerance"] == impls.TOLERANCE[r["dtype"]]
+        if r["dtype"] == "bfloat16":
+            assert 0 < r["max_rel_err"] <= 2e-2  # rounded to bfloat16: not exact, within a few roundings
+            assert r["bytes"] * 2 == by_key[(r["layer"], r["pass"], "float32", r["impl"])]["bytes"]
+        if r["impl"] == "numpy":
+            assert r["ratio_vs_cudnn"] > 0 and r["baseline"] == "torch-cpu"
+    md = report.render_markdown(result)
+    assert md.split("## Layers")[1].count("| bfloat16 |") == 3 * 3 * 2

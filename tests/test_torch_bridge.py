@@ -23,6 +23,7 @@ from torch import nn  # noqa: E402
 
 import gpuconv.torch as gt  # noqa: E402
 from gpuconv import functional  # noqa: E402
+from gpuconv._shapes import BFLOAT16  # noqa: E402
 from gpuconv.suites import load_suite  # noqa: E402
 
 from bench import networks  # noqa: E402
@@ -257,10 +258,10 @@ def test_unbatched_input_runs_as_a_batch_of_one():
 
 # -------------------------------------------------------------------------- dtypes ---
 
-def test_float16_and_float32_compute_in_their_dtype():
+def test_float16_bfloat16_and_float32_compute_in_their_dtype():
     x64, w64 = rand(2, 3, 6, 6, requires_grad=False), rand(4, 3, 3, 3, seed=1, requires_grad=False)
     reference = F.conv2d(x64, w64, padding=1)
-    for dtype, tolerance in ((torch.float32, 1e-5), (torch.float16, 1e-2)):
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.float16, 1e-2), (torch.bfloat16, 2e-2)):
         x, w = x64.to(dtype).requires_grad_(), w64.to(dtype).requires_grad_()
         y = gt.conv2d(x, w, padding=1)
         assert y.dtype == dtype
@@ -272,31 +273,147 @@ def test_float16_and_float32_compute_in_their_dtype():
 
 def test_unsupported_dtypes_devices_and_mixes_are_refused_clearly():
     x, w = rand(1, 2, 4, 4, requires_grad=False), rand(3, 2, 3, 3, requires_grad=False)
-    with pytest.raises(TypeError, match="bfloat16 is not supported by the bridge yet"):
-        gt.conv2d(x.bfloat16(), w.bfloat16())
-    with pytest.raises(TypeError, match="input is torch.int64: gpuconv computes in torch.float16"):
+    assert all(gt.supports_dtype(d) for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64))
+    with pytest.raises(TypeError, match="input is torch.int64: gpuconv computes in torch.float16, torch.bfloat16, "
+                                        "torch.float32, torch.float64"):
         gt.max_pool2d(x.long(), 2)
+    with pytest.raises(TypeError, match="input is torch.complex128: gpuconv computes in"):
+        gt.conv2d(x.to(torch.complex128), w.to(torch.complex128))
     with pytest.raises(TypeError, match="input is torch.float64 but weight is torch.float32"):
         gt.conv2d(x, w.float())
+    with pytest.raises(TypeError, match="input is torch.bfloat16 but weight is torch.float16"):
+        gt.conv2d(x.bfloat16(), w.half())
     with pytest.raises(ValueError, match="meta"):
         gt.conv2d(x.to("meta"), w.to("meta"))
     with pytest.raises(TypeError, match="weight must be a torch.Tensor"):
         gt.conv2d(x, w.numpy())
 
 
-def test_autocast_to_bfloat16_on_the_cpu_computes_convolutions_in_float32():
+# bfloat16 keeps 8 significant bits: one rounding is off by at most 2**-8 of the value, and two roundings of
+# nearly the same value (ours, a reference's) differ by at most one unit in the last place, 2**-7 of the
+# value's binade. Errors below are normwise, max|a - b| / max|b|, so BF16_ULP is one ulp of the output scale.
+BF16_ULP = 2.0 ** -7
+
+
+def _error(a, b) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def _bf16(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).bfloat16()
+
+
+def _forward_backward(fn, inputs, dtype, grad_seed=3):
+    """fn's output and the gradients of every input, all computed in ``dtype`` from the same bfloat16 values;
+    the output gradient is bfloat16 too, so that every dtype's backward starts from the same values."""
+    leaves = [t.detach().to(dtype).requires_grad_() for t in inputs]
+    y = fn(*leaves)
+    y.backward(_bf16(*y.shape, seed=grad_seed).to(dtype))
+    return [y.detach()] + [t.grad for t in leaves]
+
+
+def test_bfloat16_crosses_the_bridge_as_its_bits_without_a_copy():
+    """Every one of the 65536 bit patterns (NaNs, infinities, subnormals, -0) both ways, on shared memory."""
+    bits = torch.arange(-2**15, 2**15, dtype=torch.int32).to(torch.int16)
+    t = bits.view(torch.bfloat16)
+    a = gt._as_array(t)
+    assert a.dtype == BFLOAT16 and a.ctypes.data == t.data_ptr()
+    assert np.array_equal(a.view(np.int16), bits.numpy())
+    back = gt._as_tensor(a)
+    assert back.dtype == torch.bfloat16 and back.data_ptr() == a.ctypes.data
+    assert torch.equal(back.view(torch.int16), bits)
+    flipped = gt._as_tensor(a[::-1])  # a negative stride is copied (from_numpy refuses it), bits unchanged
+    assert torch.equal(flipped.view(torch.int16), bits.flip(0))
+
+
+BF16_CONV_CASES = CONV_CASES + [
+    ("wide-reduction", dict(padding=1), (2, 64, 9, 9), (32, 64, 3, 3))]  # 576 products per output: rounding shows
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize("name,kw,xs,ws", BF16_CONV_CASES, ids=[c[0] for c in BF16_CONV_CASES])
+def test_bfloat16_conv2d_forward_and_backward_match_torch(name, kw, xs, ws):
+    """Against PyTorch in float32 on the same bfloat16 values, rounded: gpuconv accumulates in float32 and
+    rounds once, so one ulp apart at most; and against PyTorch's own bfloat16, which does the same."""
+    inputs = _bf16(*xs), _bf16(*ws, seed=1), _bf16(ws[0], seed=2)
+    ours = _forward_backward(lambda x, w, b: gt.conv2d(x, w, b, **kw), inputs, torch.bfloat16)
+    exact = [t.bfloat16() for t in _forward_backward(lambda x, w, b: F.conv2d(x, w, b, **kw), inputs, torch.float32)]
+    theirs = _forward_backward(lambda x, w, b: F.conv2d(x, w, b, **kw), inputs, torch.bfloat16)
+    for what, mine, ref, own in zip(("y", "dx", "dw", "db"), ours, exact, theirs):
+        assert mine.dtype == torch.bfloat16, what
+        assert _error(mine, ref) <= BF16_ULP, (what, _error(mine, ref))
+        assert _error(mine, own) <= 2 * BF16_ULP, (what, _error(mine, own))
+
+
+@pytest.mark.parametrize("name,kw,xs,ws", TRANSPOSE_CASES, ids=[c[0] for c in TRANSPOSE_CASES])
+def test_bfloat16_conv_transpose2d_forward_and_backward_match_torch(name, kw, xs, ws):
+    """As conv2d's, but two ulps for y: gpuconv rounds the dgrad to bfloat16 before the bias is added."""
+    inputs = _bf16(*xs), _bf16(*ws, seed=1), _bf16(ws[1] * kw.get("groups", 1), seed=2)
+    ours = _forward_backward(lambda x, w, b: gt.conv_transpose2d(x, w, b, **kw), inputs, torch.bfloat16)
+    exact = [t.bfloat16() for t in
+             _forward_backward(lambda x, w, b: F.conv_transpose2d(x, w, b, **kw), inputs, torch.float32)]
+    for what, mine, ref in zip(("y", "dx", "dw", "db"), ours, exact):
+        assert mine.dtype == torch.bfloat16, what
+        assert _error(mine, ref) <= (2 if what == "y" else 1) * BF16_ULP, (what, _error(mine, ref))
+
+
+@pytest.mark.parametrize("name,ours,theirs,kw", POOL_CASES, ids=[c[0] for c in POOL_CASES])
+def test_bfloat16_pooling_forward_and_backward_match_torch(name, ours, theirs, kw):
+    """Distinct values (no ties: the gradient's pixel is the same for any tie rule), exact in bfloat16
+    (integers below 2**8). Max pooling's output is exact; a gradient summed over overlapping windows and an
+    average are rounded once, so one ulp from PyTorch in float32, rounded."""
+    x = (torch.randperm(2 * 2 * 6 * 5, generator=torch.Generator().manual_seed(0)) - 60).reshape(2, 2, 6, 5)
+    mine = _forward_backward(lambda x: ours(x, **kw), (x.bfloat16(),), torch.bfloat16)
+    exact = [t.bfloat16() for t in _forward_backward(lambda x: theirs(x, **kw), (x.bfloat16(),), torch.float32)]
+    own = _forward_backward(lambda x: theirs(x, **kw), (x.bfloat16(),), torch.bfloat16)
+    if ours is gt.max_pool2d:
+        assert torch.equal(mine[0], own[0])
+    for what, m, ref in zip(("y", "dx"), mine, exact):
+        assert m.dtype == torch.bfloat16 and _error(m, ref) <= BF16_ULP, (what, _error(m, ref))
+
+
+def test_converted_bfloat16_model_trains_like_pytorchs_bfloat16():
+    """A whole bfloat16 model (every converted module kind) against the same model on PyTorch's bfloat16:
+    each layer rounds its output once on both sides, and the roundings differ by an ulp here and there, which
+    later layers carry on: within 4 ulps of each tensor's scale. Gradients come back as bfloat16."""
+    torch.manual_seed(0)
+    theirs = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                           nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(), nn.AvgPool2d(2),
+                           nn.ConvTranspose2d(8, 4, 2, stride=2), nn.Conv2d(4, 2, 1)).bfloat16()
+    ours = gt.convert(copy.deepcopy(theirs))
+    x = _bf16(2, 3, 16, 16, seed=1)
+    results = []
+    for model in (ours, theirs):
+        xs = x.clone().requires_grad_()
+        y = model(xs)
+        y.backward(_bf16(*y.shape, seed=3))
+        results.append((y.detach(), xs.grad, {n: p.grad for n, p in model.named_parameters()}))
+    (y, dx, grads), (y_t, dx_t, grads_t) = results
+    assert y.dtype == dx.dtype == torch.bfloat16 and all(g.dtype == torch.bfloat16 for g in grads.values())
+    assert _error(y, y_t) <= 4 * BF16_ULP and _error(dx, dx_t) <= 4 * BF16_ULP
+    for name, g in grads.items():
+        assert _error(g, grads_t[name]) <= 4 * BF16_ULP, (name, _error(g, grads_t[name]))
+    torch.optim.SGD(ours.parameters(), lr=0.1).step()  # bfloat16 parameters take bfloat16 gradients
+    assert all(p.dtype == torch.bfloat16 for p in ours.parameters())
+
+
+def test_autocast_to_bfloat16_on_the_cpu_computes_convolutions_in_bfloat16_as_torch_does():
+    """CPU autocast's default dtype: convolutions cast to bfloat16 and return it, pooling keeps its input's
+    dtype (a bfloat16 one stays bfloat16); the parameters' gradients come back in their own float32."""
     torch.manual_seed(0)
     x = torch.randn(2, 3, 8, 8)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 2, 1))
-    expected = model(x)
-    gt.convert(model)
+    theirs = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 2, 1))
+    ours = gt.convert(copy.deepcopy(theirs))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = model(x)
-        pooled = gt.max_pool2d(x.bfloat16(), 2)  # a bfloat16 input (another op's output) is pooled in float32
-    assert y.dtype == torch.float32 and pooled.dtype == torch.float32
-    torch.testing.assert_close(y, expected)
-    y.sum().backward()
-    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+        y, y_t = ours(x), theirs(x)
+        pooled, pooled_float = gt.max_pool2d(x.bfloat16(), 2), gt.max_pool2d(x, 2)
+    assert y.dtype == y_t.dtype == pooled.dtype == torch.bfloat16 and pooled_float.dtype == torch.float32
+    assert _error(y, y_t) <= 2 * BF16_ULP  # an ulp flip in the first convolution's output reaches the second
+    y.float().sum().backward()
+    theirs_grads = torch.autograd.grad(y_t.float().sum(), list(theirs.parameters()))
+    for p, g in zip(ours.parameters(), theirs_grads):
+        assert p.grad.dtype == torch.float32 and _error(p.grad, g) <= 4 * BF16_ULP
 
 
 def test_autocast_to_float16_on_the_cpu_computes_in_float16_as_torch_does():

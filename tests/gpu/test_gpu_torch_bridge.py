@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="
               pytest.mark.skipif(torch is None or not torch.cuda.is_available(),
                                  reason="PyTorch with CUDA is not installed")]
 
-TOLERANCE = {"torch.float16": 1e-2, "torch.float32": 1e-5, "torch.float64": 1e-12}
+TOLERANCE = {"torch.float16": 1e-2, "torch.bfloat16": 2**-6, "torch.float32": 1e-5, "torch.float64": 1e-12}
 
 
 @pytest.fixture(autouse=True)
@@ -153,14 +153,24 @@ def test_autocast_float16_on_cuda_computes_in_float16():
     assert x.grad.dtype == w.grad.dtype == torch.float32
 
 
-def test_bfloat16_is_refused_and_autocast_to_bfloat16_computes_in_float32():
-    x, w = rand(1, 2, 5, 5), rand(3, 2, 3, 3, seed=1)
-    with pytest.raises(TypeError, match="bfloat16 is not supported yet"):
-        gt.conv2d(x.bfloat16(), w.bfloat16())
+def test_bfloat16_computes_in_bfloat16_and_so_does_autocast_to_it():
+    """bfloat16 CUDA tensors run our kernels on CuPy bfloat16 arrays (the bits exchanged by DLPack): outputs and
+    gradients are bfloat16, close to cuDNN's own (2^-6 of the output scale: a few bfloat16 roundings)."""
+    x, w = rand(2, 16, 9, 9, dtype=torch.bfloat16), rand(32, 16, 3, 3, dtype=torch.bfloat16, seed=1)
+    y, expected = gt.conv2d(x, w, padding=1), F.conv2d(x, w, padding=1)
+    assert y.dtype == torch.bfloat16
+    assert_close(y, expected, torch.bfloat16, "bfloat16 forward")
+    dy = torch.randn_like(expected)
+    ours = torch.autograd.grad(y, (x, w), dy)
+    theirs = torch.autograd.grad(expected, (x, w), dy)
+    for a, b, what in zip(ours, theirs, ("dx", "dw")):
+        assert a.dtype == torch.bfloat16
+        assert_close(a, b, torch.bfloat16, f"bfloat16 {what}")
+    x32, w32 = rand(1, 2, 5, 5), rand(3, 2, 3, 3, seed=1)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        y = gt.conv2d(x, w)
-    assert y.dtype == torch.float32
-    assert_close(y, F.conv2d(x, w), torch.float32, "autocast bfloat16")
+        y, expected = gt.conv2d(x32, w32), F.conv2d(x32, w32)
+    assert y.dtype == expected.dtype == torch.bfloat16
+    assert_close(y, expected, torch.bfloat16, "autocast bfloat16")
 
 
 def test_converted_resnet18_equals_cudnn():
