@@ -6,6 +6,7 @@ through ``ConvGeometry.create`` / ``PoolGeometry.create`` first, so the rules
 """
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -253,10 +254,65 @@ class ConvGeometry:
         """Multiply-adds counted as 2 FLOPs; the same count for fprop, dgrad and wgrad."""
         return 2 * self.N * self.K * self.P * self.Q * (self.C // self.groups) * self.R * self.S
 
+    def dgrad_phases(self) -> tuple["DgradPhase", ...]:
+        """dgrad split into its stride phases (the sub-pixel decomposition), one per (phase_h, phase_w) that
+        holds input pixels: one at stride 1. See DgradPhase."""
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        rows = [_dgrad_phase_axis(self.H, self.pad[0], self.P, self.R, sh, dh, a) for a in range(min(sh, self.H))]
+        cols = [_dgrad_phase_axis(self.W, self.pad[2], self.Q, self.S, sw, dw, b) for b in range(min(sw, self.W))]
+        phases = []
+        for (a, J, r_taps, top, bottom, dil_h) in rows:
+            for (b, L, s_taps, left, right, dil_w) in cols:
+                conv = None
+                if r_taps is not None and s_taps is not None:
+                    taps_h, taps_w = len(range(self.R)[r_taps]), len(range(self.S)[s_taps])
+                    conv = ConvGeometry(self.N, self.K, self.P, self.Q, self.C, taps_h, taps_w, J, L, (1, 1),
+                                        (dil_h, dil_w), (top, bottom, left, right), self.groups)
+                phases.append(DgradPhase(a, b, slice(a, self.H, sh), slice(b, self.W, sw), r_taps, s_taps, conv))
+        return tuple(phases)
+
     def check_output(self, grad_output, name: str = "grad_output") -> None:
         if tuple(grad_output.shape) != self.output_shape:
             raise ValueError(f"{name} must have shape {self.output_shape} for this convolution, "
                              f"got {tuple(grad_output.shape)}")
+
+
+@dataclass(frozen=True)
+class DgradPhase:
+    """One stride phase of dgrad: the input pixels dx[:, :, rows, cols] (h = phase_h + t*stride_h) and the
+    taps that reach them, w[:, :, r_taps, s_taps] (forward slices; None: no tap does, the gradient there is
+    zero). Their gradient is a stride-1 forward convolution, ``conv``: of dy (N, K, P, Q) with those taps
+    reversed and each group's weight transposed, (C, K / groups, R', S'), at dilation d / gcd(d, stride), with
+    padding that may be negative (a crop of dy); its output is (N, C, len(rows), len(cols)). At stride 1 the
+    one phase is the whole flipped filter with padding (R-1)*d - pad. Every tap belongs to one phase, so the
+    phases' work is the forward's."""
+    phase_h: int
+    phase_w: int
+    rows: slice
+    cols: slice
+    r_taps: slice | None
+    s_taps: slice | None
+    conv: "ConvGeometry | None"
+
+
+def _dgrad_phase_axis(size, pad, out_size, taps, stride, dilation, phase):
+    """One axis of a dgrad stride phase: (phase, J, tap slice or None, pad before, pad after, dilation).
+
+    Input positions h = phase + t*stride (t < J) receive dy[p] * w[r] for each tap r with
+    h + pad - r*dilation = p*stride: the taps r*dilation = phase + pad (mod stride), every
+    stride / gcd-th from the first. With them reversed (r' = 0 .. n-1 for r = last - r'*step),
+    p = t + r'*(dilation / gcd) - before: a stride-1 correlation whose padding before is
+    before = (last*dilation - phase - pad) / stride, after as the output length J requires.
+    """
+    J = -(-(size - phase) // stride)
+    reaching = [r for r in range(taps) if (phase + pad - r * dilation) % stride == 0]
+    if not reaching:
+        return phase, J, None, 0, 0, 1
+    g = math.gcd(dilation, stride)
+    first, last, step = reaching[0], reaching[-1], stride // g
+    before = (last * dilation - phase - pad) // stride
+    after = J - out_size + (dilation // g) * (len(reaching) - 1) - before
+    return phase, J, slice(first, last + 1, step), before, after, dilation // g
 
 
 def conv_transpose_geometry(input_shape, weight_shape, stride=1, padding=0, output_padding=0, dilation=1,
@@ -436,7 +492,7 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-__all__ = ["ConvGeometry", "PoolGeometry", "pair", "resolve_padding", "conv_output_size",
+__all__ = ["ConvGeometry", "DgradPhase", "PoolGeometry", "pair", "resolve_padding", "conv_output_size",
            "pool_output_size", "accumulation_dtype", "check_float_dtype", "check_pool_dtype", "check_same_dtype",
            "ceil_div", "FLOAT_DTYPES", "FLOAT_NAMES", "HALF_DTYPES", "BFLOAT16", "is_floating", "INTEGER_DTYPES",
            "line_as_plane", "line_padding_as_plane"]

@@ -538,60 +538,24 @@ def _prefer_col2im(g: ConvGeometry) -> bool:
     return g.K > 2 * g.C
 
 
-def _phase_axis(size, pad, out_size, k, stride, dilation, phase):
-    """One axis of one stride phase of the input gradient, or None if the phase holds no input.
-
-    Padded input positions i = j*stride + phase receive dy[j - m] * w[r] from each tap r with
-    r*dilation = m*stride + phase: a stride-1 correlation of dy with those taps reversed, at
-    dilation dilation/gcd. Returns (input slice, length J, tap slice or None, pad before, pad after,
-    dilation); the pads may be negative (crop dy).
-    """
-    j_lo = -((phase - pad) // stride)            # the first j with j*stride + phase >= pad
-    j_hi = (pad + size - 1 - phase) // stride     # the last j inside the input
-    J = j_hi - j_lo + 1
-    if J <= 0:
-        return None
-    start = j_lo * stride + phase - pad
-    rows = slice(start, start + (J - 1) * stride + 1, stride)
-    taps = [r for r in range(k) if (r * dilation - phase) % stride == 0]
-    if not taps:
-        return rows, J, None, 0, 0, 1
-    step = dilation // math.gcd(dilation, stride)
-    first, last = taps[0], taps[-1]
-    before = (last * dilation - phase) // stride - j_lo
-    after = J - out_size + step * (len(taps) - 1) - before
-    reversed_taps = slice(last, first - 1 if first else None, -(stride // math.gcd(dilation, stride)))
-    return rows, J, reversed_taps, before, after, step
-
-
 def _phase_grad_input(dy, weight, g, acc):
-    """dx phase by stride phase, each a stride-1 forward convolution of dy (one phase when stride is 1).
-
-    Every tap is used by exactly one phase, so the GEMM work equals the forward's,
+    """dx phase by stride phase (ConvGeometry.dgrad_phases), each a stride-1 forward convolution of dy (one
+    phase when stride is 1). Every tap is used by exactly one phase, so the GEMM work equals the forward's,
     and no col2im scatter-add is needed.
     """
-    (sh, sw), (dh, dw) = g.stride, g.dilation
     w5 = _grouped(weight, g)
     dx = None
-    for a in range(sh):
-        row = _phase_axis(g.H, g.pad[0], g.P, g.R, sh, dh, a)
-        for b in range(sw):
-            col = _phase_axis(g.W, g.pad[2], g.Q, g.S, sw, dw, b)
-            if row is None or col is None:
-                continue
-            rows, J, r_taps, top, bottom, dil_h = row
-            cols, L, s_taps, left, right, dil_w = col
-            if r_taps is None or s_taps is None:
-                continue  # no tap reaches this phase: its gradient stays zero
-            sub = w5[:, :, :, r_taps, s_taps]
-            phase_g = ConvGeometry(g.N, g.K, g.P, g.Q, g.C, sub.shape[3], sub.shape[4], J, L, (1, 1),
-                                   (dil_h, dil_w), (top, bottom, left, right), g.groups)
-            part = _gemm_forward(dy, sub.transpose(0, 2, 1, 3, 4), phase_g, acc)
-            if (J, L) == (g.H, g.W):
-                return part  # the only phase holding input (always so for stride 1)
-            if dx is None:
-                dx = np.zeros(g.input_shape, dtype=acc)
-            _copy(dx[:, :, rows, cols], part)
+    for phase in g.dgrad_phases():
+        if phase.conv is None:
+            continue  # no tap reaches this phase: its gradient stays zero
+        # the phase's taps reversed, each group's weight transposed: (G, Cg, Kg, R', S')
+        sub = w5[:, :, :, phase.r_taps, phase.s_taps][..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+        part = _gemm_forward(dy, sub, phase.conv, acc)
+        if (phase.conv.P, phase.conv.Q) == (g.H, g.W):
+            return part  # the only phase holding input (always so for stride 1)
+        if dx is None:
+            dx = np.zeros(g.input_shape, dtype=acc)
+        _copy(dx[:, :, phase.rows, phase.cols], part)
     return np.zeros(g.input_shape, dtype=acc) if dx is None else dx
 
 

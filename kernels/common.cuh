@@ -20,6 +20,11 @@ struct gpuconv_half {
     unsigned short bits;
 };
 
+// bfloat16 as a storage type: the raw bits (the top half of a float32). Arithmetic happens in float.
+struct gpuconv_bf16 {
+    unsigned short bits;
+};
+
 namespace gpuconv {
 
 // ------------------------------------------------------------------ bit casts
@@ -100,11 +105,32 @@ __device__ __forceinline__ gpuconv_half float_to_half(float f) {
     return h;
 }
 
+// -------------------------------------------------------- bfloat16 <-> float
+
+__device__ __forceinline__ float bf16_to_float(gpuconv_bf16 h) { return float_from_bits((unsigned int)h.bits << 16); }
+
+// Round to nearest, ties to even; NaN stays NaN (quiet; in software its sign and top payload bits are kept).
+// cvt.rn.bf16.f32 needs sm_80: older cards (and the CPU emulator) round in integer arithmetic.
+__device__ __forceinline__ gpuconv_bf16 float_to_bf16(float f) {
+    gpuconv_bf16 h;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h.bits) : "f"(f));
+#else
+    const unsigned int x = bits_from_float(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u)
+        h.bits = (unsigned short)((x >> 16) | 0x0040u);
+    else  // adding 0x7fff (+1 if the kept part is odd) carries exactly when the dropped half rounds up
+        h.bits = (unsigned short)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+#endif
+    return h;
+}
+
 // ------------------------------------------------- accumulator type and loads
 
-// The type sums are kept in: float for float16 and float32, double for float64.
+// The type sums are kept in: float for float16, bfloat16 and float32, double for float64.
 template <typename T> struct AccT;
 template <> struct AccT<gpuconv_half> { typedef float type; };
+template <> struct AccT<gpuconv_bf16> { typedef float type; };
 template <> struct AccT<float> { typedef float type; };
 template <> struct AccT<double> { typedef double type; };
 // Integers are only compared (max pooling): their "accumulator" is the integer itself.
@@ -115,6 +141,7 @@ template <> struct AccT<int> { typedef int type; };
 template <> struct AccT<long long> { typedef long long type; };
 
 __device__ __forceinline__ float to_acc(gpuconv_half v) { return half_to_float(v); }
+__device__ __forceinline__ float to_acc(gpuconv_bf16 v) { return bf16_to_float(v); }
 __device__ __forceinline__ float to_acc(float v) { return v; }
 __device__ __forceinline__ double to_acc(double v) { return v; }
 __device__ __forceinline__ unsigned char to_acc(unsigned char v) { return v; }
@@ -125,6 +152,7 @@ __device__ __forceinline__ long long to_acc(long long v) { return v; }
 
 template <typename T> __device__ __forceinline__ T from_acc(typename AccT<T>::type v);
 template <> __device__ __forceinline__ gpuconv_half from_acc<gpuconv_half>(float v) { return float_to_half(v); }
+template <> __device__ __forceinline__ gpuconv_bf16 from_acc<gpuconv_bf16>(float v) { return float_to_bf16(v); }
 template <> __device__ __forceinline__ float from_acc<float>(float v) { return v; }
 template <> __device__ __forceinline__ double from_acc<double>(double v) { return v; }
 template <> __device__ __forceinline__ unsigned char from_acc<unsigned char>(unsigned char v) { return v; }

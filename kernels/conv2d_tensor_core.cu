@@ -1,8 +1,8 @@
 // conv2d_tensor_core.cu -- forward convolution as an implicit GEMM on the tensor cores (mma.sync, sm_80+):
-// float16 and bfloat16 storage with float32 accumulation, and TF32 for float32. dgrad at stride 1 runs on it
-// too: dx = conv2d(dy, w transposed per group and flipped), with padding (R-1)*dilation - pad (per side).
-// wgrad (float16, bfloat16) has its own main loop at the end of this file: dw = dy^T x_col on pixel-major packed
-// x and dy, fragments by ldmatrix.trans (no TF32: ldmatrix moves 16-bit elements).
+// float16 and bfloat16 storage with float32 accumulation, and TF32 for float32. dgrad runs on it too, one
+// stride phase at a time: dx = conv2d(dy, w transposed per group and flipped) over the taps reaching a phase.
+// wgrad has its own main loop at the end of this file: dw = dy^T x_col on pixel-major packed x and dy,
+// fragments by ldmatrix.trans (halves) or 128-bit shared loads of a permuted tile (TF32).
 //
 // The design is CUTLASS's analytic NHWC fprop (cutlass/conv/threadblock/conv2d_fprop_activation_tile_access_
 // iterator_analytic.h and the sm80 multistage mainloop), on a pre-packed copy of the operands:
@@ -32,11 +32,14 @@
 // K-contiguous); per 16 (halves) or 8 (TF32) reduction steps a warp loads 4 A and 4 B ldmatrix.x4 and
 // issues 4 x 8 mma.sync m16n8k16 (m16n8k8 for TF32): 4 mma per ldmatrix.
 //
-// dgrad (stride 1): dx[n, c, h, w] = sum over k, r, s of dy[n, k, h + pad_top - r*dh, w + pad_left - s*dw] *
+// dgrad: at stride 1, dx[n, c, h, w] = sum over k, r, s of dy[n, k, h + pad_top - r*dh, w + pad_left - s*dw] *
 // w[k, c, r, s] is the fprop of dy (C' = K channels, H' x W' = P x Q) with the filters w'[c, k, r', s'] =
 // w[k, c, R-1-r', S-1-s'] (K' = C filters), stride 1, the same dilation and padding (R-1)*dh - pad_top
 // (maybe negative) and (S-1)*dw - pad_left, whose output is H x W: the pack kernels and the main kernel
-// take that fprop's shape (pack_weight_flipped packs w').
+// take that fprop's shape (pack_weight_flipped packs w'). At a larger stride each stride phase of dx (the
+// pixels h = phase + t*stride) is such an fprop of dy with the taps that reach it (every stride/gcd-th, at
+// dilation d/gcd: gpuconv._shapes.ConvGeometry.dgrad_phases); the host copies those taps of w out, and the
+// phase's output into its pixels of dx.
 //
 // Launch: pack kernels on grid-stride grids, then grid (ceil(N*P*Q / BLOCK_M), ceil(Kg / BLOCK_N), groups),
 // Tile::THREADS threads, static shared memory STAGES * (BLOCK_M + BLOCK_N) * 64 bytes (48 KiB at 3 stages:
@@ -123,7 +126,7 @@ __device__ __forceinline__ void pack_weight_krsc(const T* __restrict__ w, T* __r
     }
 }
 
-// The weights of dgrad at stride 1 run as this fprop (see the top): over the shape of that fprop (C' = K,
+// The weights of dgrad (a phase's taps) run as this fprop (see the top): over the shape of that fprop (C' = K,
 // K' = C, Cg' = Kg, Kg' = Cg), wp[c', r, s, k] = k < Kg ? w[g*Kg + k, c' - g*Cg, R-1-r, S-1-s] : 0 with
 // g = c' / Cg -- each group's weight transposed and both taps flipped.
 template <typename T>
@@ -424,15 +427,15 @@ __device__ __forceinline__ void conv2d_fprop_tensor_op(const T* __restrict__ xp,
         gpuconv::pack_weight_krsc<T>(w, wp, GPUCONV_CONV_SHAPE);                                \
     }
 
-// wp (C, R, S, Kgp) from w (K, C / groups, R, S), transposed per group and flipped: dgrad as an fprop, whose
-// shape the kernel takes (gpuconv/cuda/registry.py, dgrad_as_fprop); float32 rounded to TF32.
+// wp (C, R, S, Kgp) from w (K, C / groups, R, S), transposed per group and flipped: a dgrad phase as an fprop,
+// whose shape the kernel takes (gpuconv/cuda/registry.py, tensor_op_dgrad_phases); float32 rounded to TF32.
 #define GPUCONV_TENSOR_OP_PACK_WEIGHT_FLIPPED_KERNEL(NAME, T, ACC)                             \
     extern "C" __global__ void NAME(const T* __restrict__ w, T* __restrict__ wp, GPUCONV_CONV_SHAPE_PARAMS) { \
         gpuconv::pack_weight_flipped<T>(w, wp, GPUCONV_CONV_SHAPE);                             \
     }
 
-// y (N, K, P, Q) = conv2d(x, w) from the packed xp and wp. Two blocks per SM: 255 registers at most. dgrad at
-// stride 1 instantiates it too, under its own name: dx = conv2d(dy, flipped w) on the shape of that fprop.
+// y (N, K, P, Q) = conv2d(x, w) from the packed xp and wp. Two blocks per SM: 255 registers at most. dgrad
+// instantiates it too, under its own name: a phase of dx = conv2d(dy, flipped w) on the shape of that fprop.
 #define GPUCONV_FPROP_TENSOR_OP_KERNEL(NAME, T, ACC, THREADS, ...)                              \
     extern "C" __global__ void __launch_bounds__(THREADS, 2)                                    \
         NAME(const T* __restrict__ xp, const T* __restrict__ wp, T* __restrict__ y, GPUCONV_CONV_SHAPE_PARAMS) { \
@@ -441,47 +444,142 @@ __device__ __forceinline__ void conv2d_fprop_tensor_op(const T* __restrict__ xp,
 
 // ------------------------------------------------------------------------------------------------ wgrad
 //
-// wgrad (float16, bfloat16; float32 accumulation): for each group g the GEMM
+// wgrad (float16, bfloat16 and TF32; float32 accumulation): for each group g the GEMM
 //     dw[k, j] = sum_m dyp[m, g*Kgp + k] * A_x[m, j]
 // over k a filter of the group (Kg rows), j = (r, s, c) a tap and a padded input channel (R*S*Cgp columns, c
 // fastest) and m = (n, p, q) an output pixel (the reduction, N*P*Q), with dyp = dy packed NHWC ((N, P, Q,
 // G*Kgp): the input pack over dy's shape) and A_x[m, j] = xp[n, p*stride_h - pad_top + r*dilation_h,
 // q*stride_w - pad_left + s*dilation_w, g*Cgp + c] (zero in the padding: cp.async's zero fill).
-// Both operands are pixel-major: a slice holds 32 pixel rows of 128 filters (A) and of 128 columns j (B),
-// 256-byte rows of 16 chunks, chunk c of row r stored at c ^ (r % 8) (8 consecutive rows of one chunk cover
-// all 32 banks; so do the 8 chunks of one row a quarter-warp of cp.async writes). The fragments, whose
-// reduction index is the row, come from ldmatrix.x4.trans. A thread's B chunk column is fixed for the whole
-// loop (its tap and channel: one division, before it); each slice divides its 4 pixel rows (FastDivisor).
-// Padding taps are zero-filled copies that the GEMM multiplies: 0 * NaN and 0 * inf in dy give NaN as the
-// padding NaN rule wants (tests/test_padding_nan_rule.py). One block per output tile: no split of the
-// reduction (a block walks all N*P*Q pixels).
+// Both operands are pixel-major: a slice holds BLOCK_K pixel rows of 128 filters (A) and of 128 columns j (B),
+// rows of 16 chunks (halves: 256 bytes) or 32 (floats: 512 bytes). The fragments' reduction index is the row,
+// so they are loaded across rows (WgradFragments):
+//   * halves: ldmatrix.x4.trans, chunk c of row r stored at c ^ (r % 8) (8 consecutive rows of one chunk
+//     cover all 32 banks; so do the 8 chunks of one row a quarter-warp of cp.async writes);
+//   * TF32 (ldmatrix moves 16-bit elements, and .trans would split a float): 128-bit shared loads of rows,
+//     into mma.m16n8k4, whose fragments hold one reduction index per lane: A[g][t], A[g+8][t] and B[t][g].
+//     (m16n8k8's pair pixels t and t + 4 in one register group, which two row loads fill only through
+//     register moves: twice the main loop.) Lane (g, t) reads pixel row t of the step, and the tile rows and
+//     columns are permuted so that the 8 filters (i, half) and the 8 columns j a lane needs are adjacent:
+//     filter 8g + 2i + half of the warp tile is row g + 8 half of m16 tile i, column 8g + j is column g of n8
+//     tile j. Two 16-byte loads per operand give a lane all its fragments of a step, in place: 4 loads for 32
+//     mma of half the depth (the halves' ldmatrix.x4 feed 32 mma of 16 with 8). Chunk c of row r is stored at
+//     c ^ ((r & 1) | (r & 2) << 1): a quarter-warp's 8 loads (rows t = 0..3, chunks 2g(+1) for two g) then
+//     fall in 8 distinct 16-byte bank groups.
+// A thread's B chunk column is fixed for the whole loop (its tap and channel: one division, before it); each
+// slice divides its pixel rows (FastDivisor). Padding taps are zero-filled copies that the GEMM multiplies:
+// 0 * NaN and 0 * inf in dy give NaN as the padding NaN rule wants (tests/test_padding_nan_rule.py). One
+// block per output tile: no split of the reduction (a block walks all N*P*Q pixels).
 // Launch: pack x (shape) and dy (the input pack over (N, K, P, Q)), then grid (ceil(Kg / BLOCK_M),
 // ceil(R*S*Cgp / BLOCK_N), groups), Tile::THREADS threads, 48 KiB of static shared memory at 3 stages.
 
 namespace gpuconv {
 
-template <typename T, class Tile>
-struct WgradTensorOpShared {
-    static constexpr int A_CHUNKS = Tile::BLOCK_M * (int)sizeof(T) / 16, B_CHUNKS = Tile::BLOCK_N * (int)sizeof(T) / 16;
-    static_assert(A_CHUNKS == 16 && B_CHUNKS == 16, "the swizzle is written for 256-byte rows: 128 halves");
-    Chunk16 a[Tile::STAGES][Tile::BLOCK_K * A_CHUNKS];
-    Chunk16 b[Tile::STAGES][Tile::BLOCK_K * B_CHUNKS];
+// How a warp reads its wgrad fragments out of a slice, per storage type: the row layout, the swizzle, the loads
+// of one reduction step and which filter and column each accumulator element is (see above).
+template <typename T, class Tile> struct WgradFragments;
+
+template <typename T, class Tile> struct WgradHalfFragments {
+    static constexpr int ROW_CHUNKS = 16, MMA_K = 16, A_REGS = 4, B_REGS = 2;
+    static __device__ __forceinline__ int swizzled(int row, int chunk) { return row * 16 + (chunk ^ (row & 7)); }
+    static __device__ __forceinline__ void mma(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2]) {
+        TensorOpMath<T>::mma(d, a, b);
+    }
+
+    int a_lane[Tile::BLOCK_K / 16][Tile::M_TILES], b_lane[Tile::BLOCK_K / 16][Tile::N_TILES / 2];
+
+    // ldmatrix.trans rows are pixels. A matrices (filters 0-7, pixels 0-7), (8-15, 0-7), (0-7, 8-15), (8-15,
+    // 8-15) of a 16 x 16 tile are a[0..3]; B matrices (pixels 0-7, n 0-7), (8-15, 0-7), (0-7, 8-15), (8-15,
+    // 8-15) the b of two n8 tiles.
+    __device__ __forceinline__ WgradHalfFragments(int lane, int warp_m, int warp_n) {
+#pragma unroll
+        for (int step = 0; step < Tile::BLOCK_K / 16; ++step) {
+            const int a_row = 16 * step + (lane & 7) + ((lane >> 4) & 1) * 8;
+            const int b_row = 16 * step + (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+            for (int i = 0; i < Tile::M_TILES; ++i)
+                a_lane[step][i] = swizzled(a_row, (warp_m * Tile::WARP_M + 16 * i) / 8 + ((lane >> 3) & 1));
+#pragma unroll
+            for (int j = 0; j < Tile::N_TILES / 2; ++j)
+                b_lane[step][j] = swizzled(b_row, (warp_n * Tile::WARP_N + 16 * j) / 8 + (lane >> 4));
+        }
+    }
+    __device__ __forceinline__ void load(const Chunk16* a_slice, const Chunk16* b_slice, int step,
+                                         unsigned int (&a)[Tile::M_TILES][4], unsigned int (&b)[Tile::N_TILES][2]) const {
+#pragma unroll
+        for (int i = 0; i < Tile::M_TILES; ++i) ldmatrix_x4_trans(a[i], a_slice + a_lane[step][i]);
+#pragma unroll
+        for (int j = 0; j < Tile::N_TILES / 2; ++j) {
+            unsigned int pair[4];
+            ldmatrix_x4_trans(pair, b_slice + b_lane[step][j]);
+            b[2 * j][0] = pair[0], b[2 * j][1] = pair[1], b[2 * j + 1][0] = pair[2], b[2 * j + 1][1] = pair[3];
+        }
+    }
+    // The warp-tile filter of rows g + 8 half of m16 tile i, and column of 2t + e of n8 tile j.
+    static __device__ __forceinline__ int filter(int i, int half, int g) { return 16 * i + g + 8 * half; }
+    static __device__ __forceinline__ int column(int j, int e, int t) { return 8 * j + 2 * t + e; }
 };
 
-// Chunk c of row r of a 16-chunk row: at c ^ (r % 8).
-__device__ __forceinline__ int swizzled16(int row, int chunk) { return row * 16 + (chunk ^ (row & 7)); }
+template <class Tile> struct WgradFragments<gpuconv_half, Tile> : WgradHalfFragments<gpuconv_half, Tile> {
+    using WgradHalfFragments<gpuconv_half, Tile>::WgradHalfFragments;
+};
+template <class Tile> struct WgradFragments<gpuconv_bf16, Tile> : WgradHalfFragments<gpuconv_bf16, Tile> {
+    using WgradHalfFragments<gpuconv_bf16, Tile>::WgradHalfFragments;
+};
+
+template <class Tile> struct WgradFragments<float, Tile> {
+    static constexpr int ROW_CHUNKS = 32, MMA_K = 4, A_REGS = 2, B_REGS = 1;
+    static_assert(Tile::WARP_M == 64 && Tile::WARP_N == 64, "a lane's 8 filters and 8 columns: 64-wide warp tiles");
+    static __device__ __forceinline__ int swizzled(int row, int chunk) {
+        return row * 32 + (chunk ^ ((row & 1) | ((row & 2) << 1)));
+    }
+    static __device__ __forceinline__ void mma(float (&d)[4], const unsigned int (&a)[2], const unsigned int (&b)[1]) {
+        mma_m16n8k4_tf32(d, a, b, d);
+    }
+
+    int a_chunk, b_chunk, t;  // this lane's first filter chunk and column chunk of the warp tile; its pixel row
+
+    __device__ __forceinline__ WgradFragments(int lane, int warp_m, int warp_n)
+        : a_chunk(warp_m * Tile::WARP_M / 4 + 2 * (lane >> 2)), b_chunk(warp_n * Tile::WARP_N / 4 + 2 * (lane >> 2)),
+          t(lane & 3) {}
+
+    __device__ __forceinline__ void load(const Chunk16* a_slice, const Chunk16* b_slice, int step,
+                                         unsigned int (&a)[Tile::M_TILES][2], unsigned int (&b)[Tile::N_TILES][1]) const {
+        // lane (g, t): filters 8g .. 8g + 7 and columns 8g .. 8g + 7 of the warp tile at pixel row t of the step
+        const int row = MMA_K * step + t;
+        const Chunk16 a0 = a_slice[swizzled(row, a_chunk)], a1 = a_slice[swizzled(row, a_chunk + 1)];
+        const Chunk16 b0 = b_slice[swizzled(row, b_chunk)], b1 = b_slice[swizzled(row, b_chunk + 1)];
+#pragma unroll
+        for (int i = 0; i < Tile::M_TILES; ++i) {  // filters 8g + 2i (row g) and 8g + 2i + 1 (row g + 8)
+            a[i][0] = (i < 2 ? a0 : a1).word[2 * (i & 1)];
+            a[i][1] = (i < 2 ? a0 : a1).word[2 * (i & 1) + 1];
+        }
+#pragma unroll
+        for (int j = 0; j < Tile::N_TILES; ++j) b[j][0] = (j < 4 ? b0 : b1).word[j & 3];  // column 8g + j
+    }
+    static __device__ __forceinline__ int filter(int i, int half, int g) { return 8 * g + 2 * i + half; }
+    static __device__ __forceinline__ int column(int j, int e, int t) { return 8 * (2 * t + e) + j; }
+};
+
+template <typename T, class Tile>
+struct WgradTensorOpShared {
+    static constexpr int ROW_CHUNKS = WgradFragments<T, Tile>::ROW_CHUNKS;
+    static_assert(Tile::BLOCK_M * (int)sizeof(T) == 16 * ROW_CHUNKS && Tile::BLOCK_N == Tile::BLOCK_M,
+                  "rows of 128 filters and of 128 columns");
+    Chunk16 a[Tile::STAGES][Tile::BLOCK_K * ROW_CHUNKS];
+    Chunk16 b[Tile::STAGES][Tile::BLOCK_K * ROW_CHUNKS];
+};
 
 template <typename T, class Tile>
 __device__ __forceinline__ void conv2d_wgrad_tensor_op(const T* __restrict__ xp, const T* __restrict__ dyp,
                                                        T* __restrict__ dw, const ConvShape shape) {
     typedef WgradTensorOpShared<T, Tile> Shared;
+    typedef WgradFragments<T, Tile> Fragments;
     constexpr int BM = Tile::BLOCK_M, BN = Tile::BLOCK_N, BK = Tile::BLOCK_K, STAGES = Tile::STAGES;
-    constexpr int EPC = ChunkOf<T>::ELEMENTS;
-    constexpr int LOAD_ROWS = Tile::THREADS / 16;       // pixel rows a pass of the block's threads loads
-    constexpr int LOADS = BK / LOAD_ROWS;               // per operand and thread
-    constexpr int K_STEPS = BK / TensorOpMath<T>::MMA_K;
-    static_assert(TensorOpMath<T>::MMA_K == 16, "ldmatrix.trans moves 16-bit elements: no TF32 wgrad");
-    static_assert(BK % LOAD_ROWS == 0, "whole passes of the loaders");
+    constexpr int EPC = ChunkOf<T>::ELEMENTS, ROW_CHUNKS = Fragments::ROW_CHUNKS;
+    constexpr int LOAD_ROWS = Tile::THREADS / ROW_CHUNKS;  // pixel rows a pass of the block's threads loads
+    constexpr int LOADS = BK / LOAD_ROWS;                   // per operand and thread
+    constexpr int K_STEPS = BK / Fragments::MMA_K;
+    static_assert(BK % LOAD_ROWS == 0 && Tile::THREADS % ROW_CHUNKS == 0, "whole passes of the loaders");
     __shared__ Shared smem;
 
     const int group = (int)blockIdx.z;
@@ -494,10 +592,10 @@ __device__ __forceinline__ void conv2d_wgrad_tensor_op(const T* __restrict__ xp,
     const int slices = (pixels + BK - 1) / BK;
 
     const int tid = (int)threadIdx.x;
-    const int load_chunk = tid & 15, load_row = tid >> 4;
-    const int store_chunk = swizzled16(load_row, load_chunk);  // rows LOAD_ROWS (8) apart share the swizzle
+    const int load_chunk = tid % ROW_CHUNKS, load_row = tid / ROW_CHUNKS;
+    const int store_chunk = Fragments::swizzled(load_row, load_chunk);  // rows LOAD_ROWS apart share the swizzle
 
-    // A: this thread's 8 filters of dyp (the same for every pixel row); valid inside the padded group.
+    // A: this thread's chunk of filters of dyp (the same for every pixel row); valid inside the padded group.
     const int a_k = k_first + load_chunk * EPC;
     const bool a_valid = a_k < Kgp;
     const int a_column = group * Kgp + a_k;
@@ -519,7 +617,7 @@ __device__ __forceinline__ void conv2d_wgrad_tensor_op(const T* __restrict__ xp,
         for (int i = 0; i < LOADS; ++i) {
             const int m = slice * BK + load_row + LOAD_ROWS * i;
             const bool m_valid = m < pixels;
-            cp_async_16_zfill(a_dst + i * LOAD_ROWS * 16, dyp + (m * dy_stride + a_column),
+            cp_async_16_zfill(a_dst + i * LOAD_ROWS * ROW_CHUNKS, dyp + (m * dy_stride + a_column),
                               m_valid && a_valid ? 16 : 0);
             const int m_last = min_of(m, pixels - 1);
             const int n = by_pq.divide(m_last), pq = m_last - n * PQ;
@@ -527,27 +625,13 @@ __device__ __forceinline__ void conv2d_wgrad_tensor_op(const T* __restrict__ xp,
             const int h = p * shape.stride_h + b_dh, w = q * shape.stride_w + b_dw;
             const bool valid = m_valid && b_valid && (unsigned)h < (unsigned)shape.H && (unsigned)w < (unsigned)shape.W;
             const int b_offset = ((n * shape.H + h) * shape.W + w) * pixel_stride + b_column;
-            cp_async_16_zfill(b_dst + i * LOAD_ROWS * 16, xp + b_offset, valid ? 16 : 0);
+            cp_async_16_zfill(b_dst + i * LOAD_ROWS * ROW_CHUNKS, xp + b_offset, valid ? 16 : 0);
         }
     };
 
-    // Warps: (warp_m, warp_n); ldmatrix.trans rows are pixels. A matrices (filters 0-7, pixels 0-7), (8-15,
-    // 0-7), (0-7, 8-15), (8-15, 8-15) of a 16 x 16 tile are a[0..3]; B matrices (pixels 0-7, n 0-7), (8-15,
-    // 0-7), (0-7, 8-15), (8-15, 8-15) the b[0..1] of two n8 tiles.
     const int lane = lane_id(), warp = warp_id();
     const int warp_m = warp % Tile::WARPS_M, warp_n = warp / Tile::WARPS_M;
-    int a_lane[K_STEPS][Tile::M_TILES], b_lane[K_STEPS][Tile::N_TILES / 2];
-#pragma unroll
-    for (int step = 0; step < K_STEPS; ++step) {
-        const int a_row = 16 * step + (lane & 7) + ((lane >> 4) & 1) * 8;
-        const int b_row = 16 * step + (lane & 7) + ((lane >> 3) & 1) * 8;
-#pragma unroll
-        for (int i = 0; i < Tile::M_TILES; ++i)
-            a_lane[step][i] = swizzled16(a_row, (warp_m * Tile::WARP_M + 16 * i) / 8 + ((lane >> 3) & 1));
-#pragma unroll
-        for (int j = 0; j < Tile::N_TILES / 2; ++j)
-            b_lane[step][j] = swizzled16(b_row, (warp_n * Tile::WARP_N + 16 * j) / 8 + (lane >> 4));
-    }
+    const Fragments fragments(lane, warp_m, warp_n);
 
     float acc[Tile::M_TILES][Tile::N_TILES][4];
 #pragma unroll
@@ -572,33 +656,27 @@ __device__ __forceinline__ void conv2d_wgrad_tensor_op(const T* __restrict__ xp,
 
 #pragma unroll
         for (int step = 0; step < K_STEPS; ++step) {
-            unsigned int a[Tile::M_TILES][4], b[Tile::N_TILES / 2][4];
-#pragma unroll
-            for (int i = 0; i < Tile::M_TILES; ++i) ldmatrix_x4_trans(a[i], &smem.a[read_stage][a_lane[step][i]]);
-#pragma unroll
-            for (int j = 0; j < Tile::N_TILES / 2; ++j) ldmatrix_x4_trans(b[j], &smem.b[read_stage][b_lane[step][j]]);
+            unsigned int a[Tile::M_TILES][Fragments::A_REGS], b[Tile::N_TILES][Fragments::B_REGS];
+            fragments.load(smem.a[read_stage], smem.b[read_stage], step, a, b);
 #pragma unroll
             for (int i = 0; i < Tile::M_TILES; ++i)
 #pragma unroll
-                for (int j = 0; j < Tile::N_TILES; ++j) {
-                    const unsigned int b_pair[2] = {b[j / 2][2 * (j % 2)], b[j / 2][2 * (j % 2) + 1]};
-                    TensorOpMath<T>::mma(acc[i][j], a[i], b_pair);
-                }
+                for (int j = 0; j < Tile::N_TILES; ++j) Fragments::mma(acc[i][j], a[i], b[j]);
         }
         read_stage = read_stage == STAGES - 1 ? 0 : read_stage + 1;
         write_stage = write_stage == STAGES - 1 ? 0 : write_stage + 1;
     }
     cp_async_wait_all();
 
-    // Epilogue: acc[i][j] holds filters g and g + 8, columns 2t and 2t + 1 of the 16 x 8 tile (i, j);
-    // dw[group*Kg + k, c, r, s] for c < Cg.
+    // Epilogue: acc[i][j] holds rows g and g + 8, columns 2t and 2t + 1 of the 16 x 8 tile (i, j), which are
+    // the filters and columns Fragments::filter / column name; dw[group*Kg + k, c, r, s] for c < Cg.
     const int g = lane >> 2, t = lane & 3;
     const int taps = shape.R * shape.S;
 #pragma unroll
     for (int j = 0; j < Tile::N_TILES; ++j)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-            const int column = j_first + warp_n * Tile::WARP_N + 8 * j + 2 * t + e;
+            const int column = j_first + warp_n * Tile::WARP_N + Fragments::column(j, e, t);
             if (column >= columns) continue;
             const int tap = column / Cgp, c = column - tap * Cgp;
             if (c >= Cg) continue;
@@ -606,7 +684,7 @@ __device__ __forceinline__ void conv2d_wgrad_tensor_op(const T* __restrict__ xp,
             for (int i = 0; i < Tile::M_TILES; ++i)
 #pragma unroll
                 for (int half = 0; half < 2; ++half) {
-                    const int k = k_first + warp_m * Tile::WARP_M + 16 * i + g + 8 * half;
+                    const int k = k_first + warp_m * Tile::WARP_M + Fragments::filter(i, half, g);
                     if (k >= Kg) continue;
                     dw[((long long)(group * Kg + k) * Cg + c) * taps + tap] = from_acc<T>(acc[i][j][2 * half + e]);
                 }

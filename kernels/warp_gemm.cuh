@@ -108,6 +108,11 @@ __device__ __forceinline__ gpuconv_half load_readonly(const gpuconv_half* p) {
     h.bits = __ldg(reinterpret_cast<const unsigned short*>(p));
     return h;
 }
+__device__ __forceinline__ gpuconv_bf16 load_readonly(const gpuconv_bf16* p) {
+    gpuconv_bf16 h;
+    h.bits = __ldg(reinterpret_cast<const unsigned short*>(p));
+    return h;
+}
 
 // One tap-major convolution GEMM, as the kernels' wrappers describe it. Its rows are the pixels (p, q) of
 // an N x P x Q grid; pixel (p, q) reads input row  p*in_stride_h + in_origin_h + i*in_step_h  under tap row

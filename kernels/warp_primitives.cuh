@@ -1,6 +1,6 @@
 // warp_primitives.cuh -- the warp-level building blocks of gpuconv's tensor-core kernels (sm_80 and newer):
 // lane and warp ids, shuffle and vote wrappers, ldmatrix, mma.sync (float16, bfloat16, TF32 inputs with
-// float32 accumulators), cvt.rna.tf32, the bfloat16 storage type, cp.async.
+// float32 accumulators), cvt.rna.tf32, cp.async (the bfloat16 storage type is common.cuh's).
 //
 // One text, three compilations:
 //   * on the GPU (__CUDA_ARCH__: NVRTC or nvcc, sm_80+): inline PTX. Compiled for an older architecture,
@@ -9,8 +9,8 @@
 //     on the emulator's warp rendezvous (gpuconv_emu_warp_collective), computing for each lane exactly what
 //     the PTX ISA says that lane receives;
 //   * in nvcc's host pass (neither): bodies that are never called.
-// Include it after common.cuh. No system headers (NVRTC on CI has none): bfloat16 is our own storage type,
-// like gpuconv_half. The loader pastes this file in place of its `#include` line, like common.cuh.
+// Include it after common.cuh. No system headers (NVRTC on CI has none). The loader pastes this file in place
+// of its `#include` line, like common.cuh.
 //
 // Sources of the fragment layouts (each lane's elements) and instruction semantics:
 //   * PTX ISA, "Warp-level matrix load instruction: ldmatrix", "Matrix Fragments for mma.m16n8k16 with
@@ -30,6 +30,8 @@
 //     B (16x8, "col": K x N) 2 x b32: b[0] = B[2t][g], B[2t+1][g]; b[1] = B[2t+8][g], B[2t+9][g]
 //   m16n8k8 .tf32, A (16x8) 4 x b32: a[0] = A[g][t]; a[1] = A[g+8][t]; a[2] = A[g][t+4]; a[3] = A[g+8][t+4]
 //     B (8x8) 2 x b32: b[0] = B[t][g]; b[1] = B[t+4][g]
+//   m16n8k4 .tf32, A (16x4) 2 x b32: a[0] = A[g][t]; a[1] = A[g+8][t]; B (4x8) 1 x b32: b[0] = B[t][g]
+//     (CUTLASS: SM80_16x8x4_F32TF32TF32F32_TN)
 //   C and D (16x8 float32, both shapes): c[0], c[1] = C[g][2t], C[g][2t+1]; c[2], c[3] = C[g+8][2t..2t+1]
 //   ldmatrix .m8n8 .b16 xN: lanes 8i..8i+7 give the 16-byte-aligned shared addresses of rows 0..7 of matrix i
 //     (lanes past 8N are ignored); r[i] of lane l = row l/4, elements 2(l%4), 2(l%4)+1 (lo, hi) of matrix i;
@@ -63,35 +65,7 @@
 #define GPUCONV_WARP_AT
 #endif
 
-// bfloat16 as a storage type: the raw bits (the top half of a float32). Arithmetic happens in float.
-struct gpuconv_bf16 {
-    unsigned short bits;
-};
-
 namespace gpuconv {
-
-// ------------------------------------------------------------------------------------- bfloat16
-
-__device__ __forceinline__ float bf16_to_float(gpuconv_bf16 h) { return float_from_bits((unsigned int)h.bits << 16); }
-
-// Round to nearest, ties to even; NaN stays NaN (quiet; on the CPU its sign and top payload bits are kept).
-__device__ __forceinline__ gpuconv_bf16 float_to_bf16(float f) {
-    gpuconv_bf16 h;
-#ifdef __CUDA_ARCH__
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h.bits) : "f"(f));
-#else
-    const unsigned int x = bits_from_float(f);
-    if ((x & 0x7fffffffu) > 0x7f800000u)
-        h.bits = (unsigned short)((x >> 16) | 0x0040u);
-    else  // adding 0x7fff (+1 if the kept part is odd) carries exactly when the dropped half rounds up
-        h.bits = (unsigned short)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
-#endif
-    return h;
-}
-
-template <> struct AccT<gpuconv_bf16> { typedef float type; };
-__device__ __forceinline__ float to_acc(gpuconv_bf16 v) { return bf16_to_float(v); }
-template <> __device__ __forceinline__ gpuconv_bf16 from_acc<gpuconv_bf16>(float v) { return float_to_bf16(v); }
 
 // Two 16-bit values in one b32 register, `lo` in bits 0-15: the element order of every fragment below.
 __device__ __forceinline__ unsigned int pack_half2(gpuconv_half lo, gpuconv_half hi) {
@@ -235,7 +209,7 @@ void ldmatrix(unsigned int (&r)[N], const void* row, const char* file, int line)
     for (int i = 0; i < N; ++i) r[i] = out[i];
 }
 
-enum MmaKind { MMA_F16, MMA_BF16, MMA_TF32 };
+enum MmaKind { MMA_F16, MMA_BF16, MMA_TF32, MMA_TF32_K4 };
 struct MmaIn {
     unsigned int a[4], b[2];
     float c[4];
@@ -257,12 +231,15 @@ __device__ __forceinline__ float mma_element(unsigned int reg, int high, int kin
 template <int KIND>
 void mma_combine(unsigned int mask, const void* const* in, void* const* out) {
     (void)mask;
-    const int K = KIND == MMA_TF32 ? 8 : 16;
+    const int K = KIND == MMA_TF32 ? 8 : KIND == MMA_TF32_K4 ? 4 : 16;
     float A[16][16], B[16][8], D[16][8];
     for (int l = 0; l < 32; ++l) {
         const MmaIn& x = *static_cast<const MmaIn*>(in[l]);
         const int g = l >> 2, t = l & 3;
-        if (KIND == MMA_TF32) {
+        if (KIND == MMA_TF32_K4) {  // a[0..1], b[0]
+            for (int i = 0; i < 2; ++i) A[g + 8 * i][t] = float_from_bits(x.a[i] & 0xffffe000u);
+            B[t][g] = float_from_bits(x.b[0] & 0xffffe000u);
+        } else if (KIND == MMA_TF32) {
             for (int i = 0; i < 4; ++i) A[g + 8 * (i & 1)][t + 4 * (i >> 1)] = float_from_bits(x.a[i] & 0xffffe000u);
             for (int i = 0; i < 2; ++i) B[t + 4 * i][g] = float_from_bits(x.b[i] & 0xffffe000u);
         } else {
@@ -296,8 +273,10 @@ void mma(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2], 
     x.b[0] = b[0];
     x.b[1] = b[1];
     float out[4];
-    const char* what = KIND == MMA_F16 ? "mma.m16n8k16.f32.f16" : KIND == MMA_BF16 ? "mma.m16n8k16.f32.bf16"
-                                                                                   : "mma.m16n8k8.f32.tf32";
+    const char* what = KIND == MMA_F16    ? "mma.m16n8k16.f32.f16"
+                       : KIND == MMA_BF16 ? "mma.m16n8k16.f32.bf16"
+                       : KIND == MMA_TF32 ? "mma.m16n8k8.f32.tf32"
+                                          : "mma.m16n8k4.f32.tf32";
     gpuconv_emu_warp_collective(0xffffffffu, what, mma_combine<KIND>, &x, out, true, file, line);
     for (int i = 0; i < 4; ++i) d[i] = out[i];
 }
@@ -407,6 +386,24 @@ __device__ __forceinline__ void mma_m16n8k8_tf32(float (&d)[4], const unsigned i
           "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
 #elif defined(GPUCONV_WARP_EMULATED)
     emulated::mma<emulated::MMA_TF32>(d, a, b, c GPUCONV_WARP_AT);
+#else
+    (void)a, (void)b;
+    for (int i = 0; i < 4; ++i) d[i] = c[i];
+#endif
+}
+
+// The same at k = 4: mma.sync.aligned.m16n8k4.row.col.f32.tf32.tf32.f32. Half the work of m16n8k8; its A and
+// B fragments hold one reduction index per lane (row pairs of A, one element of B), which 128-bit shared loads
+// of a pixel-major tile fill without register moves (the TF32 wgrad, kernels/conv2d_tensor_core.cu).
+__device__ __forceinline__ void mma_m16n8k4_tf32(float (&d)[4], const unsigned int (&a)[2], const unsigned int (&b)[1],
+                                                 const float (&c)[4] GPUCONV_WARP_SITE) {
+#if defined(GPUCONV_WARP_PTX)
+    asm("mma.sync.aligned.m16n8k4.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, {%7, %8, %9, %10};"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(b[0]), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+#elif defined(GPUCONV_WARP_EMULATED)
+    const unsigned int a4[4] = {a[0], a[1], 0u, 0u}, b2[2] = {b[0], 0u};
+    emulated::mma<emulated::MMA_TF32_K4>(d, a4, b2, c GPUCONV_WARP_AT);
 #else
     (void)a, (void)b;
     for (int i = 0; i < 4; ++i) d[i] = c[i];

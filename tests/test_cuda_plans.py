@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpuconv._backend import GPUOutOfMemoryError
-from gpuconv._shapes import ConvGeometry, PoolGeometry
+from gpuconv._shapes import BFLOAT16, ConvGeometry, PoolGeometry
 from gpuconv.cuda import _launch, backend, conv, plan, pool, registry
 
 DENSE = ConvGeometry.create((8, 16, 32, 32), (32, 16, 3, 3), padding=1)
@@ -116,13 +116,13 @@ def test_every_kernel_file_and_instantiation_comes_from_the_registry():
                                        "conv2d_depthwise.cu", "im2col.cu", "pooling.cu", "conv2d_tensor_core.cu"}
     names = [v.kernel_name(d) for v, d in registry.instantiations()]
     assert len(names) == len(set(names)) == sum(len(v.dtypes) for v in registry.VARIANTS)
-    # Every SIMT kernel has the three floating dtypes; the tensor-core file only its own (and only it bfloat16).
+    # Every SIMT kernel has the four floating dtypes; the tensor-core file only its own.
     tensor_core_file = {v for v in registry.VARIANTS if v.source == "conv2d_tensor_core.cu"}
     assert all(set(registry.SIMT_DTYPES) <= set(v.dtypes) for v in registry.VARIANTS if v not in tensor_core_file)
-    assert registry.SIMT_DTYPES == (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+    assert registry.SIMT_DTYPES == (np.dtype(np.float16), BFLOAT16, np.dtype(np.float32), np.dtype(np.float64))
     assert all(set(v.dtypes) <= set(registry.TENSOR_OP_DTYPES) for v in tensor_core_file)
-    assert {v.name for v in registry.VARIANTS if registry.BFLOAT16 in v.dtypes} == {
-        v.name for v in tensor_core_file if not v.tf32}
+    assert {v.name for v in registry.VARIANTS if registry.BFLOAT16 not in v.dtypes} == {
+        v.name for v in tensor_core_file if v.tf32}
     with pytest.raises(ValueError, match="no kernel variant named 'nope'"):
         registry.get("nope")
 
@@ -174,7 +174,8 @@ def test_a_requested_variant_and_the_tuners_pick_are_planned_as_given():
 
 def test_candidates_are_im2col_and_every_applicable_variant():
     assert plan.candidates("wgrad", DENSE, np.float32) == ("im2col", *(v.name for v in registry.conv_variants("wgrad")
-                                                                      if v.can_run(DENSE, np.float32)))
+                                                                      if v.can_run(DENSE, np.float32) and not v.tf32))
+    assert plan.candidates("wgrad", DENSE, np.float32, allow_tf32=True)[-1] == "wgrad_tensorop_128x128x16_64x64_3stage_tf32"
     assert "wgrad_depthwise_8x32" not in plan.candidates("wgrad", DENSE, np.float32)  # not depthwise
     assert "wgrad_depthwise_8x32" in plan.candidates("wgrad", DEPTHWISE, np.float32)
     assert "wgrad_simt_16x16x32_1stage_splitk" in plan.candidates("wgrad", DENSE, np.float32)

@@ -3,14 +3,16 @@
 tests/cuda_emulation compiles each kernel file with g++ and runs its blocks as fibers (see
 cuda_emulation/emulator.py). The tests plan exactly as on a GPU (``gpuconv.cuda.plan``) and hand the run step
 (``conv.run_conv``, ``pool.run_pool``) the emulator as its backend (cuda_emulation/backend.py): every buffer
-NaN-filled against inaccessible guard pages, float16 GEMMs accumulated in float32 as cuBLAS does. So each test
-covers the kernel, its launch configuration and its argument list, and an unwritten output element (NaN), an
-out-of-bounds read or write or a divergent __syncthreads() fails it. Only cuBLAS is not tested.
+NaN-filled against inaccessible guard pages, float16 and bfloat16 GEMMs accumulated in float32 as cuBLAS
+does. So each test covers the kernel, its launch configuration and its argument list, and an unwritten output
+element (NaN), an out-of-bounds read or write or a divergent __syncthreads() fails it. Only cuBLAS is not
+tested.
 
-Parametrised from the registry: every variant of every pass, float16/32/64, both thread (and block) orders
--- the reverse order with buffers placed against a guard page before their start, the forward order against
-one after their end -- and edge shapes: stride, asymmetric padding, dilation, groups, depthwise, 1x1, batch 1,
-channel counts that are not a multiple of the tile, split wgrad reductions with one group and with two.
+Parametrised from the registry: every variant of every pass, float16, bfloat16, float32 and float64, both
+thread (and block) orders -- the reverse order with buffers placed against a guard page before their start,
+the forward order against one after their end -- and edge shapes: stride, asymmetric padding, dilation,
+groups, depthwise, 1x1, batch 1, channel counts that are not a multiple of the tile, split wgrad reductions
+with one group and with two.
 Grid-stride kernels also run on grids far smaller than their work.
 """
 from __future__ import annotations
@@ -23,17 +25,18 @@ import pytest
 from cuda_emulation import emulator as emu
 from cuda_emulation.backend import EmulatorBackend, emulated_module
 from gpuconv import reference
-from gpuconv._shapes import ConvGeometry, PoolGeometry
+from gpuconv._shapes import BFLOAT16, ConvGeometry, PoolGeometry
 from gpuconv.cuda import conv, plan, pool, registry
 from pool_cases import POOL_CASES, POOL_IDS, pool_geometry
 
 pytestmark = pytest.mark.skipif(not emu.compiler_available(),
                                 reason="g++ not found: the CUDA emulation compiles the kernels with g++")
 
-DTYPES = [np.float16, np.float32, np.float64]
-# Tolerance against the reference, relative to the largest expected value (float16: about two units of
-# its output rounding, 2**-11, which the float16 intermediates of the im2col path need).
-TOLERANCE = {np.float16: 1e-3, np.float32: 2e-5, np.float64: 1e-12}
+DTYPES = [np.float16, BFLOAT16, np.float32, np.float64]
+# Tolerance against the reference, relative to the largest expected value (float16 and bfloat16: about two
+# units of their output rounding, 2**-11 and 2**-8, which the half-precision intermediates of the im2col path
+# need).
+TOLERANCE = {np.dtype(np.float16): 1e-3, BFLOAT16: 8e-3, np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-12}
 #: Thread and block order of the emulator, and where buffers sit against their guard page.
 SCHEDULES = {"forward": "end", "reverse": "start"}
 
@@ -61,7 +64,7 @@ def assert_matches(got, expected, dtype, what):
         f"{what}: {int(unwritten.sum())} of {got.size} outputs are NaN, first at "
         f"{tuple(int(i) for i in np.argwhere(unwritten)[0])}: never written, or computed from NaN poison "
         f"(shared memory no thread wrote)")
-    tol = TOLERANCE[dtype]
+    tol = TOLERANCE[np.dtype(dtype)]
     scale = max(1.0, float(np.nanmax(np.abs(expected), initial=0.0)))
     np.testing.assert_allclose(got.astype(np.float64), expected, rtol=tol, atol=tol * scale, err_msg=what)
 

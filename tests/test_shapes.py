@@ -5,6 +5,10 @@ import numpy as np
 import pytest
 
 import direct
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from gpuconv import reference
 from gpuconv._shapes import ConvGeometry, PoolGeometry, resolve_padding
 
 
@@ -200,3 +204,47 @@ def test_pool_output_size_matches_torch_grid():
                 continue
             assert PoolGeometry.create((1, 1, H, H), k, s, p, ceil_mode).output_shape == expected, \
                 (H, k, s, p, ceil_mode)
+
+
+def _forward_with_crops(x, w, g):
+    """The reference forward where negative padding crops the input first."""
+    t, b, l, r = (max(-p, 0) for p in g.pad)
+    x = x[:, :, t:x.shape[2] - b, l:x.shape[3] - r]
+    cropped = ConvGeometry(g.N, g.C, x.shape[2], x.shape[3], g.K, g.R, g.S, g.P, g.Q, g.stride, g.dilation,
+                           tuple(max(p, 0) for p in g.pad), g.groups)
+    return reference.conv2d_forward(x, w, cropped)
+
+
+@settings(max_examples=150, deadline=None)
+@given(H=st.integers(1, 9), W=st.integers(1, 9), R=st.integers(1, 4), S=st.integers(1, 4),
+       stride=st.tuples(st.integers(1, 4), st.integers(1, 4)), dilation=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       pad=st.tuples(*[st.integers(0, 4)] * 4), groups=st.sampled_from([1, 2]), seed=st.integers(0, 2**16))
+def test_dgrad_phases_reassemble_the_input_gradient(H, W, R, S, stride, dilation, pad, groups, seed):
+    """ConvGeometry.dgrad_phases: the stride-1 forward convolutions of dy, one per phase with its reversed taps
+    and each group's weight transposed, written into the phase's pixels, give the dgrad; no tap belongs to two
+    phases; a phase without taps has a zero gradient. Against the reference's dgrad
+    (col2im: no phases)."""
+    try:
+        g = ConvGeometry.create((2, 2 * groups, H, W), (3 * groups, 2, R, S), stride=stride, padding=pad,
+                                dilation=dilation, groups=groups)
+    except ValueError:
+        assume(False)
+    rng = np.random.default_rng(seed)
+    dy, w = rng.standard_normal(g.output_shape), rng.standard_normal(g.weight_shape)
+    dx = np.full(g.input_shape, np.nan)
+    taps = np.zeros((R, S), int)
+    for phase in g.dgrad_phases():
+        if phase.conv is None:
+            dx[:, :, phase.rows, phase.cols] = 0.0
+            continue
+        taps[phase.r_taps, phase.s_taps] += 1
+        sub = w[:, :, phase.r_taps, phase.s_taps][..., ::-1, ::-1]  # (K, Cg, R', S'), taps reversed
+        kg = g.filters_per_group
+        flipped = np.concatenate([sub[i * kg:(i + 1) * kg].transpose(1, 0, 2, 3) for i in range(groups)])
+        conv = phase.conv
+        assert conv.stride == (1, 1) and conv.input_shape == g.output_shape and conv.weight_shape == flipped.shape
+        dx[:, :, phase.rows, phase.cols] = _forward_with_crops(dy, flipped, conv)
+    # every tap in one phase -- where every phase holds input (else a tap may only ever meet padding)
+    assert (taps <= 1).all() and ((taps == 1).all() or H < stride[0] or W < stride[1]), taps
+    expected = reference.conv2d_grad_input(dy, w, g)
+    np.testing.assert_allclose(dx, expected, rtol=1e-12, atol=1e-12)

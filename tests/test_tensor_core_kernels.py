@@ -1,10 +1,9 @@
 """The tensor-core kernels (kernels/conv2d_tensor_core.cu: mma.sync, ldmatrix, cp.async) on the CPU emulator,
 and how the planner chooses them -- no GPU needed.
 
-Every tensor-core variant -- fprop, dgrad at stride 1 (the fprop of dy with w transposed and flipped), and
-wgrad (float16 / bfloat16 only) -- and dtype (float16 and bfloat16 with float32 accumulation, float32 as TF32)
-runs the pack kernels and the
-main kernel exactly as planned (``plan.plan_conv`` + ``conv.run_conv``), in both emulator
+Every tensor-core variant -- fprop, dgrad (per stride phase, the fprop of dy with the phase's taps of w
+transposed and flipped), and wgrad -- and dtype (float16 and bfloat16 with float32
+accumulation, float32 as TF32) runs the pack kernels and the main kernel exactly as planned (``plan.plan_conv`` + ``conv.run_conv``), in both emulator
 schedules (threads and blocks forward with buffers against a guard page after their end, reverse with one
 before their start), on edge shapes: stride, asymmetric padding, dilation, groups (depthwise too), channels
 that are not a multiple of 8 nor of the 32-deep slice, a reduction that crosses taps inside a slice, batch 1,
@@ -34,12 +33,13 @@ TF32 = "fprop_tensorop_128x128x16_64x64_3stage_tf32"
 DGRAD_HALF = "dgrad_tensorop_128x128x32_64x64_3stage"
 DGRAD_TF32 = "dgrad_tensorop_128x128x16_64x64_3stage_tf32"
 WGRAD_HALF = "wgrad_tensorop_128x128x32_64x64_3stage"
+WGRAD_TF32 = "wgrad_tensorop_128x128x16_64x64_3stage_tf32"
 F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 #: (variant, dtype): every tensor-core fprop instantiation; PASS_RUNS: (pass, variant, dtype), dgrad's too.
 RUNS = [(HALF, F16), (HALF, BFLOAT16), (TF32, F32)]
 RUN_IDS = ["float16", "bfloat16", "tf32"]
 VARIANT_OF = {("fprop", HALF): HALF, ("fprop", TF32): TF32, ("dgrad", HALF): DGRAD_HALF, ("dgrad", TF32): DGRAD_TF32,
-              ("wgrad", HALF): WGRAD_HALF}  # wgrad has no TF32 kernel (ldmatrix.trans moves 16-bit elements)
+              ("wgrad", HALF): WGRAD_HALF, ("wgrad", TF32): WGRAD_TF32}
 PASS_RUNS = [(p, VARIANT_OF[(p, v)], d) for p in ("fprop", "dgrad", "wgrad") for v, d in RUNS if (p, v) in VARIANT_OF]
 PASS_RUN_IDS = [f"{p}-{i}" for p in ("fprop", "dgrad", "wgrad") for (v, _), i in zip(RUNS, RUN_IDS)
                 if (p, v) in VARIANT_OF]
@@ -162,27 +162,30 @@ def run(backend, variant, dtype, g, a, w, algo=None, pass_name="fprop", **plan_o
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_tensor_core_pass_matches_the_reference(backend, case, pass_name, variant, dtype):
     g = geometry(case)
-    if not registry.get(variant).can_run(g, dtype):  # dgrad on a strided case: refused, not run
-        assert pass_name == "dgrad" and g.stride != (1, 1)
-        with pytest.raises(ValueError, match="does not apply"):
-            plan.plan_conv(pass_name, g, dtype, variant)
-        return
+    assert registry.get(variant).can_run(g, dtype)
     a, w = operands(g, dtype, pass_name=pass_name)
     the_plan, y = run(backend, variant, dtype, g, a, w, pass_name=pass_name)
+    gemms = len(registry.tensor_op_dgrad_phases(g)) if pass_name == "dgrad" else 1  # dgrad: one per stride phase
     assert [launch.variant.name for launch in backend.launches] == [
-        registry.TENSOR_OP_PACK_INPUT, registry.TENSOR_OP_WEIGHT_PACKS[pass_name], variant]
+        registry.TENSOR_OP_PACK_INPUT, *[registry.TENSOR_OP_WEIGHT_PACKS[pass_name], variant] * gemms]
     a64, w64 = a.astype(np.float64), w.astype(np.float64)
     expected = PASSES[pass_name][1](a64, w64, g)
     assert_close(y, expected, error_bound(g, dtype, a64, w64, expected, pass_name), dtype, the_plan.describe())
 
 
-def test_dgrad_cases_cover_stride_one_padding_beyond_the_filter():
-    """dgrad's padding as an fprop is (R-1)*dilation - pad: negative (padding beyond the filter's span), zero
-    and positive all occur among the stride-1 cases."""
-    pads = {p for c in CASES if geometry(c).stride == (1, 1) for p in registry.dgrad_as_fprop(geometry(c)).pad}
+def test_dgrad_cases_cover_every_kind_of_phase():
+    """dgrad's padding as an fprop, (R-1)*dilation - pad at stride 1, is negative (padding beyond the filter's
+    span), zero and positive among the cases; the strided ones have phases of several taps, of one tap, and
+    pixels no tap reaches (zeros: stride 3 over 2 taps)."""
+    pads = {p for c in CASES for phase in registry.tensor_op_dgrad_phases(geometry(c)) for p in phase.conv.pad}
     assert min(pads) < 0 and 0 in pads and max(pads) > 0
     g = geometry(BY_ID["groups3-1x3"])
-    assert registry.dgrad_as_fprop(g).output_shape == g.input_shape
+    (phase,) = registry.tensor_op_dgrad_phases(g)
+    assert phase.conv.output_shape == g.input_shape
+    strided = [geometry(c) for c in CASES if geometry(c).stride != (1, 1)]
+    taps = {(p.conv.R, p.conv.S) for g in strided for p in registry.tensor_op_dgrad_phases(g)}
+    assert (1, 1) in taps and any(r * s > 1 for r, s in taps)
+    assert any(p.conv is None for g in strided for p in g.dgrad_phases())
 
 
 @pytest.mark.parametrize("pass_name, variant, dtype", PASS_RUNS, ids=PASS_RUN_IDS)
@@ -248,7 +251,8 @@ def test_packed_operands(dtype):
     np.testing.assert_array_equal(packed_x.view(np.uint8), rounded(expected_x).view(np.uint8))
     np.testing.assert_array_equal(packed_w.view(np.uint8), rounded(expected_w).view(np.uint8))
     # dgrad's weight, over the shape of its fprop: (C, R, S, Kgp), each group's w transposed and flipped.
-    as_fprop = registry.dgrad_as_fprop(g)
+    (phase,) = registry.tensor_op_dgrad_phases(g)
+    as_fprop = phase.conv
     flipped_shape = registry.tensor_op_workspace_shapes(as_fprop, dtype)[1]
     kgp = registry.tensor_op_padded_channels(as_fprop, dtype)
     assert flipped_shape == (g.C, g.R, g.S, kgp) and kgp == 8  # 6 filters per group
@@ -285,7 +289,8 @@ def test_pack_kernels_cover_work_larger_than_their_grid(index, grid):
 def test_schedules_give_the_same_bits_and_every_mma_runs(pass_name, variant, dtype):
     """Forward and reverse thread and block orders agree bit for bit (no missing cp.async wait or barrier:
     a copy that has not landed reads the NaN poison), and the main kernel ran exactly its ldmatrix and mma
-    collectives: per block and 64-byte slice, 2 steps x 4 warps x (8 ldmatrix.x4 + 32 mma)."""
+    collectives: per block and slice, 2 steps x 4 warps x (8 ldmatrix.x4 + 32 mma) -- TF32 wgrad's fragments
+    are plain 128-bit shared loads, no collective, for 4 steps of 32 mma.m16n8k4."""
     g = geometry(BY_ID["two-blocks-each-way"])
     a, w = operands(g, dtype, seed=2, pass_name=pass_name)
     results = []
@@ -293,7 +298,8 @@ def test_schedules_give_the_same_bits_and_every_mma_runs(pass_name, variant, dty
         with emu.buffer_placement(SCHEDULES[schedule]):
             _, y = run(EmulatorBackend(schedule), variant, dtype, g, a, w, pass_name=pass_name)
         results.append(y)
-        tile, gg = registry.get(variant).tile, registry.tensor_op_geometry(pass_name, g)
+        tile = registry.get(variant).tile
+        gg = registry.tensor_op_dgrad_phases(g)[0].conv if pass_name == "dgrad" else g  # stride 1: one phase
         pixels, columns = gg.N * gg.P * gg.Q, gg.R * gg.S * registry.tensor_op_padded_channels(gg, dtype)
         if pass_name == "wgrad":  # blocks of filters x columns (r, s, c), slices of 32 pixels
             blocks = -(-gg.filters_per_group // tile.block_m) * -(-columns // tile.block_n) * gg.groups
@@ -301,13 +307,15 @@ def test_schedules_give_the_same_bits_and_every_mma_runs(pass_name, variant, dty
         else:
             blocks = -(-pixels // tile.block_m) * -(-gg.filters_per_group // tile.block_n) * gg.groups
             slices = -(-columns // tile.block_k)
-        assert emulated_module(registry.TENSOR_OP_SOURCE).warp_collectives == blocks * slices * 2 * 4 * (8 + 32)
+        steps, per_step = (4, 32) if variant == WGRAD_TF32 else (2, 8 + 32)  # TF32 wgrad: m16n8k4, 4 per slice
+        assert emulated_module(registry.TENSOR_OP_SOURCE).warp_collectives == blocks * slices * steps * 4 * per_step
     np.testing.assert_array_equal(results[0].view(np.uint8), results[1].view(np.uint8))
 
 
 def test_bfloat16_through_the_public_entry_point():
-    """conv2d_forward with bfloat16 arrays: auto plans the tensor-core variant (the only bfloat16 kernel)."""
-    g = geometry(BY_ID["groups2"])
+    """conv2d_forward with bfloat16 arrays: auto plans the tensor-core variant where it prefers the geometry
+    (8 or more channels and filters per group), else the SIMT rule's kernel."""
+    g = geometry(BY_ID["channels-64"])
     x, w = operands(g, BFLOAT16)
     backend = EmulatorBackend()
     y = conv.conv2d_forward(x, w, g, backend=backend)
@@ -315,6 +323,13 @@ def test_bfloat16_through_the_public_entry_point():
     x64, w64 = x.astype(np.float64), w.astype(np.float64)
     expected = reference.conv2d_forward(x64, w64, g)
     assert_close(y, expected, error_bound(g, BFLOAT16, x64, w64, expected), BFLOAT16, "bfloat16 auto")
+    g = geometry(BY_ID["groups2"])  # 6 filters per group: the SIMT implicit GEMM, in bfloat16 too
+    x, w = operands(g, BFLOAT16)
+    y = conv.conv2d_forward(x, w, g, backend=backend)
+    assert backend.launches[-1].variant.family == "implicit_gemm" and y.dtype == BFLOAT16
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    expected = reference.conv2d_forward(x64, w64, g)
+    assert_close(y, expected, error_bound(g, BFLOAT16, x64, w64, expected), BFLOAT16, "bfloat16 SIMT")
 
 
 # --------------------------------------------------------------------------------------- planning ---
@@ -326,12 +341,12 @@ FIRST_LAYER = ConvGeometry.create((8, 3, 32, 32), (64, 3, 7, 7), padding=3, stri
 
 
 def test_registry_entries():
-    for pass_name in ("fprop", "dgrad"):
+    for pass_name in ("fprop", "dgrad", "wgrad"):
         half, tf32 = registry.get(VARIANT_OF[(pass_name, HALF)]), registry.get(VARIANT_OF[(pass_name, TF32)])
         assert half.dtypes == (F16, BFLOAT16) and tf32.dtypes == (F32,) and (half.tf32, tf32.tf32) == (False, True)
         assert half.op == tf32.op == pass_name
     assert [v.name for v in registry.VARIANTS if v.family == "tensor_core"] == [
-        HALF, TF32, DGRAD_HALF, DGRAD_TF32, WGRAD_HALF]
+        HALF, TF32, DGRAD_HALF, DGRAD_TF32, WGRAD_HALF, WGRAD_TF32]
     wgrad = registry.get(WGRAD_HALF)
     assert wgrad.op == "wgrad" and wgrad.dtypes == (F16, BFLOAT16) and not wgrad.tf32
     assert wgrad.export_macro == "GPUCONV_WGRAD_TENSOR_OP_KERNEL" and not wgrad.tile.nan_resum
@@ -381,10 +396,8 @@ def test_tf32_only_when_named():
     assert DGRAD_TF32 not in plan.candidates("dgrad", DENSE, F32, 90)
     with pytest.raises(ValueError, match="no tensor_core fprop kernel exists for float64"):
         plan.plan_conv("fprop", DENSE, F64, "tensor_core")
-    with pytest.raises(ValueError, match="no tensor_core dgrad kernel"):  # dgrad: stride 1 only
-        plan.plan_conv("dgrad", FIRST_LAYER, F16, "tensor_core")
-    with pytest.raises(ValueError, match="no tensor_core wgrad kernel exists for float32"):  # no TF32 wgrad
-        plan.plan_conv("wgrad", DENSE, F32, "tensor_core")
+    assert plan.plan_conv("dgrad", FIRST_LAYER, F16, "tensor_core").variant == DGRAD_HALF  # strided: by phase
+    assert plan.plan_conv("wgrad", DENSE, F32, "tensor_core").variant == WGRAD_TF32
     assert plan.plan_conv("wgrad", DENSE, F16, "tensor_core").variant == WGRAD_HALF
 
 
@@ -392,13 +405,12 @@ def test_allow_tf32_lets_auto_choose_tf32():
     """The caller's precision policy (gpuconv.precision: "high" / "medium") passes allow_tf32: auto then treats
     float32 as the fixed rule treats float16 (tensor cores where they apply and prefer the geometry), and the
     autotuner may time the TF32 variants; without it, never."""
-    for pass_name, variant in (("fprop", TF32), ("dgrad", DGRAD_TF32)):
+    for pass_name, variant in (("fprop", TF32), ("dgrad", DGRAD_TF32), ("wgrad", WGRAD_TF32)):
         assert plan.plan_conv(pass_name, DENSE, F32, compute_capability=90, allow_tf32=True).variant == variant
         assert variant in plan.candidates(pass_name, DENSE, F32, 90, allow_tf32=True)
         assert plan.plan_conv(pass_name, DENSE, F32, compute_capability=90).variant == "im2col"
         assert plan.plan_conv(pass_name, DENSE, F32, compute_capability=75, allow_tf32=True).variant == "im2col"
     assert plan.plan_conv("fprop", DEPTHWISE, F32, allow_tf32=True).variant == "fprop_depthwise_8x32"
-    assert plan.plan_conv("wgrad", DENSE, F32, allow_tf32=True).variant == "im2col"
     assert plan.plan_conv("fprop", DENSE, F16, allow_tf32=True).variant == HALF
     g = geometry(BY_ID["channels-64"])
     x, w = operands(g, F32)
@@ -419,31 +431,20 @@ def test_the_fixed_rule_takes_tensor_cores_for_half_types(dtype):
             chosen = plan.plan_conv("fprop", g, dtype, compute_capability=cc)
             assert chosen.variant == HALF and chosen.algorithm == "tensor_core", (g, cc)
             assert chosen.reason == f"fixed rule: {dtype} on tensor cores (float32 accumulation)"
-    # Fewer than 8 channels per group: not preferred -- float16 keeps the SIMT rule, bfloat16 (which has no
-    # other kernel) still runs on the tensor cores.
+    # Fewer than 8 channels per group: not preferred -- the SIMT rule, as for float32.
     for g, simt in ((DEPTHWISE, "fprop_depthwise_8x32"), (FIRST_LAYER, "im2col")):
-        assert plan.plan_conv("fprop", g, dtype).variant == (simt if dtype == F16 else HALF)
-    # dgrad at stride 1 and wgrad too (strided dgrad has no tensor-core kernel).
-    assert plan.plan_conv("dgrad", DENSE, dtype, compute_capability=90).variant == DGRAD_HALF
-    for g in (DENSE, GROUPED, FIRST_LAYER if dtype == BFLOAT16 else DENSE):
+        assert plan.plan_conv("fprop", g, dtype).variant == simt
+    # dgrad (strided too: by phase) and wgrad.
+    for g in (DENSE, GROUPED, ConvGeometry.create((8, 64, 16, 16), (128, 64, 3, 3), padding=1, stride=2)):
+        assert plan.plan_conv("dgrad", g, dtype, compute_capability=90).variant == DGRAD_HALF
         assert plan.plan_conv("wgrad", g, dtype, compute_capability=90).variant == WGRAD_HALF
-    if dtype == F16:  # before sm_80: the SIMT rule
-        assert plan.plan_conv("fprop", DENSE, dtype, compute_capability=75).variant == "im2col"
-        assert plan.plan_conv("dgrad", FIRST_LAYER, dtype, compute_capability=90).variant == "im2col"
-        assert plan.plan_conv("wgrad", DENSE, dtype, compute_capability=75).variant == "im2col"
-        assert plan.plan_conv("wgrad", DEPTHWISE, dtype, compute_capability=90).variant != WGRAD_HALF
-        assert HALF in plan.candidates("fprop", DENSE, dtype, 80) and "im2col" in plan.candidates("fprop", DENSE, dtype)
-    else:  # bfloat16 has tensor-core fprop and stride-1 dgrad kernels only
-        with pytest.raises(ValueError, match="no fprop kernel exists for bfloat16 and this geometry on compute "
-                                             "capability 7.5"):
-            plan.plan_conv("fprop", DENSE, dtype, compute_capability=75)
-        with pytest.raises(ValueError, match="no dgrad kernel exists for bfloat16"):
-            plan.plan_conv("dgrad", FIRST_LAYER, dtype)
-        with pytest.raises(ValueError, match="no wgrad kernel exists for bfloat16"):
-            plan.plan_conv("wgrad", DENSE, dtype, compute_capability=75)
-        with pytest.raises(ValueError, match="algo='im2col' has no bfloat16 kernels"):
-            plan.plan_conv("fprop", DENSE, dtype, "im2col")
-        assert plan.candidates("fprop", DENSE, dtype) == (HALF,)
+    # Before sm_80: the SIMT rule.
+    assert plan.plan_conv("fprop", DENSE, dtype, compute_capability=75).variant == "im2col"
+    assert plan.plan_conv("dgrad", FIRST_LAYER, dtype, compute_capability=90).variant == "im2col"
+    assert plan.plan_conv("wgrad", DENSE, dtype, compute_capability=75).variant == "im2col"
+    assert plan.plan_conv("wgrad", DEPTHWISE, dtype, compute_capability=90).variant != WGRAD_HALF
+    assert HALF in plan.candidates("fprop", DENSE, dtype, 80) and "im2col" in plan.candidates("fprop", DENSE, dtype)
+    assert HALF not in plan.candidates("fprop", DENSE, dtype, 75)
 
 
 @pytest.mark.parametrize("variant, dtype", RUNS, ids=RUN_IDS)
@@ -463,15 +464,31 @@ def test_plan_launches_and_workspace(variant, dtype):
 
 def test_dgrad_plan_runs_the_fprop_of_dy():
     g = ConvGeometry.create((3, 20, 9, 11), (150, 10, 3, 2), padding=(2, 0, 1, 1), dilation=(1, 2), groups=2)
-    as_fprop = registry.dgrad_as_fprop(g)
+    (phase,) = registry.tensor_op_dgrad_phases(g)
+    as_fprop = phase.conv
     assert as_fprop.input_shape == g.output_shape and as_fprop.output_shape == g.input_shape
     assert as_fprop.weight_shape == (20, 75, 3, 2) and as_fprop.pad == (0, 2, 1, 1)
     p = plan.plan_conv("dgrad", g, F16, DGRAD_HALF)
     kgp = 80  # 75 filters per group, padded to 8
     assert p.workspace_bytes == (3 * g.P * g.Q * 2 * kgp + 20 * 3 * 2 * kgp) * 2
     assert p.launches[2].grid == (-(-3 * 9 * 11 // 128), 1, 2)
-    with pytest.raises(ValueError, match="stride 1 only"):
-        registry.dgrad_as_fprop(FIRST_LAYER)
+
+
+def test_strided_dgrad_plan_runs_one_fprop_per_phase():
+    """7x7 at stride 2 (pad 3): four phases of 4x4, 4x3, 3x4 and 3x3 taps, each a stride-1 fprop of dy onto
+    a quarter of dx; dy is packed once, each phase's taps separately; the workspace holds the packed dy, the
+    largest packed weight and the largest phase output."""
+    g = FIRST_LAYER
+    phases = registry.tensor_op_dgrad_phases(g)
+    assert sorted((p.conv.R, p.conv.S) for p in phases) == [(3, 3), (3, 4), (4, 3), (4, 4)]
+    assert all(p.conv.stride == (1, 1) and p.conv.output_shape == (8, 3, 16, 16) for p in phases)
+    assert sum(p.conv.R * p.conv.S for p in phases) == g.R * g.S  # every tap in one phase
+    p = plan.plan_conv("dgrad", g, F16, DGRAD_HALF)
+    assert [launch.variant.name for launch in p.launches] == [
+        registry.TENSOR_OP_PACK_INPUT, *[registry.TENSOR_OP_PACK_WEIGHT_FLIPPED, DGRAD_HALF] * 4]
+    packed_dy, packed_w, out = 8 * 16 * 16 * 64, 3 * 4 * 4 * 64, 8 * 3 * 16 * 16
+    assert p.workspace_bytes == (packed_dy + packed_w + out) * 2
+    assert p.launches[2].grid == (-(-8 * 16 * 16 // 128), 1, 1)
 
 
 def test_wgrad_plan_packs_x_and_dy():
@@ -508,8 +525,8 @@ def test_workspace_that_does_not_fit():
     fallback = plan.plan_conv("fprop", DENSE, F16, free_bytes=needed - 1)
     assert fallback.algorithm == "implicit_gemm" and "implicit GEMM instead" in fallback.fallback
     assert plan.plan_conv("fprop", DENSE, F16, free_bytes=needed).variant == HALF
-    with pytest.raises(GPUOutOfMemoryError):  # bfloat16 has nothing else to fall back to
-        plan.plan_conv("fprop", DENSE, BFLOAT16, free_bytes=needed - 1)
+    with pytest.raises(GPUOutOfMemoryError):  # float32 on TF32 by name: nothing else may run instead
+        plan.plan_conv("fprop", DENSE, F32, TF32, free_bytes=needed - 1)
 
 
 def test_applies_refuses_what_32_bit_offsets_cannot_address():

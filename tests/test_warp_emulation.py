@@ -345,6 +345,11 @@ def fragment_positions(shape: str, operand: str):
         elif shape == "m16n8k8" and operand == "B":  # tf32 b0, b1
             for i in range(2):
                 positions.append((lane, i, t if i == 0 else t + 4, g))
+        elif shape == "m16n8k4" and operand == "A":  # tf32 a0, a1
+            for i in range(2):
+                positions.append((lane, i, g + 8 * i, t))
+        elif shape == "m16n8k4" and operand == "B":  # tf32 b0
+            positions.append((lane, 0, t, g))
         else:  # C / D, both shapes: c0..c3
             for i in range(4):
                 positions.append((lane, i, g if i < 2 else g + 8, t * 2 + (i & 1)))
@@ -394,9 +399,9 @@ def run_mma(module, a_regs, b_regs, c_regs, kind, in_place=False):
 
 
 def mma_problem(kind: str, seed: int, integers: bool):
-    """Random A, B (as their input bit patterns and values), C; K = 16 (f16, bf16) or 8 (tf32)."""
+    """Random A, B (as their input bit patterns and values), C; K = 16 (f16, bf16), 8 (tf32) or 4 (tf32k4)."""
     rng = np.random.default_rng(seed)
-    k = 8 if kind == "tf32" else 16
+    k = {"tf32": 8, "tf32k4": 4}.get(kind, 16)
     draw = (lambda shape: rng.integers(-4, 5, size=shape).astype(np.float32)) if integers else \
         (lambda shape: rng.standard_normal(shape).astype(np.float32))
     a, b, c = draw((16, k)), draw((k, 8)), draw((16, 8))
@@ -413,14 +418,16 @@ def mma_problem(kind: str, seed: int, integers: bool):
     return a_bits, b_bits, c, a_val @ b_val + c, np.abs(a_val) @ np.abs(b_val) + np.abs(c)
 
 
-KINDS = {"f16": 0, "bf16": 1, "tf32": 2}
-SHAPES = {"f16": "m16n8k16", "bf16": "m16n8k16", "tf32": "m16n8k8"}
+KINDS = {"f16": 0, "bf16": 1, "tf32": 2, "tf32k4": 3}
+SHAPES = {"f16": "m16n8k16", "bf16": "m16n8k16", "tf32": "m16n8k8", "tf32k4": "m16n8k4"}
 
 
 def fragments_of(kind, a_bits, b_bits, c):
-    per = 1 if kind == "tf32" else 2
-    return (to_fragments(a_bits, SHAPES[kind], "A", per), to_fragments(b_bits, SHAPES[kind], "B", per),
-            accumulator_fragments(c))
+    """(A, B, C) registers per lane, A and B zero-padded to the self-test kernel's 4 and 2 registers."""
+    per = 1 if kind.startswith("tf32") else 2
+    a, b = to_fragments(a_bits, SHAPES[kind], "A", per), to_fragments(b_bits, SHAPES[kind], "B", per)
+    pad = lambda regs, n: np.pad(regs, ((0, 0), (0, n - regs.shape[1])))  # noqa: E731
+    return pad(a, 4), pad(b, 2), accumulator_fragments(c)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -447,7 +454,8 @@ MISMAPPINGS = {
 }
 
 
-@pytest.mark.parametrize("kind, mistake", [(kind, mistake) for kind in ("f16", "tf32") for mistake in MISMAPPINGS
+@pytest.mark.parametrize("kind, mistake", [(kind, mistake) for kind in ("f16", "tf32", "tf32k4")
+                                            for mistake in MISMAPPINGS
                                             if kind == "f16" or "halves" not in mistake])  # tf32: 1 per register
 def test_a_mismapped_fragment_is_caught(warp, kind, mistake):
     a_bits, b_bits, c, expected, scale = mma_problem(kind, 11, integers=False)
@@ -633,7 +641,7 @@ def cuda_tool(name: str) -> str | None:
 
 SASS_NEEDED = {  # instruction -> the primitive that must compile to it
     "HMMA.16816.F32": "mma_m16n8k16_f16", "HMMA.16816.F32.BF16": "mma_m16n8k16_bf16",
-    "HMMA.1688.F32.TF32": "mma_m16n8k8_tf32", "LDSM.16.M88.4": "ldmatrix_x4", "LDSM.16.MT88.2": "ldmatrix_x2_trans",
+    "HMMA.1688.F32.TF32": "mma_m16n8k8_tf32", "HMMA.1684.F32.TF32": "mma_m16n8k4_tf32", "LDSM.16.M88.4": "ldmatrix_x4", "LDSM.16.MT88.2": "ldmatrix_x2_trans",
     "LDSM.16.M88": "ldmatrix_x1", "LDGSTS.E.BYPASS.128": "cp_async_16",
     "LDGSTS.E.BYPASS.128.ZFILL": "cp_async_16_zfill",
     "LDGSTS.E": "cp_async_4", "LDGSTS.E.64": "cp_async_8", "LDGDEPBAR": "cp_async_commit_group",

@@ -16,8 +16,8 @@ Three algorithm families:
   registry variants.
 * ``"direct"`` -- kernels/conv2d_depthwise.cu: depthwise convolutions as a stencil over shared-memory
   patches.
-* ``"tensor_core"`` -- kernels/conv2d_tensor_core.cu (fprop, dgrad at stride 1 as the fprop of dy with
-  w transposed and flipped, wgrad for float16 / bfloat16 on pixel-major packed x and dy; sm_80+): the
+* ``"tensor_core"`` -- kernels/conv2d_tensor_core.cu (fprop; dgrad per stride phase as the fprop of dy
+  with the phase's taps of w transposed and flipped; wgrad on pixel-major packed x and dy; sm_80+): the
   operands packed to NHWC / (K, R, S, C) with channels zero-padded per group, then an implicit GEMM on
   mma.sync: float16 and bfloat16 with float32 accumulation, float32 as TF32 (its inputs rounded to 10
   mantissa bits: only when asked for by name or family, never by ``auto``). ``auto`` prefers it for
@@ -36,7 +36,7 @@ from . import _launch, autotune
 from .backend import resolve_backend
 from .plan import (PASS_NAMES, ConvPlan, check_algo, check_geometry, elementwise_launch, im2col_launch, plan_conv,
                    result_bytes, result_shape)
-from .registry import (IM2COL, PASS_OPERANDS, TENSOR_CORE, tensor_op_geometry, tensor_op_workspace_shapes,
+from .registry import (IM2COL, PASS_OPERANDS, TENSOR_CORE, tensor_op_dgrad_phases, tensor_op_workspace_shapes,
                        wgrad_dy_as_input)
 
 
@@ -86,13 +86,13 @@ def conv2d_forward(x, w, g: ConvGeometry, algo: str = "auto", backend=None, allo
 
 def conv2d_grad_input(dy, w, g: ConvGeometry, algo: str = "auto", backend=None, allow_tf32: bool = False):
     """dx (N, C, H, W), the gradient of conv2d with respect to its input, in dy's dtype (``allow_tf32``: as
-    for conv2d_forward; stride-1 dgrad has TF32 kernels)."""
+    for conv2d_forward)."""
     return _run_pass("dgrad", g, algo, backend, allow_tf32, dy=dy, w=w)
 
 
 def conv2d_grad_weight(x, dy, g: ConvGeometry, algo: str = "auto", backend=None, allow_tf32: bool = False):
-    """dw (K, C/groups, R, S), the gradient of conv2d with respect to its weight, in x's dtype (``allow_tf32``
-    is accepted for symmetry: the tensor-core wgrad is float16 / bfloat16 only, no TF32 kernel yet)."""
+    """dw (K, C/groups, R, S), the gradient of conv2d with respect to its weight, in x's dtype (``allow_tf32``:
+    as for conv2d_forward)."""
     return _run_pass("wgrad", g, algo, backend, allow_tf32, x=x, dy=dy)
 
 
@@ -140,21 +140,49 @@ def _kernels_into_result(plan, backend, a, w):
     return out
 
 
-def _tensor_op_pass(plan, backend, a, w):
-    """fprop (a = x) or stride-1 dgrad (a = dy) on the tensor cores: the operands packed (channels padded per
-    group; dgrad's w transposed and flipped), then the GEMM on the copies -- every launch over the shape of
-    the pass's fprop (registry.tensor_op_geometry), whose output is the pass's result."""
-    g, xp = tensor_op_geometry(plan.pass_name, plan.geometry), backend.xp
+def _tensor_op_fprop(plan, backend, x, w):
+    """fprop on the tensor cores: x packed NHWC and w (K, R, S, C), channels padded per group, then the GEMM
+    on the copies."""
+    g, xp = plan.geometry, backend.xp
     pack_input, pack_weight, gemm = plan.launches
     input_shape, weight_shape = tensor_op_workspace_shapes(g, plan.dtype)
     shape = conv_shape_args(g)
-    a_packed = xp.empty(input_shape, dtype=plan.dtype)
-    backend.launch(pack_input, (a, a_packed, *shape))
+    x_packed = xp.empty(input_shape, dtype=plan.dtype)
+    backend.launch(pack_input, (x, x_packed, *shape))
     w_packed = xp.empty(weight_shape, dtype=plan.dtype)
     backend.launch(pack_weight, (w, w_packed, *shape))
-    out = xp.empty(g.output_shape, dtype=plan.dtype)
-    backend.launch(gemm, (a_packed, w_packed, out, *shape))
-    return out
+    y = xp.empty(g.output_shape, dtype=plan.dtype)
+    backend.launch(gemm, (x_packed, w_packed, y, *shape))
+    return y
+
+
+def _tensor_op_dgrad(plan, backend, dy, w):
+    """dgrad on the tensor cores: dy packed NHWC once, then per stride phase (tensor_op_dgrad_phases) the taps
+    reaching it packed transposed and flipped and that phase's fprop of dy, written into its pixels of dx (at
+    stride 1 the one phase's output is dx). Pixels no tap reaches stay zero."""
+    g, xp = plan.geometry, backend.xp
+    phases = tensor_op_dgrad_phases(g)
+    whole = len(phases) == 1 and phases[0].conv.output_shape == g.input_shape
+    every_pixel_reached = len(phases) == len(g.dgrad_phases())
+    dx = None if whole else (xp.empty if every_pixel_reached else xp.zeros)(g.input_shape, dtype=plan.dtype)
+    if not phases:
+        return dx
+    dy_packed = xp.empty(tensor_op_workspace_shapes(phases[0].conv, plan.dtype)[0], dtype=plan.dtype)
+    backend.launch(plan.launches[0], (dy, dy_packed, *conv_shape_args(phases[0].conv)))
+    for phase, pack_weight, gemm in zip(phases, plan.launches[1::2], plan.launches[2::2], strict=True):
+        conv, shape = phase.conv, conv_shape_args(phase.conv)
+        taps = w
+        if (conv.R, conv.S) != (g.R, g.S):  # this phase's taps, contiguous for the pack
+            taps = xp.empty((g.K, g.channels_per_group, conv.R, conv.S), dtype=plan.dtype)
+            taps[...] = w[:, :, phase.r_taps, phase.s_taps]
+        w_packed = xp.empty(tensor_op_workspace_shapes(conv, plan.dtype)[1], dtype=plan.dtype)
+        backend.launch(pack_weight, (taps, w_packed, *shape))
+        out = xp.empty(conv.output_shape, dtype=plan.dtype)
+        backend.launch(gemm, (dy_packed, w_packed, out, *shape))
+        if whole:
+            return out
+        dx[:, :, phase.rows, phase.cols] = out
+    return dx
 
 
 def _tensor_op_wgrad(plan, backend, x, dy):
@@ -248,7 +276,7 @@ def _wgrad_im2col(plan, backend, x, dy):
 #: pass -> how to run it, on im2col + cuBLAS or on our kernels (implicit GEMM and direct take the same arguments).
 _IM2COL_RUNNERS = {"fprop": _fprop_im2col, "dgrad": _dgrad_im2col, "wgrad": _wgrad_im2col}
 _KERNEL_RUNNERS = {"fprop": _kernels_into_result, "dgrad": _kernels_into_result, "wgrad": _wgrad_splits}
-_TENSOR_OP_RUNNERS = {"fprop": _tensor_op_pass, "dgrad": _tensor_op_pass, "wgrad": _tensor_op_wgrad}
+_TENSOR_OP_RUNNERS = {"fprop": _tensor_op_fprop, "dgrad": _tensor_op_dgrad, "wgrad": _tensor_op_wgrad}
 
 
 # ------------------------------------------------------------------ im2col as a function ---

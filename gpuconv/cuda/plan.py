@@ -116,10 +116,9 @@ def gemm_grid(pass_name: str, g: ConvGeometry, variant: Variant, splits: int = 1
 
 def dgrad_phases(g: ConvGeometry) -> tuple[tuple[int, int, int, int], ...]:
     """The stride phases of dgrad's warp-tile kernels: (phase_h, phase_w, rows, columns) for every phase
-    holding input pixels (h = phase_h + t*stride_h, t < rows; the same for w). One at stride 1."""
-    (sh, sw) = g.stride
-    return tuple((a, b, ceil_div(g.H - a, sh), ceil_div(g.W - b, sw))
-                 for a in range(min(sh, g.H)) for b in range(min(sw, g.W)))
+    holding input pixels (ConvGeometry.dgrad_phases: h = phase_h + t*stride_h, t < rows; the same for w). One
+    at stride 1."""
+    return tuple((p.phase_h, p.phase_w, len(range(g.H)[p.rows]), len(range(g.W)[p.cols])) for p in g.dgrad_phases())
 
 
 def wgrad_split(g: ConvGeometry, variant: Variant) -> tuple[int, int]:
@@ -343,10 +342,24 @@ def plan_conv(pass_name: str, g: ConvGeometry, dtype, algo: str = "auto", free_b
 
 
 def tensor_op_workspace_bytes(pass_name: str, g: ConvGeometry, dtype) -> int:
-    """A tensor-core pass's workspace: its fprop's (registry.tensor_op_geometry) input packed NHWC and weight
-    packed (K, R, S, C), channels padded per group; wgrad's packed x and dy (both NHWC)."""
-    shapes = registry.tensor_op_workspace_shapes(registry.tensor_op_geometry(pass_name, g), dtype, pass_name)
-    return sum(int(np.prod(shape)) for shape in shapes) * np.dtype(dtype).itemsize
+    """A tensor-core pass's workspace: fprop's input packed NHWC and weight packed (K, R, S, C), channels
+    padded per group; wgrad's packed x and dy (both NHWC); dgrad's packed dy, the largest of its phases'
+    packed weights and, with several phases, the largest phase's output (copied into dx's pixels)."""
+    itemsize = np.dtype(dtype).itemsize
+    if pass_name != "dgrad":
+        return sum(int(np.prod(shape)) for shape in registry.tensor_op_workspace_shapes(g, dtype, pass_name)) * itemsize
+    phases = registry.tensor_op_dgrad_phases(g)
+    if not phases:
+        return 0
+    packed_dy = int(np.prod(registry.tensor_op_workspace_shapes(phases[0].conv, dtype)[0]))
+    packed_weight = max(int(np.prod(registry.tensor_op_workspace_shapes(p.conv, dtype)[1])) for p in phases)
+    output = 0 if _dgrad_phase_is_whole(g, phases) else max(int(np.prod(p.conv.output_shape)) for p in phases)
+    return (packed_dy + packed_weight + output) * itemsize
+
+
+def _dgrad_phase_is_whole(g: ConvGeometry, phases) -> bool:
+    """Whether dgrad's one phase covers all of dx (always at stride 1): its output is dx itself."""
+    return len(phases) == 1 and phases[0].conv.output_shape == g.input_shape
 
 
 def _launch_of(variant: Variant, dtype, grid) -> KernelLaunch:
@@ -413,13 +426,17 @@ def _plan_gemm(pass_name, g, dtype, algo, variant: Variant, reason: str) -> Conv
         return ConvPlan(launches=launches, workspace_bytes=tensor_op_workspace_bytes(pass_name, g, dtype),
                         **common)
     if variant.family == TENSOR_CORE:  # pack the operands, then the GEMM on the packed copies
-        as_fprop = registry.tensor_op_geometry(pass_name, g)  # dgrad: the fprop of dy with w flipped
-        packed_input, packed_weight = registry.tensor_op_workspace_shapes(as_fprop, dtype)
-        launches = (elementwise_launch(registry.TENSOR_OP_PACK_INPUT, dtype, int(np.prod(packed_input))),
-                    elementwise_launch(registry.TENSOR_OP_WEIGHT_PACKS[pass_name], dtype,
-                                       int(np.prod(packed_weight))),
-                    _launch_of(variant, dtype, gemm_grid("fprop", as_fprop, variant)))
-        return ConvPlan(launches=launches, workspace_bytes=tensor_op_workspace_bytes(pass_name, g, dtype),
+        # dgrad: dy packed once, then per stride phase its taps of w packed flipped and the fprop of dy
+        convs = [g] if pass_name == "fprop" else [p.conv for p in registry.tensor_op_dgrad_phases(g)]
+        launches = []
+        for conv in convs:
+            packed_input, packed_weight = registry.tensor_op_workspace_shapes(conv, dtype)
+            if not launches:
+                launches.append(elementwise_launch(registry.TENSOR_OP_PACK_INPUT, dtype, int(np.prod(packed_input))))
+            launches += [elementwise_launch(registry.TENSOR_OP_WEIGHT_PACKS[pass_name], dtype,
+                                            int(np.prod(packed_weight))),
+                         _launch_of(variant, dtype, gemm_grid("fprop", conv, variant))]
+        return ConvPlan(launches=tuple(launches), workspace_bytes=tensor_op_workspace_bytes(pass_name, g, dtype),
                         **common)
     if variant.family == DIRECT:  # the depthwise stencil: a block per output tile of one plane
         P, Q, channels = (g.P, g.Q, g.K) if pass_name == "fprop" else (g.H, g.W, g.C)

@@ -19,19 +19,19 @@ from typing import Callable
 
 import numpy as np
 
-from .._shapes import BFLOAT16, INTEGER_DTYPES, ConvGeometry, accumulation_dtype
+from .._shapes import BFLOAT16, INTEGER_DTYPES, ConvGeometry, DgradPhase, accumulation_dtype
 
 #: Storage dtypes the kernels can be instantiated for -> (name suffix, C storage type).
 DTYPE_INFO = {
     np.dtype(np.float16): ("f16", "gpuconv_half"),
-    BFLOAT16: ("bf16", "gpuconv_bf16"),  # kernels/warp_primitives.cuh: the tensor-core kernels only
+    BFLOAT16: ("bf16", "gpuconv_bf16"),
     np.dtype(np.float32): ("f32", "float"),
     np.dtype(np.float64): ("f64", "double"),
     **{d: (f"{d.kind}{8 * d.itemsize}", c_type)
        for d, c_type in zip(INTEGER_DTYPES, ("unsigned char", "signed char", "short", "int", "long long"))},
 }
 #: The floating dtypes of the SIMT kernels: every kernel but the tensor-core ones has them.
-SIMT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+SIMT_DTYPES = (np.dtype(np.float16), BFLOAT16, np.dtype(np.float32), np.dtype(np.float64))
 #: The tensor-core kernels' storage dtypes: float16 and bfloat16 (float32 accumulation) and float32 as TF32.
 HALF_TENSOR_OP_DTYPES = (np.dtype(np.float16), BFLOAT16)
 TF32_TENSOR_OP_DTYPES = (np.dtype(np.float32),)
@@ -294,23 +294,10 @@ TENSOR_OP_WEIGHT_PACKS = {"fprop": TENSOR_OP_PACK_WEIGHT, "dgrad": TENSOR_OP_PAC
                           "wgrad": TENSOR_OP_PACK_INPUT}
 
 
-def dgrad_as_fprop(g: ConvGeometry) -> ConvGeometry:
-    """dgrad of a stride-1 convolution as the fprop the tensor-core kernel computes: dy (N, K, P, Q) convolved
-    with w transposed per group and flipped, (C, K / groups, R, S), the same dilation, padding
-    (R-1)*dilation - pad on each side (negative where the padding exceeds the filter's span); its output is
-    (N, C, H, W). Built directly (ConvGeometry.create refuses negative padding)."""
-    if g.stride != (1, 1):
-        raise ValueError(f"dgrad runs as an fprop at stride 1 only, got stride {g.stride}")
-    (dh, dw), (top, bottom, left, right) = g.dilation, g.pad
-    span_h, span_w = (g.R - 1) * dh, (g.S - 1) * dw
-    return ConvGeometry(g.N, g.K, g.P, g.Q, g.C, g.R, g.S, g.H, g.W, (1, 1), g.dilation,
-                        (span_h - top, span_h - bottom, span_w - left, span_w - right), g.groups)
-
-
-def tensor_op_geometry(pass_name: str, g: ConvGeometry) -> ConvGeometry:
-    """The shape the tensor-core kernels of a pass take: the convolution itself (fprop, wgrad), or
-    dgrad_as_fprop."""
-    return dgrad_as_fprop(g) if pass_name == "dgrad" else g
+def tensor_op_dgrad_phases(g: ConvGeometry) -> tuple[DgradPhase, ...]:
+    """dgrad's stride phases that taps reach (ConvGeometry.dgrad_phases), each the tensor-core fprop of dy
+    with those taps of w transposed per group and flipped: one at stride 1, whose output is all of dx."""
+    return tuple(p for p in g.dgrad_phases() if p.conv is not None)
 
 
 def wgrad_dy_as_input(g: ConvGeometry) -> ConvGeometry:
@@ -327,8 +314,8 @@ def tensor_op_padded_channels(g: ConvGeometry, dtype) -> int:
 
 def tensor_op_workspace_shapes(g: ConvGeometry, dtype, pass_name: str = "fprop"
                                ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The packed input (N, H, W, groups * Cgp) and weight (K, R, S, Cgp) the tensor-core fprop reads; for
-    ``pass_name`` "wgrad", the packed input and dy (N, P, Q, groups * Kgp)."""
+    """The packed input (N, H, W, groups * Cgp) and weight (K, R, S, Cgp) the tensor-core fprop reads (dgrad:
+    of a phase's conv); for ``pass_name`` "wgrad", the packed input and dy (N, P, Q, groups * Kgp)."""
     cgp = tensor_op_padded_channels(g, dtype)
     if pass_name == "wgrad":
         dy = wgrad_dy_as_input(g)
@@ -360,11 +347,7 @@ def _tensor_op_preferred(g: ConvGeometry) -> bool:
 
 
 def _dgrad_tensor_op_fits(g: ConvGeometry, dtype) -> bool:
-    return g.stride == (1, 1) and _tensor_op_fits(dgrad_as_fprop(g), dtype)
-
-
-def _dgrad_tensor_op_preferred(g: ConvGeometry) -> bool:
-    return _tensor_op_preferred(dgrad_as_fprop(g)) if g.stride == (1, 1) else False
+    return all(_tensor_op_fits(p.conv, dtype) for p in tensor_op_dgrad_phases(g))
 
 
 def _wgrad_tensor_op_fits(g: ConvGeometry, dtype) -> bool:
@@ -382,25 +365,25 @@ def _wgrad_tensor_op_fits(g: ConvGeometry, dtype) -> bool:
             and (pixels + 32) * g.groups * kgp <= limit and -(-g.R * g.S * cgp // 128) <= 65535)
 
 
-def _wgrad_tensor_op(tile: TensorOpTile, description: str) -> Variant:
-    """wgrad (float16, bfloat16): the GEMM of dy^T (filters x pixels) and x's column matrix (pixels x taps and
-    channels), both packed pixel-major, fragments by ldmatrix.trans (16-bit elements only: no TF32)."""
-    return Variant(f"wgrad_tensorop_{tile.label}", "wgrad", TENSOR_OP_SOURCE, "GPUCONV_WGRAD_TENSOR_OP_KERNEL",
-                   tile.threads, dtypes=HALF_TENSOR_OP_DTYPES, tile=tile, family=TENSOR_CORE,
+def _wgrad_tensor_op(tile: TensorOpTile, dtypes, tf32: bool, description: str) -> Variant:
+    """wgrad: the GEMM of dy^T (filters x pixels) and x's column matrix (pixels x taps and channels), both
+    packed pixel-major; fragments by ldmatrix.trans (halves) or 128-bit shared loads (TF32)."""
+    return Variant(f"wgrad_tensorop_{tile.label}" + ("_tf32" if tf32 else ""), "wgrad", TENSOR_OP_SOURCE,
+                   "GPUCONV_WGRAD_TENSOR_OP_KERNEL", tile.threads, dtypes=dtypes, tile=tile, family=TENSOR_CORE,
                    min_compute_capability=80, applies=_wgrad_tensor_op_fits, preferred=_tensor_op_preferred,
-                   description=description)
+                   description=description, tf32=tf32)
 
 
 def _tensor_op(op: str, tile: TensorOpTile, dtypes, tf32: bool, description: str) -> Variant:
-    """fprop, or dgrad at stride 1 (the same kernel on dgrad_as_fprop's shape, re-summing NaN outputs over the
-    taps that reach them: the padding NaN rule)."""
-    applies, preferred = ((_tensor_op_fits, _tensor_op_preferred) if op == "fprop"
-                          else (_dgrad_tensor_op_fits, _dgrad_tensor_op_preferred))
+    """fprop, or dgrad (the same kernel on each stride phase's conv, tensor_op_dgrad_phases, re-summing NaN
+    outputs over the taps that reach them: the padding NaN rule). The fixed rule's preference is symmetric in
+    channels and filters, so dgrad's phases share the convolution's."""
+    applies = _tensor_op_fits if op == "fprop" else _dgrad_tensor_op_fits
     tile = tile if op == "fprop" else replace(tile, nan_resum=True)
     return Variant(f"{op}_tensorop_{tile.label}" + ("_tf32" if tf32 else ""), op, TENSOR_OP_SOURCE,
                    "GPUCONV_FPROP_TENSOR_OP_KERNEL", tile.threads, dtypes=dtypes, tile=tile, family=TENSOR_CORE,
-                   min_compute_capability=80, applies=applies, preferred=preferred, description=description,
-                   tf32=tf32)
+                   min_compute_capability=80, applies=applies, preferred=_tensor_op_preferred,
+                   description=description, tf32=tf32)
 
 
 def _tensor_op_pack(name: str, macro: str, description: str) -> Variant:
@@ -446,9 +429,9 @@ VARIANTS: tuple[Variant, ...] = (
             applies=lambda g, dtype: _int32_offsets(g, g.K, g.P * g.Q)) for tile, least in WARP_TILES),
     _gemm("dgrad", GENERAL_TILE, description="the general tile"),
     _tensor_op("dgrad", TENSOR_OP_TILE_HALF, HALF_TENSOR_OP_DTYPES, False,
-               "stride 1: the tensor-core fprop of dy with w transposed and flipped (float32 accumulation)"),
+               "per stride phase, the tensor-core fprop of dy with the taps reaching it, w transposed and flipped"),
     _tensor_op("dgrad", TENSOR_OP_TILE_TF32, TF32_TENSOR_OP_DTYPES, True,
-               "stride 1: the TF32 tensor-core fprop of dy with w transposed and flipped, only when named"),
+               "per stride phase, the TF32 tensor-core fprop of dy with w transposed and flipped, only when named"),
     _depthwise("wgrad", lambda g, dtype: _depthwise_fits(g, g.stride),
                "depthwise: per output tile, every tap's products from a shared-memory patch, split over images"),
     _gemm("wgrad", SMALL_TILE, lambda g: min(g.filters_per_group, g.channels_per_group * g.R * g.S) <= 16,
@@ -457,8 +440,11 @@ VARIANTS: tuple[Variant, ...] = (
             "warp-tiled, the reduction walking output rows (no division in the main loop)")
       for tile, least in WARP_TILES),
     _gemm("wgrad", GENERAL_TILE, description="the general tile"),
-    _wgrad_tensor_op(TENSOR_OP_TILE_HALF, "tensor cores (mma.sync m16n8k16, ldmatrix.trans, float32 accumulation) "
-                     "on pixel-major packed x and dy, 3-stage cp.async, one block per dw tile"),
+    _wgrad_tensor_op(TENSOR_OP_TILE_HALF, HALF_TENSOR_OP_DTYPES, False,
+                     "tensor cores (mma.sync m16n8k16, ldmatrix.trans, float32 accumulation) on pixel-major packed "
+                     "x and dy, 3-stage cp.async, one block per dw tile"),
+    _wgrad_tensor_op(TENSOR_OP_TILE_TF32, TF32_TENSOR_OP_DTYPES, True,
+                     "TF32 tensor cores (mma.sync m16n8k8, 128-bit shared loads of a permuted tile), only when named"),
     _elementwise("wgrad_splitk_reduce", "conv2d_wgrad.cu", "GPUCONV_WGRAD_REDUCE_KERNEL",
                  "sums the split-K partial weight gradients in split order"),
     _tensor_op_pack(TENSOR_OP_PACK_INPUT, "GPUCONV_TENSOR_OP_PACK_INPUT_KERNEL",
@@ -526,7 +512,7 @@ def instantiations(source: str | None = None) -> tuple[tuple[Variant, np.dtype],
 __all__ = ["DTYPE_INFO", "SIMT_DTYPES", "INT_DTYPES", "CONV_PASSES", "PASS_OPERANDS", "IM2COL", "IMPLICIT_GEMM",
            "DIRECT", "TENSOR_CORE", "HALF_TENSOR_OP_DTYPES", "TF32_TENSOR_OP_DTYPES", "TENSOR_OP_DTYPES",
            "TENSOR_OP_SOURCE", "TENSOR_OP_PACK_INPUT", "TENSOR_OP_PACK_WEIGHT", "TENSOR_OP_PACK_WEIGHT_FLIPPED",
-           "TENSOR_OP_WEIGHT_PACKS", "dgrad_as_fprop", "wgrad_dy_as_input", "tensor_op_geometry",
+           "TENSOR_OP_WEIGHT_PACKS", "tensor_op_dgrad_phases", "wgrad_dy_as_input",
            "tensor_op_padded_channels",
            "tensor_op_workspace_shapes", "TENSOR_OP_TILE_HALF", "TENSOR_OP_TILE_TF32",
            "FAMILIES", "ELEMENTWISE_THREADS", "GemmTile", "TensorOpTile", "Variant", "VARIANTS", "BY_NAME", "get",

@@ -13,8 +13,9 @@ one row per variant:
   FMA and tensor-core shares, shared-memory loads by width, FMAs per shared load, integer/address and
   uniform-datapath shares, barriers per FMA, global loads and the global-load round trips per iteration
   whose latency no math covers;
-* for the tensor-core variants: tensor-core instructions (HMMA) per ldmatrix.x4 (LDSM ... .4), the scalar
-  shared loads (LDS, no ldmatrix) of the main loop, the widths of its cp.async copies (LDGSTS ... .128) and
+* for the tensor-core variants: tensor-core instructions (HMMA) per 16-byte fragment load (ldmatrix.x4,
+  LDSM ... .4, or LDS.128 where ldmatrix cannot serve: TF32 wgrad), the scalar shared loads (narrower LDS) of
+  the main loop, the widths of its cp.async copies (LDGSTS ... .128) and
   the pipeline's stages (registry).
 
 Those figures are what we judge a kernel's speed by before a GPU is at hand: a SIMT GEMM loop that is
@@ -469,7 +470,8 @@ class LoopStats:
     async_copies: int              # LDGSTS (cp.async): global -> shared without registers
     async_copy_widths: dict        # bits per LDGSTS -> count: {128: 8} (LDGSTS.E.BYPASS.128: 16 bytes)
     ldmatrix_x4: int               # LDSM ... .4 (ldmatrix .x4: four 8x8 matrices of 16-bit elements)
-    scalar_shared_loads: int       # LDS of any width: shared loads other than ldmatrix
+    wide_shared_loads: int         # LDS.128: 16 bytes per lane, as ldmatrix.x4 (TF32 fragments across rows)
+    scalar_shared_loads: int       # LDS narrower than 128 bits
     local_accesses: int            # LDL / STL: spills or stack arrays
     calls: int                     # CALL: a subroutine (64-bit division, say) inside the loop
     exposed_global_round_trips: int
@@ -511,8 +513,10 @@ class LoopStats:
 
     @property
     def tensor_per_ldmatrix(self) -> float | None:
-        """Tensor-core instructions per ldmatrix.x4: what a fragment load buys (4 for a 64x64 warp tile)."""
-        return self.tensor / self.ldmatrix_x4 if self.ldmatrix_x4 else None
+        """Tensor-core instructions per 16-byte-per-lane fragment load, ldmatrix.x4 or LDS.128 (which TF32 wgrad
+        uses: ldmatrix.trans moves 16-bit elements): what a fragment load buys (4 for a 64x64 warp tile)."""
+        loads = self.ldmatrix_x4 + self.wide_shared_loads
+        return self.tensor / loads if loads else None
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -599,7 +603,8 @@ def loop_stats(body, label: str = "") -> LoopStats:
         async_copies=sum(1 for ins in body if ins.base == "LDGSTS"),
         async_copy_widths=dict(sorted(Counter(_copy_bits(ins) for ins in body if ins.base == "LDGSTS").items())),
         ldmatrix_x4=sum(1 for ins in body if ins.base == "LDSM" and "4" in ins.modifiers),
-        scalar_shared_loads=sum(1 for ins in body if ins.base == "LDS"),
+        wide_shared_loads=sum(1 for ins in body if ins.base == "LDS" and "128" in ins.modifiers),
+        scalar_shared_loads=sum(1 for ins in body if ins.base == "LDS" and "128" not in ins.modifiers),
         local_accesses=sum(1 for ins in body if ins.base in ("LDL", "STL")),
         calls=sum(1 for ins in body if ins.base == "CALL"),
         exposed_global_round_trips=exposed,
@@ -758,11 +763,12 @@ BAR/FMA  barriers per FMA-type instruction             LDG      global loads
 expRT    exposed global-load round trips per iteration: waits on a global load with no FMA issued
          between the load and its first use (its latency is not covered by math)
 CALL     subroutine calls in the loop (ptxas' 64-bit integer division, float division slow path, ...)
-MMA/LDSM tensor-core instructions per ldmatrix.x4 (LDSM ... .4)
+MMA/LDSM tensor-core instructions per 16-byte fragment load: ldmatrix.x4 (LDSM ... .4), or LDS.128 (TF32 wgrad)
 LDGSTS   cp.async copies (global -> shared) by width in bits: 128b:8 is eight 16-byte copies
 stg      shared-memory pipeline stages of the variant's tile (registry)
 LDS      shared-memory loads by width (LDS = 32-bit, LDS.64, LDS.128, LDS.U16, LDSM = ldmatrix;
-         sm_75 prints the 32-bit load as LDS.U); an ldmatrix kernel should show LDSM only"""
+         sm_75 prints the 32-bit load as LDS.U); an ldmatrix kernel should show LDSM only (TF32 wgrad:
+         LDS.128 only)"""
 
 
 def _percent(value: float) -> str:

@@ -16,6 +16,7 @@ import functools
 
 import numpy as np
 
+from gpuconv._shapes import HALF_DTYPES
 from gpuconv.cuda import loader, registry
 
 from . import emulator as emu
@@ -69,8 +70,8 @@ class EmulatorBackend:
 
     @staticmethod
     def matmul(a, b):
-        if a.dtype == np.float16:
-            return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(np.float16)
+        if a.dtype in HALF_DTYPES:  # cuBLAS: float32 accumulation, one rounding
+            return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(a.dtype)
         return np.matmul(a, b)
 
     def free_bytes(self) -> int:

@@ -174,7 +174,8 @@ extern "C" __global__ void warp_ldmatrix(const unsigned short* __restrict__ tile
 
 // ---------------------------------------------------------------------------------------------- mma ---
 // One mma per block (a warp): lane l of block b loads its fragment registers a[4], b[2], c[4] at
-// (b * 32 + l) * {4, 2, 4} and stores d[4]. kind 0: f16, 1: bf16, 2: tf32. in_place: d is c's registers.
+// (b * 32 + l) * {4, 2, 4} and stores d[4]. kind 0: f16, 1: bf16, 2: tf32, 3: tf32 m16n8k4 (a[0..1] and b[0]
+// only). in_place: d is c's registers.
 extern "C" __global__ void warp_mma(const unsigned int* __restrict__ a, const unsigned int* __restrict__ b,
                                     const float* __restrict__ c, float* __restrict__ d, int kind, int in_place) {
     const long long at = (long long)blockIdx.x * 32 + gpuconv::lane_id();
@@ -186,7 +187,11 @@ extern "C" __global__ void warp_mma(const unsigned int* __restrict__ a, const un
     float (&target)[4] = in_place ? cr : dr;
     if (kind == 0) gpuconv::mma_m16n8k16_f16(target, ar, br, cr);
     else if (kind == 1) gpuconv::mma_m16n8k16_bf16(target, ar, br, cr);
-    else gpuconv::mma_m16n8k8_tf32(target, ar, br, cr);
+    else if (kind == 2) gpuconv::mma_m16n8k8_tf32(target, ar, br, cr);
+    else {  // m16n8k4: a[0..1], b[0]
+        const unsigned int a2[2] = {ar[0], ar[1]}, b1[1] = {br[0]};
+        gpuconv::mma_m16n8k4_tf32(target, a2, b1, cr);
+    }
     for (int i = 0; i < 4; ++i) d[4 * at + i] = target[i];
 }
 
