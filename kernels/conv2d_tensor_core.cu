@@ -467,10 +467,12 @@ __device__ __forceinline__ void conv2d_fprop_tensor_op(const T* __restrict__ xp,
 //     fall in 8 distinct 16-byte bank groups.
 // A thread's B chunk column is fixed for the whole loop (its tap and channel: one division, before it); each
 // slice divides its pixel rows (FastDivisor). Padding taps are zero-filled copies that the GEMM multiplies:
-// 0 * NaN and 0 * inf in dy give NaN as the padding NaN rule wants (tests/test_padding_nan_rule.py). One
-// block per output tile: no split of the reduction (a block walks all N*P*Q pixels).
+// 0 * NaN and 0 * inf in dy give NaN as the padding NaN rule wants (tests/test_padding_nan_rule.py).
+// Split-K: the pixels are cut into `splits` ranges (a multiple of BLOCK_K each), one block per output tile and
+// range, each writing its float32 partial sums; the reduce kernel adds them in split order (deterministic).
 // Launch: pack x (shape) and dy (the input pack over (N, K, P, Q)), then grid (ceil(Kg / BLOCK_M),
-// ceil(R*S*Cgp / BLOCK_N), groups), Tile::THREADS threads, 48 KiB of static shared memory at 3 stages.
+// ceil(R*S*Cgp / BLOCK_N), groups * splits), Tile::THREADS threads, 48 KiB of static shared memory at 3 stages,
+// then the reduce.
 
 namespace gpuconv {
 
@@ -571,7 +573,8 @@ struct WgradTensorOpShared {
 
 template <typename T, class Tile>
 __device__ __forceinline__ void conv2d_wgrad_tensor_op(const T* __restrict__ xp, const T* __restrict__ dyp,
-                                                       T* __restrict__ dw, const ConvShape shape) {
+                                                       float* __restrict__ partial, const ConvShape shape, int splits,
+                                                       int pixels_per_split) {
     typedef WgradTensorOpShared<T, Tile> Shared;
     typedef WgradFragments<T, Tile> Fragments;
     constexpr int BM = Tile::BLOCK_M, BN = Tile::BLOCK_N, BK = Tile::BLOCK_K, STAGES = Tile::STAGES;
@@ -582,14 +585,16 @@ __device__ __forceinline__ void conv2d_wgrad_tensor_op(const T* __restrict__ xp,
     static_assert(BK % LOAD_ROWS == 0 && Tile::THREADS % ROW_CHUNKS == 0, "whole passes of the loaders");
     __shared__ Shared smem;
 
-    const int group = (int)blockIdx.z;
+    const int group = (int)blockIdx.z / splits, split = (int)blockIdx.z % splits;
     const int Cg = shape.channels_per_group(), Kg = shape.filters_per_group();
     const int Cgp = padded_channels<T>(Cg), Kgp = padded_channels<T>(Kg);
     const int pixel_stride = shape.groups * Cgp, dy_stride = shape.groups * Kgp;
     const int columns = shape.R * shape.S * Cgp;
-    const int PQ = shape.P * shape.Q, pixels = shape.N * PQ;
+    const int PQ = shape.P * shape.Q;
+    // this block's pixels: [m_begin, pixels) of split `split` (pixels_per_split a multiple of BLOCK_K)
+    const int m_begin = split * pixels_per_split, pixels = min_of(shape.N * PQ, m_begin + pixels_per_split);
     const int k_first = (int)blockIdx.x * BM, j_first = (int)blockIdx.y * BN;
-    const int slices = (pixels + BK - 1) / BK;
+    const int slices = (pixels - m_begin + BK - 1) / BK;
 
     const int tid = (int)threadIdx.x;
     const int load_chunk = tid % ROW_CHUNKS, load_row = tid / ROW_CHUNKS;
@@ -615,7 +620,7 @@ __device__ __forceinline__ void conv2d_wgrad_tensor_op(const T* __restrict__ xp,
         Chunk16* b_dst = &smem.b[stage][store_chunk];
 #pragma unroll
         for (int i = 0; i < LOADS; ++i) {
-            const int m = slice * BK + load_row + LOAD_ROWS * i;
+            const int m = m_begin + slice * BK + load_row + LOAD_ROWS * i;
             const bool m_valid = m < pixels;
             cp_async_16_zfill(a_dst + i * LOAD_ROWS * ROW_CHUNKS, dyp + (m * dy_stride + a_column),
                               m_valid && a_valid ? 16 : 0);
@@ -669,9 +674,10 @@ __device__ __forceinline__ void conv2d_wgrad_tensor_op(const T* __restrict__ xp,
     cp_async_wait_all();
 
     // Epilogue: acc[i][j] holds rows g and g + 8, columns 2t and 2t + 1 of the 16 x 8 tile (i, j), which are
-    // the filters and columns Fragments::filter / column name; dw[group*Kg + k, c, r, s] for c < Cg.
+    // the filters and columns Fragments::filter / column name; partial[split, group*Kg + k, c, r, s] for c < Cg.
     const int g = lane >> 2, t = lane & 3;
     const int taps = shape.R * shape.S;
+    float* dw = partial + (long long)split * shape.K * Cg * taps;
 #pragma unroll
     for (int j = 0; j < Tile::N_TILES; ++j)
 #pragma unroll
@@ -686,16 +692,20 @@ __device__ __forceinline__ void conv2d_wgrad_tensor_op(const T* __restrict__ xp,
                 for (int half = 0; half < 2; ++half) {
                     const int k = k_first + warp_m * Tile::WARP_M + Fragments::filter(i, half, g);
                     if (k >= Kg) continue;
-                    dw[((long long)(group * Kg + k) * Cg + c) * taps + tap] = from_acc<T>(acc[i][j][2 * half + e]);
+                    dw[((long long)(group * Kg + k) * Cg + c) * taps + tap] = acc[i][j][2 * half + e];
                 }
         }
 }
 
 }  // namespace gpuconv
 
-// dw (K, C / groups, R, S) from the packed xp (N, H, W, groups * Cgp) and dyp (N, P, Q, groups * Kgp).
+// partial (splits, K, C / groups, R, S), float32, from the packed xp (N, H, W, groups * Cgp) and dyp (N, P, Q,
+// groups * Kgp): split s sums pixels [s * pixels_per_split, (s + 1) * pixels_per_split); then dw = the sum of
+// the splits in split order (conv2d_wgrad.cu's reduce kernel, which rounds to T once).
 #define GPUCONV_WGRAD_TENSOR_OP_KERNEL(NAME, T, ACC, THREADS, ...)                              \
     extern "C" __global__ void __launch_bounds__(THREADS, 2)                                    \
-        NAME(const T* __restrict__ xp, const T* __restrict__ dyp, T* __restrict__ dw, GPUCONV_CONV_SHAPE_PARAMS) { \
-        gpuconv::conv2d_wgrad_tensor_op<T, __VA_ARGS__>(xp, dyp, dw, GPUCONV_CONV_SHAPE);       \
+        NAME(const T* __restrict__ xp, const T* __restrict__ dyp, float* __restrict__ partial,  \
+             GPUCONV_CONV_SHAPE_PARAMS, int splits, int pixels_per_split) {                     \
+        gpuconv::conv2d_wgrad_tensor_op<T, __VA_ARGS__>(xp, dyp, partial, GPUCONV_CONV_SHAPE, splits, \
+                                                        pixels_per_split);                      \
     }

@@ -282,9 +282,10 @@ def test_grids_cover_every_output_once(g):
 @given(geometries())
 def test_wgrad_split_covers_the_reduction_without_empty_splits(g):
     for v in (v for v in registry.conv_variants("wgrad") if v.tile is not None):  # split-K GEMMs
-        splits, per_split = plan.wgrad_split(g, v)
+        splits, per_split = plan.wgrad_split(g, v, v.dtypes[0])
         pixels = g.N * g.P * g.Q
-        unit = g.Q if v.tile.warp_m is not None else v.tile.block_k  # whole output rows, or whole slices
+        rows = v.family != registry.TENSOR_CORE and v.tile.warp_m is not None
+        unit = g.Q if rows else v.tile.block_k  # whole output rows (SIMT warp tiles), or whole slices
         assert per_split % unit == 0
         assert (splits - 1) * per_split < pixels <= splits * per_split
         gx, gy, gz = plan.gemm_grid("wgrad", g, v, splits)

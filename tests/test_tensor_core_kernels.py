@@ -87,6 +87,8 @@ CASES = [
     ("kernel-equals-input", (2, 3, 4, 5), (2, 3, 4, 5), {}),
     # M = 3*7*5 = 105 pixels, K = 3: far from any tile edge.
     ("batch3-odd-sizes", (3, 2, 7, 5), (3, 2, 1, 1), {}),
+    # 1200 pixels: wgrad splits its reduction in two at pixel 608 (a multiple of both slices), inside image 2.
+    ("wgrad-splits-mid-image", (3, 8, 20, 20), (12, 8, 3, 3), dict(padding=1)),
 ]
 CASE_IDS = [c[0] for c in CASES]
 BY_ID = {c[0]: c for c in CASES}
@@ -167,7 +169,8 @@ def test_tensor_core_pass_matches_the_reference(backend, case, pass_name, varian
     the_plan, y = run(backend, variant, dtype, g, a, w, pass_name=pass_name)
     gemms = len(registry.tensor_op_dgrad_phases(g)) if pass_name == "dgrad" else 1  # dgrad: one per stride phase
     assert [launch.variant.name for launch in backend.launches] == [
-        registry.TENSOR_OP_PACK_INPUT, *[registry.TENSOR_OP_WEIGHT_PACKS[pass_name], variant] * gemms]
+        registry.TENSOR_OP_PACK_INPUT, *[registry.TENSOR_OP_WEIGHT_PACKS[pass_name], variant] * gemms,
+        *(["wgrad_splitk_reduce"] if pass_name == "wgrad" else [])]
     a64, w64 = a.astype(np.float64), w.astype(np.float64)
     expected = PASSES[pass_name][1](a64, w64, g)
     assert_close(y, expected, error_bound(g, dtype, a64, w64, expected, pass_name), dtype, the_plan.describe())
@@ -493,17 +496,30 @@ def test_strided_dgrad_plan_runs_one_fprop_per_phase():
 
 def test_wgrad_plan_packs_x_and_dy():
     """wgrad: x and dy packed NHWC (dy by the input pack over dy's shape), then a grid of filters x columns
-    (r, s, c) per group."""
+    (r, s, c) per group and split, float32 partial sums, and their sum."""
     g = ConvGeometry.create((3, 20, 9, 11), (150, 10, 3, 2), padding=(1, 0, 2, 1), stride=2, groups=2)
     for dtype in (F16, BFLOAT16):
         p = plan.plan_conv("wgrad", g, dtype, WGRAD_HALF)
         packed_input, packed_dy = 3 * 9 * 11 * 2 * 16, 3 * g.P * g.Q * 2 * 80  # 75 filters per group -> 80
         assert registry.tensor_op_workspace_shapes(g, dtype, "wgrad")[1] == (3, g.P, g.Q, 160)
-        assert p.workspace_bytes == (packed_input + packed_dy) * 2
+        assert p.wgrad_splits == 1  # 90 pixels: no split
+        assert p.workspace_bytes == (packed_input + packed_dy) * 2 + 150 * 10 * 3 * 2 * 4
         assert [launch.variant.name for launch in p.launches] == [
-            registry.TENSOR_OP_PACK_INPUT, registry.TENSOR_OP_PACK_INPUT, WGRAD_HALF]
+            registry.TENSOR_OP_PACK_INPUT, registry.TENSOR_OP_PACK_INPUT, WGRAD_HALF, "wgrad_splitk_reduce"]
         assert p.launches[1].grid == plan.elementwise_grid(packed_dy)
         assert p.launches[2].grid == (1, 1, 2) and p.launches[2].block == (128, 1, 1)  # 75 filters, 96 columns
+    # ResNet-50's 3x3 of stage 1 at batch 32: 64 filters x 576 columns is 5 tiles; split to about
+    # WGRAD_TARGET_BLOCKS blocks, each a multiple of the 32-pixel slice, none under 512 pixels.
+    g = ConvGeometry.create((32, 64, 56, 56), (64, 64, 3, 3), padding=1)
+    for variant, dtype in ((WGRAD_HALF, F16), (WGRAD_TF32, F32)):
+        p = plan.plan_conv("wgrad", g, dtype, variant)
+        tile = registry.get(variant).tile
+        pixels = 32 * 56 * 56
+        assert p.wgrad_splits == min(-(-plan.WGRAD_TARGET_BLOCKS // 5), pixels // plan.WGRAD_MIN_PIXELS_PER_SPLIT)
+        assert p.wgrad_pixels_per_split % tile.block_k == 0 and p.wgrad_pixels_per_split >= 512
+        assert (p.wgrad_splits - 1) * p.wgrad_pixels_per_split < pixels <= p.wgrad_splits * p.wgrad_pixels_per_split
+        assert p.launches[2].grid == (1, 5, p.wgrad_splits)
+        assert p.workspace_bytes == plan.tensor_op_workspace_bytes("wgrad", g, dtype, registry.get(variant))
     # The dy pack alone, bit for bit: (N, P, Q, groups * Kgp), each group's filters zero-padded.
     g = geometry(BY_ID["groups2"])
     x, dy = operands(g, F16, seed=1, pass_name="wgrad")

@@ -187,16 +187,20 @@ def _tensor_op_dgrad(plan, backend, dy, w):
 
 def _tensor_op_wgrad(plan, backend, x, dy):
     """wgrad on the tensor cores: x and dy packed NHWC (each group's channels and filters padded to 16 bytes),
-    then the GEMM of the packed copies into dw."""
+    then the GEMM of the packed copies, split over the pixels into float32 partial sums, then their sum in
+    split order, rounded to the dtype once."""
     g, xp = plan.geometry, backend.xp
-    pack_input, pack_dy, gemm = plan.launches
+    pack_input, pack_dy, gemm, reduce = plan.launches
     input_shape, dy_shape = tensor_op_workspace_shapes(g, plan.dtype, "wgrad")
     x_packed = xp.empty(input_shape, dtype=plan.dtype)
     backend.launch(pack_input, (x, x_packed, *conv_shape_args(g)))
     dy_packed = xp.empty(dy_shape, dtype=plan.dtype)
     backend.launch(pack_dy, (dy, dy_packed, *conv_shape_args(wgrad_dy_as_input(g))))
+    partial = xp.empty((plan.wgrad_splits,) + g.weight_shape, dtype=accumulation_dtype(plan.dtype))
+    backend.launch(gemm, (x_packed, dy_packed, partial, *conv_shape_args(g),
+                          *_launch.int32(plan.wgrad_splits, plan.wgrad_pixels_per_split)))
     dw = xp.empty(g.weight_shape, dtype=plan.dtype)
-    backend.launch(gemm, (x_packed, dy_packed, dw, *conv_shape_args(g)))
+    backend.launch(reduce, (partial, dw, _launch.int64(dw.size), *_launch.int32(plan.wgrad_splits)))
     return dw
 
 

@@ -121,18 +121,20 @@ def dgrad_phases(g: ConvGeometry) -> tuple[tuple[int, int, int, int], ...]:
     return tuple((p.phase_h, p.phase_w, len(range(g.H)[p.rows]), len(range(g.W)[p.cols])) for p in g.dgrad_phases())
 
 
-def wgrad_split(g: ConvGeometry, variant: Variant) -> tuple[int, int]:
+def wgrad_split(g: ConvGeometry, variant: Variant, dtype=np.float32) -> tuple[int, int]:
     """(splits, pixels per split) of the wgrad reduction over the N*P*Q output pixels: a multiple of the
-    tile's BLOCK_K (strided tiles) or of Q (warp tiles, which walk whole output rows)."""
+    tile's BLOCK_K (strided and tensor-core tiles) or of Q (SIMT warp tiles, which walk whole output rows).
+    Enough splits for about WGRAD_TARGET_BLOCKS blocks, none under WGRAD_MIN_PIXELS_PER_SPLIT pixels."""
     G, Cg, Kg = g.groups, g.channels_per_group, g.filters_per_group
     tile = variant.tile
     pixels = g.N * g.P * g.Q
-    tiles = ceil_div(Kg, tile.block_m) * ceil_div(Cg * g.R * g.S, tile.block_n) * G
+    columns = g.R * g.S * (registry.tensor_op_padded_channels(g, dtype) if variant.family == TENSOR_CORE else Cg)
+    tiles = ceil_div(Kg, tile.block_m) * ceil_div(columns, tile.block_n) * G
     splits = min(ceil_div(WGRAD_TARGET_BLOCKS, tiles),
                  max(1, pixels // WGRAD_MIN_PIXELS_PER_SPLIT),
                  _launch.GRID_YZ_MAX // G)
     splits = max(1, splits)
-    if tile.warp_m is not None:  # the warp-tile kernel walks whole output rows: a split is rows of Q pixels
+    if variant.family != TENSOR_CORE and tile.warp_m is not None:  # whole output rows: a split is rows of Q pixels
         rows = g.N * g.P
         rows_per_split = ceil_div(rows, min(splits, rows))
         return ceil_div(rows, rows_per_split), rows_per_split * g.Q
@@ -329,7 +331,7 @@ def plan_conv(pass_name: str, g: ConvGeometry, dtype, algo: str = "auto", free_b
                                        f"headroom), {free_after_result:,} free after the result")
     variant = registry.get(choice)
     if variant.family == TENSOR_CORE and free_bytes is not None:
-        needed = tensor_op_workspace_bytes(pass_name, g, dtype) + result_bytes(pass_name, g, dtype)
+        needed = tensor_op_workspace_bytes(pass_name, g, dtype, variant) + result_bytes(pass_name, g, dtype)
         if needed > int(free_bytes):
             if algo != "auto" or not any(v.can_run(g, dtype, compute_capability)
                                          for v in registry.conv_variants(pass_name) if v.family != TENSOR_CORE):
@@ -341,13 +343,19 @@ def plan_conv(pass_name: str, g: ConvGeometry, dtype, algo: str = "auto", free_b
     return _plan_gemm(pass_name, g, dtype, algo, variant, reason)
 
 
-def tensor_op_workspace_bytes(pass_name: str, g: ConvGeometry, dtype) -> int:
+def tensor_op_workspace_bytes(pass_name: str, g: ConvGeometry, dtype, variant: Variant | None = None) -> int:
     """A tensor-core pass's workspace: fprop's input packed NHWC and weight packed (K, R, S, C), channels
-    padded per group; wgrad's packed x and dy (both NHWC); dgrad's packed dy, the largest of its phases'
-    packed weights and, with several phases, the largest phase's output (copied into dx's pixels)."""
+    padded per group; wgrad's packed x and dy (both NHWC) and the float32 partial sums of its ``variant``'s
+    splits; dgrad's packed dy, the largest of its phases' packed weights and, with several phases, the largest
+    phase's output (copied into dx's pixels)."""
     itemsize = np.dtype(dtype).itemsize
-    if pass_name != "dgrad":
-        return sum(int(np.prod(shape)) for shape in registry.tensor_op_workspace_shapes(g, dtype, pass_name)) * itemsize
+    if pass_name == "fprop":
+        return sum(int(np.prod(shape)) for shape in registry.tensor_op_workspace_shapes(g, dtype)) * itemsize
+    if pass_name == "wgrad":
+        if variant is None:
+            raise ValueError("the tensor-core wgrad workspace depends on its variant's splits: pass variant=")
+        packed = sum(int(np.prod(shape)) for shape in registry.tensor_op_workspace_shapes(g, dtype, "wgrad"))
+        return packed * itemsize + wgrad_split(g, variant, dtype)[0] * int(np.prod(g.weight_shape)) * 4
     phases = registry.tensor_op_dgrad_phases(g)
     if not phases:
         return 0
@@ -415,16 +423,18 @@ def _plan_gemm(pass_name, g, dtype, algo, variant: Variant, reason: str) -> Conv
                                   elementwise_launch("wgrad_splitk_reduce", dtype, weights)),
                         wgrad_splits=splits, wgrad_pixels_per_split=per_split,
                         workspace_bytes=splits * weights * accumulation_dtype(dtype).itemsize, **common)
-    if variant.family == TENSOR_CORE and pass_name == "wgrad":  # x and dy packed NHWC, then the GEMM
+    if variant.family == TENSOR_CORE and pass_name == "wgrad":  # x and dy packed NHWC, the split GEMM, the sum
         packed_input, packed_dy = registry.tensor_op_workspace_shapes(g, dtype, "wgrad")
         t = variant.tile
+        splits, per_split = wgrad_split(g, variant, dtype)
         grid = (ceil_div(g.filters_per_group, t.block_m),
-                ceil_div(g.R * g.S * registry.tensor_op_padded_channels(g, dtype), t.block_n), g.groups)
+                ceil_div(g.R * g.S * registry.tensor_op_padded_channels(g, dtype), t.block_n), g.groups * splits)
+        weights = int(np.prod(g.weight_shape))
         launches = (elementwise_launch(registry.TENSOR_OP_PACK_INPUT, dtype, int(np.prod(packed_input))),
                     elementwise_launch(registry.TENSOR_OP_WEIGHT_PACKS[pass_name], dtype, int(np.prod(packed_dy))),
-                    _launch_of(variant, dtype, grid))
-        return ConvPlan(launches=launches, workspace_bytes=tensor_op_workspace_bytes(pass_name, g, dtype),
-                        **common)
+                    _launch_of(variant, dtype, grid), elementwise_launch("wgrad_splitk_reduce", dtype, weights))
+        return ConvPlan(launches=launches, wgrad_splits=splits, wgrad_pixels_per_split=per_split,
+                        workspace_bytes=tensor_op_workspace_bytes(pass_name, g, dtype, variant), **common)
     if variant.family == TENSOR_CORE:  # pack the operands, then the GEMM on the packed copies
         # dgrad: dy packed once, then per stride phase its taps of w packed flipped and the fprop of dy
         convs = [g] if pass_name == "fprop" else [p.conv for p in registry.tensor_op_dgrad_phases(g)]

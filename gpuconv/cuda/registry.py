@@ -442,7 +442,7 @@ VARIANTS: tuple[Variant, ...] = (
     _gemm("wgrad", GENERAL_TILE, description="the general tile"),
     _wgrad_tensor_op(TENSOR_OP_TILE_HALF, HALF_TENSOR_OP_DTYPES, False,
                      "tensor cores (mma.sync m16n8k16, ldmatrix.trans, float32 accumulation) on pixel-major packed "
-                     "x and dy, 3-stage cp.async, one block per dw tile"),
+                     "x and dy, 3-stage cp.async, split-K over the pixels"),
     _wgrad_tensor_op(TENSOR_OP_TILE_TF32, TF32_TENSOR_OP_DTYPES, True,
                      "TF32 tensor cores (mma.sync m16n8k8, 128-bit shared loads of a permuted tile), only when named"),
     _elementwise("wgrad_splitk_reduce", "conv2d_wgrad.cu", "GPUCONV_WGRAD_REDUCE_KERNEL",
