@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 
 from gpuconv._backend import as_numpy, cupy_module
+from gpuconv._shapes import BFLOAT16
 
-DTYPES = (np.float16, np.float32, np.float64)
+DTYPES = (np.float16, BFLOAT16, np.float32, np.float64)
 
 #: Largest accepted  max|actual - expected| / max(1, max|expected|)  per dtype. Test data are
-#: multiples of 1/8 in [-1, 1], so float32/float64 products and sums are exact; what is left is
-#: float16's rounding of results (and, on the im2col path, of the intermediate GEMM outputs).
-TOLERANCES = {np.dtype(np.float16): 1e-2, np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+#: multiples of 1/8 in [-1, 1], so float32/float64 products and sums are exact (TF32's too); what is left is
+#: float16's and bfloat16's rounding of results (and, on the im2col path, of the intermediate GEMM outputs):
+#: 2^-11 and 2^-8 relative per rounding.
+TOLERANCES = {np.dtype(np.float16): 1e-2, BFLOAT16: 2e-2, np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 
 
 @pytest.fixture(scope="session")

@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 import gpuconv
 from gpuconv import reference
 from gpuconv._backend import cuda_available
-from gpuconv._shapes import ConvGeometry
+from gpuconv._shapes import BFLOAT16, ConvGeometry
 from gpuconv.cuda import conv, plan, registry
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="no CUDA device")]
 
-DTYPES = (np.float16, np.float32, np.float64)
+DTYPES = (np.float16, BFLOAT16, np.float32, np.float64)
 ALGOS = ("im2col", "implicit_gemm")
 GEMM_VARIANTS = [v for p in registry.CONV_PASSES for v in registry.conv_variants(p)]
 

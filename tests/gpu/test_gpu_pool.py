@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 
 from gpuconv import reference
 from gpuconv._backend import cuda_available
-from gpuconv._shapes import PoolGeometry
+from gpuconv._shapes import BFLOAT16, PoolGeometry
 from gpuconv.cuda import pool
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="no CUDA device")]
 
-DTYPES = (np.float16, np.float32, np.float64)
+DTYPES = (np.float16, BFLOAT16, np.float32, np.float64)
 
 POOL_CASES = [  # input shape, PoolGeometry.create keywords
     pytest.param((2, 3, 7, 8), dict(kernel_size=3, stride=2, padding=1), id="3x3-stride2-pad1"),
