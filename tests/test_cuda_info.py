@@ -49,7 +49,8 @@ def test_format_shows_gpus_and_compile_failures():
                                                         "pooling.cu": "KernelCompileError: bad\nline 2 of log"}}}
     text = info.format_info(report)
     assert "NVIDIA H100, compute capability 9.0, 80.0 GiB, 132 SMs" in text
-    assert "im2col.cu   ok (6 kernels: im2col_nchw, col2im_nchw)" in text
+    kernels = len(registry.instantiations("im2col.cu"))  # 2 kernels x 4 dtypes
+    assert kernels == 8 and f"im2col.cu   ok ({kernels} kernels: im2col_nchw, col2im_nchw)" in text
     assert "pooling.cu  FAILED: KernelCompileError: bad" in text and "line 2 of log" in text
 
 

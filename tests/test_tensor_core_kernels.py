@@ -480,7 +480,7 @@ def test_dgrad_plan_runs_the_fprop_of_dy():
 def test_strided_dgrad_plan_runs_one_fprop_per_phase():
     """7x7 at stride 2 (pad 3): four phases of 4x4, 4x3, 3x4 and 3x3 taps, each a stride-1 fprop of dy onto
     a quarter of dx; dy is packed once, each phase's taps separately; the workspace holds the packed dy, the
-    largest packed weight and the largest phase output."""
+    largest packed weight, the largest phase output and the largest phase's taps of w."""
     g = FIRST_LAYER
     phases = registry.tensor_op_dgrad_phases(g)
     assert sorted((p.conv.R, p.conv.S) for p in phases) == [(3, 3), (3, 4), (4, 3), (4, 4)]
@@ -489,8 +489,8 @@ def test_strided_dgrad_plan_runs_one_fprop_per_phase():
     p = plan.plan_conv("dgrad", g, F16, DGRAD_HALF)
     assert [launch.variant.name for launch in p.launches] == [
         registry.TENSOR_OP_PACK_INPUT, *[registry.TENSOR_OP_PACK_WEIGHT_FLIPPED, DGRAD_HALF] * 4]
-    packed_dy, packed_w, out = 8 * 16 * 16 * 64, 3 * 4 * 4 * 64, 8 * 3 * 16 * 16
-    assert p.workspace_bytes == (packed_dy + packed_w + out) * 2
+    packed_dy, packed_w, out, taps = 8 * 16 * 16 * 64, 3 * 4 * 4 * 64, 8 * 3 * 16 * 16, 64 * 3 * 4 * 4
+    assert p.workspace_bytes == (packed_dy + packed_w + out + taps) * 2
     assert p.launches[2].grid == (-(-8 * 16 * 16 // 128), 1, 1)
 
 

@@ -347,7 +347,7 @@ def tensor_op_workspace_bytes(pass_name: str, g: ConvGeometry, dtype, variant: V
     """A tensor-core pass's workspace: fprop's input packed NHWC and weight packed (K, R, S, C), channels
     padded per group; wgrad's packed x and dy (both NHWC) and the float32 partial sums of its ``variant``'s
     splits; dgrad's packed dy, the largest of its phases' packed weights and, with several phases, the largest
-    phase's output (copied into dx's pixels)."""
+    phase's output (copied into dx's pixels) and taps of w (copied out for the pack)."""
     itemsize = np.dtype(dtype).itemsize
     if pass_name == "fprop":
         return sum(int(np.prod(shape)) for shape in registry.tensor_op_workspace_shapes(g, dtype)) * itemsize
@@ -362,7 +362,9 @@ def tensor_op_workspace_bytes(pass_name: str, g: ConvGeometry, dtype, variant: V
     packed_dy = int(np.prod(registry.tensor_op_workspace_shapes(phases[0].conv, dtype)[0]))
     packed_weight = max(int(np.prod(registry.tensor_op_workspace_shapes(p.conv, dtype)[1])) for p in phases)
     output = 0 if _dgrad_phase_is_whole(g, phases) else max(int(np.prod(p.conv.output_shape)) for p in phases)
-    return (packed_dy + packed_weight + output) * itemsize
+    taps = 0 if _dgrad_phase_is_whole(g, phases) else g.K * g.channels_per_group * max(p.conv.R * p.conv.S
+                                                                                        for p in phases)
+    return (packed_dy + packed_weight + output + taps) * itemsize
 
 
 def _dgrad_phase_is_whole(g: ConvGeometry, phases) -> bool:
