@@ -161,7 +161,7 @@ def test_split_wgrad_cases_really_split():
 @pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
 def test_implicit_gemm_variant(backend, case, variant, dtype):
     g = ConvGeometry.create(*case[1:3], **case[3])
-    if not variant.can_run(g, dtype):  # e.g. the stride-1 dgrad variants on a strided case: refused, not run
+    if not variant.can_run(g, dtype):  # a variant that does not apply to the case: refused, not run
         with pytest.raises(ValueError, match="does not apply"):
             plan.plan_conv(variant.op, g, dtype, variant.name)
         return

@@ -314,7 +314,7 @@ def test_every_kernel_variant_is_checked():
         run = {algo for p, algo, _, _ in KERNEL_RUNS if p == pass_name}
         assert run == {"im2col", *(v.name for v in variants)}, pass_name
         in_float16 = {algo for p, algo, _, _ in FLOAT16_RUNS if p == pass_name}
-        # (The tensor-core dgrad runs at stride 1 only: in float16 on the other cases, KERNEL_RUNS.)
+        # (Variants that do not apply to the float16 case run in float16 on the other cases, KERNEL_RUNS.)
         float16_case = geometry(KERNEL_CASE[FLOAT16_CASE])
         assert in_float16 >= {"im2col", *(v.name for v in variants if v.family != registry.DIRECT and
                                           np.dtype(np.float16) in v.dtypes and v.can_run(float16_case, np.float16))
