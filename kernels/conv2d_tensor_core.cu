@@ -200,6 +200,30 @@ struct FastDivisor {
 // The chunk index of (row, chunk) in a slice: chunk c of row r sits at c ^ ((r / 2) % 4) (see the top).
 __device__ __forceinline__ int swizzled(int row, int chunk) { return row * 4 + (chunk ^ ((row >> 1) & 3)); }
 
+// The multistage cp.async pipeline both main loops run (CUTLASS's sm80 multistage): STAGES - 1 slices in
+// flight while one is multiplied, one barrier per slice. load(stage, slice) issues one slice's copies into a
+// stage, compute(stage) multiplies the stage that holds the current slice.
+template <int STAGES, class Load, class Compute>
+__device__ __forceinline__ void cp_async_pipeline(int slices, Load&& load, Compute&& compute) {
+    // Prologue: STAGES - 1 slices in flight (a group per slice, empty past the end, so the counts match).
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < slices) load(s, s);
+        cp_async_commit_group();
+    }
+    int read_stage = 0, write_stage = STAGES - 1;
+    for (int slice = 0; slice < slices; ++slice) {
+        cp_async_wait_group<STAGES - 2>();  // this thread's copies of slice `slice` have landed ...
+        __syncthreads();                    // ... everyone's; and everyone is done with slice - 1's stage
+        if (slice + STAGES - 1 < slices) load(write_stage, slice + STAGES - 1);
+        cp_async_commit_group();
+        compute(read_stage);
+        read_stage = read_stage == STAGES - 1 ? 0 : read_stage + 1;
+        write_stage = write_stage == STAGES - 1 ? 0 : write_stage + 1;
+    }
+    cp_async_wait_all();  // nothing is left but empty groups; leave no copy in flight at exit
+}
+
 // NaN and inf (tests/test_padding_nan_rule.py has the rule): fprop sums every tap, padding included, and so
 // does the GEMM (a padding tap is a zero-filled copy), so 0 * inf and 0 * NaN weights make NaN as the rule
 // wants. dgrad sums only the taps that reach a pixel; as an fprop its padding taps are positions outside dy,
@@ -300,7 +324,7 @@ __device__ __forceinline__ void conv2d_fprop_tensor_op(const T* __restrict__ xp,
     // One slice into one stage. A copy whose source is outside its operand (a padding tap, a row or filter
     // past the last, the reduction's end) reads nothing (source size 0: zero fill), so its address is
     // never dereferenced and needs no clamping.
-    auto load_slice = [&](int stage) {
+    auto load_slice = [&](int stage, int) {  // slices in order: the offsets advance
         const int tap = by_channels.divide(b_reduction), channel = b_reduction - tap * Cgp;
         const int tap_r = by_columns.divide(tap), tap_s = tap - tap_r * shape.S;
         const int dh = tap_r * shape.dilation_h, dw = tap_s * shape.dilation_w;
@@ -339,32 +363,12 @@ __device__ __forceinline__ void conv2d_fprop_tensor_op(const T* __restrict__ xp,
         b_lane[step] = swizzled(warp_n * Tile::WARP_N + (lane & 7) + (lane >> 4) * 8, 2 * step + ((lane >> 3) & 1));
     }
 
-    float acc[Tile::M_TILES][Tile::N_TILES][4];
-#pragma unroll
-    for (int i = 0; i < Tile::M_TILES; ++i)
-#pragma unroll
-        for (int j = 0; j < Tile::N_TILES; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
-
-    // Prologue: STAGES - 1 slices in flight (a group per slice, empty past the end, so the counts match).
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < slices) load_slice(s);
-        cp_async_commit_group();
-    }
-
-    int read_stage = 0, write_stage = STAGES - 1;
-    for (int slice = 0; slice < slices; ++slice) {
-        cp_async_wait_group<STAGES - 2>();  // this thread's copies of slice `slice` have landed ...
-        __syncthreads();                    // ... everyone's; and everyone is done with slice - 1's stage
-        if (slice + STAGES - 1 < slices) load_slice(write_stage);
-        cp_async_commit_group();
-
+    float acc[Tile::M_TILES][Tile::N_TILES][4] = {};
+    cp_async_pipeline<STAGES>(slices, load_slice, [&](int stage) {
 #pragma unroll
         for (int step = 0; step < K_STEPS; ++step) {
-            const Chunk16* a_rows = &smem.a[read_stage][a_lane[step]];
-            const Chunk16* b_rows = &smem.b[read_stage][b_lane[step]];
+            const Chunk16* a_rows = &smem.a[stage][a_lane[step]];
+            const Chunk16* b_rows = &smem.b[stage][b_lane[step]];
             unsigned int a[Tile::M_TILES][4], b[Tile::N_TILES / 2][4];
 #pragma unroll
             for (int i = 0; i < Tile::M_TILES; ++i) ldmatrix_x4(a[i], a_rows + 64 * i);
@@ -378,10 +382,7 @@ __device__ __forceinline__ void conv2d_fprop_tensor_op(const T* __restrict__ xp,
                     TensorOpMath<T>::mma(acc[i][j], a[i], b_pair);
                 }
         }
-        read_stage = read_stage == STAGES - 1 ? 0 : read_stage + 1;
-        write_stage = write_stage == STAGES - 1 ? 0 : write_stage + 1;
-    }
-    cp_async_wait_all();  // nothing is left but empty groups; leave no copy in flight at exit
+    });
 
     // Epilogue: acc[i][j] holds rows g and g + 8 (g = lane / 4), columns 2t and 2t + 1 (t = lane % 4) of the
     // 16 x 8 tile (i, j) of this warp; y[n, group*Kg + k, p, q], one element per store.
@@ -638,40 +639,18 @@ __device__ __forceinline__ void conv2d_wgrad_tensor_op(const T* __restrict__ xp,
     const int warp_m = warp % Tile::WARPS_M, warp_n = warp / Tile::WARPS_M;
     const Fragments fragments(lane, warp_m, warp_n);
 
-    float acc[Tile::M_TILES][Tile::N_TILES][4];
-#pragma unroll
-    for (int i = 0; i < Tile::M_TILES; ++i)
-#pragma unroll
-        for (int j = 0; j < Tile::N_TILES; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
-
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < slices) load_slice(s, s);
-        cp_async_commit_group();
-    }
-
-    int read_stage = 0, write_stage = STAGES - 1;
-    for (int slice = 0; slice < slices; ++slice) {
-        cp_async_wait_group<STAGES - 2>();
-        __syncthreads();
-        if (slice + STAGES - 1 < slices) load_slice(write_stage, slice + STAGES - 1);
-        cp_async_commit_group();
-
+    float acc[Tile::M_TILES][Tile::N_TILES][4] = {};
+    cp_async_pipeline<STAGES>(slices, load_slice, [&](int stage) {
 #pragma unroll
         for (int step = 0; step < K_STEPS; ++step) {
             unsigned int a[Tile::M_TILES][Fragments::A_REGS], b[Tile::N_TILES][Fragments::B_REGS];
-            fragments.load(smem.a[read_stage], smem.b[read_stage], step, a, b);
+            fragments.load(smem.a[stage], smem.b[stage], step, a, b);
 #pragma unroll
             for (int i = 0; i < Tile::M_TILES; ++i)
 #pragma unroll
                 for (int j = 0; j < Tile::N_TILES; ++j) Fragments::mma(acc[i][j], a[i], b[j]);
         }
-        read_stage = read_stage == STAGES - 1 ? 0 : read_stage + 1;
-        write_stage = write_stage == STAGES - 1 ? 0 : write_stage + 1;
-    }
-    cp_async_wait_all();
+    });
 
     // Epilogue: acc[i][j] holds rows g and g + 8, columns 2t and 2t + 1 of the 16 x 8 tile (i, j), which are
     // the filters and columns Fragments::filter / column name; partial[split, group*Kg + k, c, r, s] for c < Cg.
