@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from cuda_emulation import emulator as emu
-from cuda_emulation.backend import EmulatorBackend, emulated_module
+from cuda_emulation.backend import SCHEDULES, EmulatorBackend, emulated_module, scheduled
 from gpuconv import reference
 from gpuconv._shapes import BFLOAT16, ConvGeometry, PoolGeometry
 from gpuconv.cuda import conv, plan, pool, registry
@@ -37,16 +37,11 @@ DTYPES = [np.float16, BFLOAT16, np.float32, np.float64]
 # units of their output rounding, 2**-11 and 2**-8, which the half-precision intermediates of the im2col path
 # need).
 TOLERANCE = {np.dtype(np.float16): 1e-3, BFLOAT16: 8e-3, np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-12}
-#: Thread and block order of the emulator, and where buffers sit against their guard page.
-SCHEDULES = {"forward": "end", "reverse": "start"}
-
-
 @pytest.fixture(params=list(SCHEDULES))
 def backend(request):
-    """The emulator backend, in each thread order; buffers made meanwhile lie against the matching guard page."""
-    emu.set_buffer_placement(SCHEDULES[request.param])
-    yield EmulatorBackend(schedule=request.param)
-    emu.set_buffer_placement("end")
+    """The emulator backend, in each thread order (cuda_emulation.backend.scheduled)."""
+    with scheduled(request.param) as emulated:
+        yield emulated
 
 
 def random_input(shape, dtype, seed):
@@ -391,9 +386,7 @@ def test_im2col_and_col2im_kernels_are_exact_transposes_of_the_reference():
 # ---------------------------------------------------------------------------- races and ordering ---
 
 def _run_every_variant(case, schedule):
-    emu.set_buffer_placement(SCHEDULES[schedule])
-    try:
-        backend = EmulatorBackend(schedule=schedule)
+    with scheduled(schedule) as backend:
         results = {}
         for pass_name in registry.CONV_PASSES:
             g = ConvGeometry.create(*case[1:3], **case[3])
@@ -407,8 +400,6 @@ def _run_every_variant(case, schedule):
         results["avg_pool2d_grad"] = pool.avg_pool2d_grad(pool.avg_pool2d_forward(x, pg, False, backend=backend),
                                                           pg, False, backend=backend)
         return results
-    finally:
-        emu.set_buffer_placement("end")
 
 
 @pytest.mark.parametrize("case", ["groups2", "channels-past-one-tile", "groups2-wgrad-split"])

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from cuda_emulation import emulator as emu
-from cuda_emulation.backend import EmulatorBackend
+from cuda_emulation.backend import SCHEDULES, EmulatorBackend, scheduled
 from gpuconv import cpu_fast, reference
 from gpuconv import functional as F
 from gpuconv._shapes import ConvGeometry
@@ -297,14 +297,11 @@ KERNEL_RUNS = kernel_runs(KERNEL_CASES)
 FLOAT16_RUNS = kernel_runs([KERNEL_CASE[FLOAT16_CASE]], np.float16)
 needs_gxx = pytest.mark.skipif(not emu.compiler_available(),
                                reason="g++ not found: the CUDA emulation compiles the kernels with g++")
-SCHEDULES = {"forward": "end", "reverse": "start"}  # thread order -> where buffers sit against a guard page
-
-
 @pytest.fixture(params=list(SCHEDULES))
 def backend(request):
-    emu.set_buffer_placement(SCHEDULES[request.param])
-    yield EmulatorBackend(schedule=request.param)
-    emu.set_buffer_placement("end")
+    """The emulator backend, in each thread order (cuda_emulation.backend.scheduled)."""
+    with scheduled(request.param) as emulated:
+        yield emulated
 
 
 def test_every_kernel_variant_is_checked():

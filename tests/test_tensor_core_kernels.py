@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from cuda_emulation import emulator as emu
-from cuda_emulation.backend import EmulatorBackend, emulated_module
+from cuda_emulation.backend import SCHEDULES, EmulatorBackend, emulated_module, scheduled
 from gpuconv import reference
 from gpuconv._backend import GPUOutOfMemoryError
 from gpuconv._shapes import BFLOAT16, ConvGeometry
@@ -47,19 +47,15 @@ PASS_RUN_IDS = [f"{p}-{i}" for p in ("fprop", "dgrad", "wgrad") for (v, _), i in
 PASSES = {"fprop": (lambda x, w, dy: (x, w), reference.conv2d_forward),
           "dgrad": (lambda x, w, dy: (dy, w), reference.conv2d_grad_input),
           "wgrad": (lambda x, w, dy: (x, dy), reference.conv2d_grad_weight)}
-SCHEDULES = {"forward": "end", "reverse": "start"}
 
 
 # ------------------------------------------------------------------------------------ the emulator ---
 
-_modules: dict[str, emu.KernelModule] = {}
-
-
 @pytest.fixture(params=list(SCHEDULES))
 def backend(request):
-    emu.set_buffer_placement(SCHEDULES[request.param])
-    yield EmulatorBackend(schedule=request.param)
-    emu.set_buffer_placement("end")
+    """The emulator backend, in each thread order (cuda_emulation.backend.scheduled)."""
+    with scheduled(request.param) as emulated:
+        yield emulated
 
 
 # ------------------------------------------------------------------------------ cases, tolerances ---
@@ -298,8 +294,8 @@ def test_schedules_give_the_same_bits_and_every_mma_runs(pass_name, variant, dty
     a, w = operands(g, dtype, seed=2, pass_name=pass_name)
     results = []
     for schedule in SCHEDULES:
-        with emu.buffer_placement(SCHEDULES[schedule]):
-            _, y = run(EmulatorBackend(schedule), variant, dtype, g, a, w, pass_name=pass_name)
+        with scheduled(schedule) as emulated:
+            _, y = run(emulated, variant, dtype, g, a, w, pass_name=pass_name)
         results.append(y)
         tile = registry.get(variant).tile
         gg = registry.tensor_op_dgrad_phases(g)[0].conv if pass_name == "dgrad" else g  # stride 1: one phase

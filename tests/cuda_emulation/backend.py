@@ -12,6 +12,7 @@ Every launch is recorded in ``launches``, so a test can say which kernels a plan
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import numpy as np
@@ -110,3 +111,15 @@ def route_functional(monkeypatch, backend, algo=None) -> None:
 
 
 __all__ = ["EmulatorBackend", "NumpyAsCupy", "emulated_module", "route_functional"]
+
+
+#: The emulator's two thread (and block) orders, and where buffers made meanwhile sit against their guard page:
+#: forward order against the page after their end, reverse order against the one before their start.
+SCHEDULES = {"forward": "end", "reverse": "start"}
+
+
+@contextlib.contextmanager
+def scheduled(schedule: str):
+    """``with scheduled("reverse") as backend: ...``: the emulator backend in that order, buffers placed to match."""
+    with emu.buffer_placement(SCHEDULES[schedule]):
+        yield EmulatorBackend(schedule=schedule)
