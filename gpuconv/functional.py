@@ -53,9 +53,7 @@ def _run_conv(pass_name: str, xp, algo: str, *args, precision: str | None = None
     if xp is np:
         return getattr(_cpu_module(algo), pass_name)(*args)
     from .cuda import conv as cuda_conv
-    if allow_tf32 and args[0].dtype == np.float32:
-        return getattr(cuda_conv, pass_name)(*args, algo=algo, allow_tf32=True)
-    return getattr(cuda_conv, pass_name)(*args, algo=algo)
+    return getattr(cuda_conv, pass_name)(*args, algo=algo, allow_tf32=allow_tf32 and args[0].dtype == np.float32)
 
 
 def _pool_module(xp):
